@@ -1,0 +1,347 @@
+//! Command handling: load an aggregate, decide, append with optimistic concurrency, retry.
+
+use std::marker::PhantomData;
+use std::sync::Arc;
+
+use futures_util::TryStreamExt;
+use tracing::Instrument;
+use uuid::Uuid;
+
+use crate::{
+    Aggregate, AppendResult, CommandError, DomainEvent, EventStore, ExpectedVersion, Metadata,
+    NewEvent, StoreError, StreamId,
+};
+
+/// The tracing context and options of one command.
+#[derive(Clone, Debug)]
+pub struct CommandContext {
+    /// The command's own id: the causation id of the events it produces unless
+    /// [`caused_by`](Self::caused_by) names another cause.
+    pub command_id: Uuid,
+    /// The correlation id to stamp on every event; defaults to the command id, so a command that
+    /// starts a piece of work starts its correlation.
+    pub correlation_id: Option<Uuid>,
+    /// The id of the message that caused the command (an event, for a saga or reaction).
+    pub causation_id: Option<Uuid>,
+    /// Metadata copied onto every event.
+    pub metadata: Metadata,
+    /// The version the caller saw. When set, the command is decided only against that version
+    /// and a conflict is returned, not retried.
+    pub expected_version: Option<ExpectedVersion>,
+}
+
+impl Default for CommandContext {
+    fn default() -> Self {
+        Self {
+            command_id: Uuid::now_v7(),
+            correlation_id: None,
+            causation_id: None,
+            metadata: Metadata::new(),
+            expected_version: None,
+        }
+    }
+}
+
+impl CommandContext {
+    /// A context with a fresh command id.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Continues the work correlated by `correlation_id`.
+    pub fn correlated_with(mut self, correlation_id: Uuid) -> Self {
+        self.correlation_id = Some(correlation_id);
+        self
+    }
+
+    /// Records that `causation_id` (usually an event) caused this command.
+    pub fn caused_by(mut self, causation_id: Uuid) -> Self {
+        self.causation_id = Some(causation_id);
+        self
+    }
+
+    /// Adds one metadata entry.
+    pub fn with_metadata(mut self, key: impl Into<String>, value: serde_json::Value) -> Self {
+        self.metadata.insert(key.into(), value);
+        self
+    }
+
+    /// Decides only against this version; see [`CommandContext::expected_version`].
+    pub fn expecting(mut self, expected: ExpectedVersion) -> Self {
+        self.expected_version = Some(expected);
+        self
+    }
+
+    /// The correlation id the command's events carry.
+    pub fn effective_correlation_id(&self) -> Uuid {
+        self.correlation_id.unwrap_or(self.command_id)
+    }
+
+    /// The causation id the command's events carry.
+    pub fn effective_causation_id(&self) -> Uuid {
+        self.causation_id.unwrap_or(self.command_id)
+    }
+}
+
+/// How often the handler tries again.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// Reload-and-decide rounds after a version conflict, before the conflict is returned.
+    pub conflict_retries: u32,
+    /// Re-sends of the same events after a transient store failure. Safe: the store deduplicates
+    /// by event id when the first attempt did commit.
+    pub transient_retries: u32,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self {
+            conflict_retries: 10,
+            transient_retries: 3,
+        }
+    }
+}
+
+/// An aggregate's state and the stream version it reflects.
+#[derive(Clone, Debug)]
+pub struct Loaded<A> {
+    /// The state.
+    pub state: A,
+    /// The version of the last applied event; 0 for a new aggregate.
+    pub version: u64,
+}
+
+/// The result of an accepted command.
+#[derive(Debug)]
+pub struct Executed<A: Aggregate> {
+    /// The state after the new events.
+    pub state: A,
+    /// The stream version after the command.
+    pub version: u64,
+    /// The events the command produced (empty when it changed nothing).
+    pub events: Vec<A::Event>,
+    /// What the store wrote; `None` when there was nothing to write.
+    pub append: Option<AppendResult>,
+}
+
+/// Loads aggregates from a store and appends their new events.
+pub struct Repository<A> {
+    store: Arc<dyn EventStore>,
+    _aggregate: PhantomData<fn() -> A>,
+}
+
+impl<A> Clone for Repository<A> {
+    fn clone(&self) -> Self {
+        Self {
+            store: Arc::clone(&self.store),
+            _aggregate: PhantomData,
+        }
+    }
+}
+
+impl<A: Aggregate> Repository<A> {
+    /// A repository over `store`.
+    pub fn new(store: Arc<dyn EventStore>) -> Self {
+        Self {
+            store,
+            _aggregate: PhantomData,
+        }
+    }
+
+    /// The store underneath.
+    pub fn store(&self) -> &Arc<dyn EventStore> {
+        &self.store
+    }
+
+    /// The stream of the aggregate `id`.
+    pub fn stream_id(id: &str) -> Result<StreamId, CommandError<A::Error>> {
+        Ok(StreamId::for_aggregate(A::CATEGORY, id)?)
+    }
+
+    /// Rebuilds the aggregate from its stream.
+    pub async fn load(&self, stream: &StreamId) -> Result<Loaded<A>, CommandError<A::Error>> {
+        let mut loaded = Loaded {
+            state: A::default(),
+            version: 0,
+        };
+        let mut events = self.store.read_stream(stream, 1);
+        while let Some(recorded) = events.try_next().await? {
+            let version = recorded.stream_version;
+            let envelope = recorded.decode::<A::Event>()?;
+            loaded.state.apply(&envelope.payload);
+            loaded.version = version;
+        }
+        Ok(loaded)
+    }
+}
+
+/// Executes commands against aggregates of type `A`: load, decide, append with the loaded
+/// version, and on a version conflict reload and decide again (bounded by [`RetryPolicy`]).
+pub struct CommandHandler<A> {
+    repository: Repository<A>,
+    retry: RetryPolicy,
+}
+
+impl<A> Clone for CommandHandler<A> {
+    fn clone(&self) -> Self {
+        Self {
+            repository: self.repository.clone(),
+            retry: self.retry,
+        }
+    }
+}
+
+impl<A: Aggregate> CommandHandler<A> {
+    /// A handler over `store` with the default retry policy.
+    pub fn new(store: Arc<dyn EventStore>) -> Self {
+        Self {
+            repository: Repository::new(store),
+            retry: RetryPolicy::default(),
+        }
+    }
+
+    /// Replaces the retry policy.
+    pub fn with_retry_policy(mut self, retry: RetryPolicy) -> Self {
+        self.retry = retry;
+        self
+    }
+
+    /// The repository the handler loads through.
+    pub fn repository(&self) -> &Repository<A> {
+        &self.repository
+    }
+
+    /// Loads the aggregate `id`.
+    pub async fn load(&self, id: &str) -> Result<Loaded<A>, CommandError<A::Error>> {
+        let stream = Repository::<A>::stream_id(id)?;
+        self.repository.load(&stream).await
+    }
+
+    /// Executes `command` on the aggregate `id` with a fresh context.
+    pub async fn execute(
+        &self,
+        id: &str,
+        command: A::Command,
+    ) -> Result<Executed<A>, CommandError<A::Error>> {
+        self.execute_with(id, command, CommandContext::new()).await
+    }
+
+    /// Executes `command` on the aggregate `id` within `context`.
+    pub async fn execute_with(
+        &self,
+        id: &str,
+        command: A::Command,
+        context: CommandContext,
+    ) -> Result<Executed<A>, CommandError<A::Error>> {
+        let stream = Repository::<A>::stream_id(id)?;
+        let span = tracing::info_span!(
+            "execute",
+            aggregate = A::CATEGORY,
+            stream = %stream,
+            command_id = %context.command_id,
+            correlation_id = %context.effective_correlation_id(),
+        );
+        self.execute_in(&stream, &command, &context)
+            .instrument(span)
+            .await
+    }
+
+    async fn execute_in(
+        &self,
+        stream: &StreamId,
+        command: &A::Command,
+        context: &CommandContext,
+    ) -> Result<Executed<A>, CommandError<A::Error>> {
+        let mut conflicts = 0;
+        loop {
+            let Loaded { mut state, version } = self.repository.load(stream).await?;
+            let expected = match context.expected_version {
+                Some(expected) if !expected.accepts((version > 0).then_some(version)) => {
+                    return Err(CommandError::Conflict(crate::ConflictError {
+                        stream: stream.clone(),
+                        expected,
+                        actual: (version > 0).then_some(version),
+                    }));
+                }
+                _ => ExpectedVersion::Exact(version),
+            };
+            let events = state.handle(command).map_err(CommandError::Domain)?;
+            if events.is_empty() {
+                return Ok(Executed {
+                    state,
+                    version,
+                    events,
+                    append: None,
+                });
+            }
+            let new_events = encode_events(&events, context)?;
+            match self.append(stream, expected, new_events).await {
+                Ok(append) => {
+                    for event in &events {
+                        state.apply(event);
+                    }
+                    tracing::debug!(version = append.last_version, "command executed");
+                    return Ok(Executed {
+                        state,
+                        version: append.last_version,
+                        events,
+                        append: Some(append),
+                    });
+                }
+                Err(StoreError::Conflict(conflict))
+                    if context.expected_version.is_none()
+                        && conflicts < self.retry.conflict_retries =>
+                {
+                    conflicts += 1;
+                    tracing::debug!(%conflict, attempt = conflicts, "version conflict, deciding again");
+                }
+                Err(err) => return Err(err.into()),
+            }
+        }
+    }
+
+    /// Appends, re-sending the same events (same ids) after transient failures.
+    async fn append(
+        &self,
+        stream: &StreamId,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+    ) -> Result<AppendResult, StoreError> {
+        let mut failures = 0;
+        loop {
+            match self
+                .repository
+                .store
+                .append(stream, expected, events.clone())
+                .await
+            {
+                Err(err) if err.is_transient() && failures < self.retry.transient_retries => {
+                    failures += 1;
+                    tracing::warn!(error = %err, attempt = failures, "append outcome unknown, re-sending the same events");
+                }
+                result => return result,
+            }
+        }
+    }
+}
+
+fn encode_events<E: DomainEvent, DomainErr: std::error::Error>(
+    events: &[E],
+    context: &CommandContext,
+) -> Result<Vec<NewEvent>, CommandError<DomainErr>> {
+    let correlation = context.effective_correlation_id();
+    let causation = context.effective_causation_id();
+    events
+        .iter()
+        .map(|event| {
+            let new = NewEvent::from_event(event).map_err(|source| CommandError::Encode {
+                event_type: event.event_type(),
+                source,
+            })?;
+            Ok(new
+                .correlated_with(correlation)
+                .caused_by(causation)
+                .with_metadata(context.metadata.clone()))
+        })
+        .collect()
+}

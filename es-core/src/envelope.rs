@@ -1,0 +1,132 @@
+//! The envelope every stored event travels in.
+
+use chrono::{DateTime, Utc};
+use serde_json::value::RawValue;
+use uuid::Uuid;
+
+use crate::{DecodeError, DomainEvent, Position, StreamId};
+
+/// Free-form metadata stored beside an event's payload.
+pub type Metadata = serde_json::Map<String, serde_json::Value>;
+
+/// A stored event: its identity, place in its stream and in the global log, type and schema
+/// version, when it was recorded, its tracing context, metadata and payload.
+///
+/// `P` is the payload: raw JSON as read from a store ([`RecordedEvent`]) or a typed event after
+/// decoding.
+#[derive(Clone, Debug)]
+pub struct Envelope<P> {
+    /// Unique id of the event; the idempotency key of appends.
+    pub event_id: Uuid,
+    /// The stream the event belongs to.
+    pub stream_id: StreamId,
+    /// The event's 1-based version in its stream.
+    pub stream_version: u64,
+    /// The event's place in the global log.
+    pub position: Position,
+    /// The event type name.
+    pub event_type: String,
+    /// The schema version the payload is at.
+    pub schema_version: u32,
+    /// When the store recorded the event.
+    pub recorded_at: DateTime<Utc>,
+    /// The id shared by every message of one piece of work.
+    pub correlation_id: Uuid,
+    /// The id of the command or event that caused this one.
+    pub causation_id: Option<Uuid>,
+    /// Free-form metadata.
+    pub metadata: Metadata,
+    /// The event's data.
+    pub payload: P,
+}
+
+/// An event as a store returns it: the payload still raw JSON at its stored schema version.
+pub type RecordedEvent = Envelope<Box<RawValue>>;
+
+impl<P> Envelope<P> {
+    /// Who this event is, for error messages and logs.
+    pub fn event_ref(&self) -> EventRef {
+        EventRef {
+            event_id: self.event_id,
+            stream_id: self.stream_id.clone(),
+            stream_version: self.stream_version,
+            position: self.position,
+            event_type: self.event_type.clone(),
+            schema_version: self.schema_version,
+        }
+    }
+
+    /// Replaces the payload, keeping the rest of the envelope.
+    pub fn map<Q>(self, f: impl FnOnce(P) -> Q) -> Envelope<Q> {
+        Envelope {
+            event_id: self.event_id,
+            stream_id: self.stream_id,
+            stream_version: self.stream_version,
+            position: self.position,
+            event_type: self.event_type,
+            schema_version: self.schema_version,
+            recorded_at: self.recorded_at,
+            correlation_id: self.correlation_id,
+            causation_id: self.causation_id,
+            metadata: self.metadata,
+            payload: f(self.payload),
+        }
+    }
+}
+
+impl RecordedEvent {
+    /// Decodes the payload into `E`, which must be at `E`'s current schema version (use the
+    /// upcasters' decode to lift older events first).
+    pub fn decode<E: DomainEvent>(self) -> Result<Envelope<E>, EventDecodeError> {
+        match E::decode(&self.event_type, &self.payload) {
+            Ok(event) => Ok(self.map(|_| event)),
+            Err(source) => Err(EventDecodeError {
+                event: Box::new(self.event_ref()),
+                source,
+            }),
+        }
+    }
+}
+
+/// Names one stored event: enough for an operator to find it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EventRef {
+    /// Its id.
+    pub event_id: Uuid,
+    /// Its stream.
+    pub stream_id: StreamId,
+    /// Its version in the stream.
+    pub stream_version: u64,
+    /// Its global position.
+    pub position: Position,
+    /// Its type name.
+    pub event_type: String,
+    /// Its stored schema version.
+    pub schema_version: u32,
+}
+
+impl std::fmt::Display for EventRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "event {} ({} v{}) in stream {} at version {}, position {}",
+            self.event_id,
+            self.event_type,
+            self.schema_version,
+            self.stream_id,
+            self.stream_version,
+            self.position
+        )
+    }
+}
+
+/// A stored event that could not become a typed event.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot decode {event}: {source}")]
+pub struct EventDecodeError {
+    /// The event that failed (boxed to keep `Result`s small on the happy path).
+    pub event: Box<EventRef>,
+    /// Why.
+    #[source]
+    pub source: DecodeError,
+}

@@ -1,0 +1,109 @@
+//! The domain model and runtime of the event-sourcing framework: aggregates that decide and
+//! evolve, the envelope every stored event travels in, the [`EventStore`] contract, command
+//! handling with optimistic concurrency, and an in-memory store.
+//!
+//! This crate does no I/O and knows nothing of SQL; `es-postgres` implements the store contract
+//! on PostgreSQL and `es-macros` derives the traits below.
+//!
+//! # Layout
+//! - [`Aggregate`] (`aggregate.rs`): `handle` decides on a command, `apply` evolves the state.
+//! - [`DomainEvent`] (`event.rs`): names, versions and encodes events; [`NewEvent`] is one
+//!   about to be appended.
+//! - [`Envelope`] (`envelope.rs`): a stored event with ids, versions, position, time,
+//!   correlation, causation and metadata; [`RecordedEvent`] is one with a raw payload.
+//! - [`ExpectedVersion`] and [`ConflictError`] (`version.rs`): optimistic concurrency.
+//! - [`EventStore`] (`store.rs`): append with an expected version, read a stream, read the
+//!   global log from a [`Position`].
+//! - [`CommandHandler`] and [`Repository`] (`command.rs`): load, decide, append, retry.
+//! - [`InMemoryEventStore`] (`memory.rs`): for tests and the quickstart.
+//! - `testing` (feature `testing`): a given/when/then kit and the store conformance suite.
+//!
+//! # Example
+//! ```
+//! use std::sync::Arc;
+//! use es_core::{Aggregate, CommandHandler, DomainEvent, DecodeError, EventType, InMemoryEventStore};
+//! use serde::{Deserialize, Serialize};
+//! use serde_json::value::RawValue;
+//!
+//! #[derive(Default)]
+//! struct Account { balance: i64 }
+//!
+//! enum AccountCommand { Deposit(i64), Withdraw(i64) }
+//!
+//! #[derive(Debug, Serialize, Deserialize)]
+//! enum AccountEvent { Deposited { amount: i64 }, Withdrawn { amount: i64 } }
+//!
+//! impl DomainEvent for AccountEvent {
+//!     const TYPES: &'static [EventType] = &[
+//!         EventType { name: "Deposited", version: 1 },
+//!         EventType { name: "Withdrawn", version: 1 },
+//!     ];
+//!     fn event_type(&self) -> &'static str {
+//!         match self { Self::Deposited { .. } => "Deposited", Self::Withdrawn { .. } => "Withdrawn" }
+//!     }
+//!     fn encode(&self) -> Result<Box<RawValue>, serde_json::Error> { es_core::encode_tagged(self) }
+//!     fn decode(t: &str, p: &RawValue) -> Result<Self, DecodeError> { Ok(es_core::decode_tagged(t, p)?) }
+//! }
+//!
+//! #[derive(Debug, thiserror::Error)]
+//! #[error("insufficient funds")]
+//! struct InsufficientFunds;
+//!
+//! impl Aggregate for Account {
+//!     const CATEGORY: &'static str = "account";
+//!     type Command = AccountCommand;
+//!     type Event = AccountEvent;
+//!     type Error = InsufficientFunds;
+//!
+//!     fn handle(&self, command: &AccountCommand) -> Result<Vec<AccountEvent>, InsufficientFunds> {
+//!         match *command {
+//!             AccountCommand::Deposit(amount) => Ok(vec![AccountEvent::Deposited { amount }]),
+//!             AccountCommand::Withdraw(amount) if amount > self.balance => Err(InsufficientFunds),
+//!             AccountCommand::Withdraw(amount) => Ok(vec![AccountEvent::Withdrawn { amount }]),
+//!         }
+//!     }
+//!
+//!     fn apply(&mut self, event: &AccountEvent) {
+//!         match event {
+//!             AccountEvent::Deposited { amount } => self.balance += amount,
+//!             AccountEvent::Withdrawn { amount } => self.balance -= amount,
+//!         }
+//!     }
+//! }
+//!
+//! # futures_util::FutureExt::now_or_never(async {
+//! let handler = CommandHandler::<Account>::new(Arc::new(InMemoryEventStore::new()));
+//! handler.execute("alice", AccountCommand::Deposit(100)).await?;
+//! let done = handler.execute("alice", AccountCommand::Withdraw(30)).await?;
+//! assert_eq!((done.state.balance, done.version), (70, 2));
+//! assert!(handler.execute("alice", AccountCommand::Withdraw(500)).await.is_err());
+//! # Ok::<(), es_core::CommandError<InsufficientFunds>>(())
+//! # }).unwrap().unwrap();
+//! ```
+
+mod aggregate;
+mod command;
+mod envelope;
+mod error;
+mod event;
+mod memory;
+mod position;
+mod store;
+mod stream;
+mod version;
+
+#[cfg(feature = "testing")]
+pub mod testing;
+
+pub use aggregate::Aggregate;
+pub use command::{CommandContext, CommandHandler, Executed, Loaded, Repository, RetryPolicy};
+pub use envelope::{Envelope, EventDecodeError, EventRef, Metadata, RecordedEvent};
+pub use error::{BoxError, CommandError, StoreError};
+pub use event::{
+    DecodeError, DomainEvent, EventType, NewEvent, current_version, decode_tagged, encode_tagged,
+};
+pub use memory::InMemoryEventStore;
+pub use position::Position;
+pub use store::{AppendResult, EventStore, judge_repeat, validate_append};
+pub use stream::{InvalidStreamId, MAX_STREAM_ID_LEN, StreamId};
+pub use version::{ConflictError, ExpectedVersion};

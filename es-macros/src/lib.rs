@@ -1,0 +1,1 @@
+//! Derive macros for the event-sourcing framework (in progress: see the open issue).
