@@ -1,1 +1,50 @@
-//! placeholder
+//! The PostgreSQL event store: [`PgEventStore`] implements `es_core`'s
+//! [`EventStore`](es_core::EventStore) with optimistic concurrency, idempotent appends, stored
+//! events the database itself refuses to change, and a global log that readers follow without
+//! ever skipping an event.
+//!
+//! Everything lives in one PostgreSQL schema (default `es`), built by embedded sqlx migrations
+//! that [`PgEventStore::migrate`] applies.
+//!
+//! # Layout
+//! - `schema.rs`: [`SchemaName`] and the migrations (`migrations/*.sql`).
+//! - `store.rs`: [`PgEventStore`]: appends, reads, the [`Horizon`] readers are held to.
+//! - `follower.rs`: [`LogFollower`]: catch up, then follow live (LISTEN/NOTIFY, polling fallback).
+//! - `row.rs`: rows to envelopes; malformed rows become typed errors naming the event.
+//! - `error.rs`: [`PgError`], and how driver errors map onto `StoreError`.
+//! - `testing.rs` (feature `testing`): a database schema of its own for each test.
+//!
+//! # Example
+//! ```no_run
+//! use es_core::{EventStore, ExpectedVersion, NewEvent, Position, StreamId};
+//! use es_postgres::PgEventStore;
+//!
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let store = PgEventStore::connect("postgres://postgres@127.0.0.1:5432/postgres").await?;
+//! let stream = StreamId::new("order-42")?;
+//! let payload = serde_json::value::to_raw_value(&serde_json::json!({ "sku": "A-1" }))?;
+//! store
+//!     .append(&stream, ExpectedVersion::NoStream, vec![NewEvent::new("OrderPlaced", 1, payload)])
+//!     .await?;
+//!
+//! let mut follower = store.follow(Position::START);
+//! for event in follower.next_batch().await? {
+//!     println!("{} {} v{}", event.position, event.event_type, event.stream_version);
+//! }
+//! # Ok(())
+//! # }
+//! ```
+
+mod error;
+mod follower;
+mod row;
+mod schema;
+mod store;
+
+#[cfg(feature = "testing")]
+pub mod testing;
+
+pub use error::PgError;
+pub use follower::LogFollower;
+pub use schema::{MAX_SCHEMA_NAME_LEN, SchemaName};
+pub use store::{Horizon, PgEventStore};

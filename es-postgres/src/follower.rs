@@ -1,0 +1,114 @@
+//! Following the global log: catch up from a checkpoint, then wait for new events.
+
+use std::time::Duration;
+
+use es_core::{EventStore, Position, RecordedEvent, StoreError};
+use sqlx::postgres::PgListener;
+
+use crate::PgEventStore;
+
+/// Reads the global log in batches from a position on, and when it has caught up waits for the
+/// next append: woken at once by the append's notification, or after the poll interval when a
+/// notification is lost (a dropped listener connection, an append that commits while an older
+/// transaction still holds the horizon). Correctness rests on the reads, never on notifications.
+pub struct LogFollower {
+    store: PgEventStore,
+    after: Position,
+    batch_size: usize,
+    poll_interval: Duration,
+    listener: Option<PgListener>,
+    listening: bool,
+}
+
+impl LogFollower {
+    pub(crate) fn new(store: PgEventStore, after: Position) -> Self {
+        Self {
+            store,
+            after,
+            batch_size: 500,
+            poll_interval: Duration::from_millis(500),
+            listener: None,
+            listening: false,
+        }
+    }
+
+    /// Reads at most `size` events per batch (default 500).
+    pub fn batch_size(mut self, size: usize) -> Self {
+        self.batch_size = size.max(1);
+        self
+    }
+
+    /// Polls at least this often when no notification arrives (default 500 ms).
+    pub fn poll_interval(mut self, interval: Duration) -> Self {
+        self.poll_interval = interval;
+        self
+    }
+
+    /// The position of the last event returned: where a restarted follower resumes.
+    pub fn position(&self) -> Position {
+        self.after
+    }
+
+    /// The next batch of events, not empty; waits until there is one.
+    pub async fn next_batch(&mut self) -> Result<Vec<RecordedEvent>, StoreError> {
+        loop {
+            if let Some(batch) = self.try_next_batch().await? {
+                return Ok(batch);
+            }
+            self.wait().await;
+        }
+    }
+
+    /// The next batch of events if there is one now, without waiting.
+    pub async fn try_next_batch(&mut self) -> Result<Option<Vec<RecordedEvent>>, StoreError> {
+        // Listen before reading: a notification that arrives between the read and the wait is
+        // then queued, not lost.
+        self.ensure_listening().await;
+        let batch = self.store.read_all(self.after, self.batch_size).await?;
+        Ok(batch.last().map(|last| last.position).map(|last| {
+            self.after = last;
+            batch
+        }))
+    }
+
+    async fn ensure_listening(&mut self) {
+        if self.listening {
+            return;
+        }
+        match PgListener::connect_with(self.store.pool()).await {
+            Ok(mut listener) => match listener.listen(&self.store.schema().channel()).await {
+                Ok(()) => {
+                    self.listener = Some(listener);
+                    self.listening = true;
+                }
+                Err(err) => tracing::warn!(error = %err, "cannot LISTEN; polling instead"),
+            },
+            Err(err) => tracing::warn!(error = %err, "cannot connect a listener; polling instead"),
+        }
+    }
+
+    async fn wait(&mut self) {
+        let Some(listener) = self.listener.as_mut() else {
+            tokio::time::sleep(self.poll_interval).await;
+            // Try to listen again on the next round.
+            self.listening = false;
+            return;
+        };
+        match tokio::time::timeout(self.poll_interval, listener.try_recv()).await {
+            Ok(Ok(Some(_))) => {
+                // Several appends may have notified; one read serves them all.
+                while listener.next_buffered().is_some() {}
+            }
+            Ok(Ok(None)) => {
+                // The listener reconnects by itself; notifications sent meanwhile are lost,
+                // which the next read covers.
+            }
+            Ok(Err(err)) => {
+                tracing::warn!(error = %err, "listener failed; polling until it reconnects");
+                self.listener = None;
+                self.listening = false;
+            }
+            Err(_elapsed) => {}
+        }
+    }
+}

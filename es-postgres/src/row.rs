@@ -1,0 +1,84 @@
+//! Turning `events` rows into envelopes, refusing malformed ones with errors that name them.
+
+use es_core::{Metadata, Position, RecordedEvent, StoreError, StreamId};
+use serde_json::value::RawValue;
+use sqlx::Row;
+use sqlx::postgres::PgRow;
+
+/// The columns every event read selects, in the order [`decode_event`] reads them.
+pub(crate) const EVENT_COLUMNS: &str = "transaction_id, position, event_id, stream_id, \
+     stream_version, event_type, schema_version, recorded_at, correlation_id, causation_id, \
+     metadata::text, payload::text";
+
+/// What is known of the row being decoded, for naming it in an error.
+#[derive(Default)]
+struct Context {
+    event_id: Option<uuid::Uuid>,
+    position: Option<Position>,
+}
+
+impl Context {
+    fn malformed(&self, field: &'static str, reason: impl Into<String>) -> StoreError {
+        StoreError::Malformed {
+            event_id: self.event_id,
+            position: self.position,
+            field,
+            reason: reason.into(),
+        }
+    }
+
+    fn get<'r, T>(&self, row: &'r PgRow, index: usize, field: &'static str) -> Result<T, StoreError>
+    where
+        T: sqlx::Decode<'r, sqlx::Postgres> + sqlx::Type<sqlx::Postgres>,
+    {
+        row.try_get(index)
+            .map_err(|e| self.malformed(field, e.to_string()))
+    }
+
+    fn unsigned(&self, row: &PgRow, index: usize, field: &'static str) -> Result<u64, StoreError> {
+        let value: i64 = self.get(row, index, field)?;
+        u64::try_from(value).map_err(|_| self.malformed(field, format!("{value} is negative")))
+    }
+}
+
+/// Decodes a row selected with [`EVENT_COLUMNS`].
+pub(crate) fn decode_event(row: &PgRow) -> Result<RecordedEvent, StoreError> {
+    let mut cx = Context::default();
+    let position = Position::new(
+        cx.unsigned(row, 0, "transaction_id")?,
+        cx.unsigned(row, 1, "position")?,
+    );
+    cx.position = Some(position);
+    let event_id = cx.get(row, 2, "event_id")?;
+    cx.event_id = Some(event_id);
+
+    let stream: String = cx.get(row, 3, "stream_id")?;
+    let stream_id = StreamId::new(stream).map_err(|e| cx.malformed("stream_id", e.to_string()))?;
+    let schema_version: i32 = cx.get(row, 6, "schema_version")?;
+    let metadata_text: String = cx.get(row, 10, "metadata")?;
+    let payload_text: String = cx.get(row, 11, "payload")?;
+
+    let metadata = if metadata_text == "{}" {
+        Metadata::new()
+    } else {
+        serde_json::from_str::<Metadata>(&metadata_text)
+            .map_err(|e| cx.malformed("metadata", format!("not a JSON object: {e}")))?
+    };
+    let payload = RawValue::from_string(payload_text)
+        .map_err(|e| cx.malformed("payload", format!("not JSON: {e}")))?;
+
+    Ok(RecordedEvent {
+        event_id,
+        stream_id,
+        stream_version: cx.unsigned(row, 4, "stream_version")?,
+        position,
+        event_type: cx.get(row, 5, "event_type")?,
+        schema_version: u32::try_from(schema_version)
+            .map_err(|_| cx.malformed("schema_version", format!("{schema_version} is negative")))?,
+        recorded_at: cx.get(row, 7, "recorded_at")?,
+        correlation_id: cx.get(row, 8, "correlation_id")?,
+        causation_id: cx.get(row, 9, "causation_id")?,
+        metadata,
+        payload,
+    })
+}

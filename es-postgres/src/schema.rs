@@ -1,0 +1,147 @@
+//! The PostgreSQL schema a store lives in, and the migrations that build it.
+
+use std::fmt;
+
+use sqlx::migrate::Migrator;
+use sqlx::{AssertSqlSafe, Connection, Executor, PgPool};
+
+use crate::PgError;
+
+/// The longest schema name accepted, leaving room for the notification channel name
+/// (`{schema}.events`) within PostgreSQL's 63-byte identifier limit.
+pub const MAX_SCHEMA_NAME_LEN: usize = 48;
+
+static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
+
+/// A validated PostgreSQL schema name: lowercase ASCII letters, digits and `_`, not starting
+/// with a digit, at most [`MAX_SCHEMA_NAME_LEN`] bytes.
+///
+/// Table names are the one part of the store's SQL that cannot be a bound parameter; this type
+/// is what makes putting the schema into SQL text safe.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct SchemaName(String);
+
+impl SchemaName {
+    /// Validates `name`.
+    pub fn new(name: impl Into<String>) -> Result<Self, PgError> {
+        let name = name.into();
+        let invalid = |reason: &'static str| PgError::InvalidSchemaName {
+            name: name.clone(),
+            reason,
+        };
+        if name.is_empty() {
+            return Err(invalid("it is empty"));
+        }
+        if name.len() > MAX_SCHEMA_NAME_LEN {
+            return Err(invalid("it is longer than 48 bytes"));
+        }
+        if name.starts_with(|c: char| c.is_ascii_digit()) {
+            return Err(invalid("it starts with a digit"));
+        }
+        if !name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+        {
+            return Err(invalid(
+                "only lowercase ASCII letters, digits and underscores are allowed",
+            ));
+        }
+        if name.starts_with("pg_") {
+            return Err(invalid(
+                "names starting with pg_ are reserved by PostgreSQL",
+            ));
+        }
+        Ok(Self(name))
+    }
+
+    /// The name.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The name as a quoted SQL identifier.
+    pub(crate) fn quoted(&self) -> String {
+        // Validation admits no quote character, so no escaping is needed.
+        format!("\"{}\"", self.0)
+    }
+
+    /// The LISTEN/NOTIFY channel appends notify on.
+    pub fn channel(&self) -> String {
+        format!("{}.events", self.0)
+    }
+}
+
+impl Default for SchemaName {
+    fn default() -> Self {
+        Self("es".to_owned())
+    }
+}
+
+impl fmt::Display for SchemaName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Creates the schema if needed and applies every migration not yet applied. Idempotent, and
+/// safe to call from several processes at once: they serialise on an advisory lock per schema.
+///
+/// Runs on a connection of its own (not one from the pool) because it changes `search_path`.
+pub(crate) async fn migrate(pool: &PgPool, schema: &SchemaName) -> Result<(), PgError> {
+    let options = pool.connect_options();
+    let mut conn = sqlx::PgConnection::connect_with(&options).await?;
+    let result = migrate_on(&mut conn, schema).await;
+    // Closing ends the session, releasing the advisory lock even after a failed migration.
+    let _ = conn.close().await;
+    result
+}
+
+async fn migrate_on(conn: &mut sqlx::PgConnection, schema: &SchemaName) -> Result<(), PgError> {
+    sqlx::query("SELECT pg_advisory_lock(hashtextextended($1, 0))")
+        .bind(format!("es-postgres migrate {schema}"))
+        .execute(&mut *conn)
+        .await?;
+    conn.execute(AssertSqlSafe(format!(
+        "CREATE SCHEMA IF NOT EXISTS {}",
+        schema.quoted()
+    )))
+    .await?;
+    sqlx::query("SELECT set_config('search_path', $1, false)")
+        .bind(schema.quoted())
+        .execute(&mut *conn)
+        .await?;
+    let mut migrator = Migrator::with_migrations(MIGRATOR.iter().cloned().collect());
+    // Our per-schema lock above already serialises migrators of this schema; sqlx's own lock is
+    // per database and would serialise unrelated schemas too.
+    migrator.set_locking(false);
+    migrator.run(&mut *conn).await?;
+    sqlx::query("SELECT pg_advisory_unlock(hashtextextended($1, 0))")
+        .bind(format!("es-postgres migrate {schema}"))
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schema_names_admit_only_plain_identifiers() {
+        assert!(SchemaName::new("es").is_ok());
+        assert!(SchemaName::new("tenant_42").is_ok());
+        for bad in [
+            "",
+            "Es",
+            "1st",
+            "a-b",
+            "a\"b",
+            "pg_x",
+            "a b",
+            &"x".repeat(49),
+        ] {
+            assert!(SchemaName::new(bad).is_err(), "{bad:?} must be refused");
+        }
+        assert_eq!(SchemaName::default().channel(), "es.events");
+    }
+}

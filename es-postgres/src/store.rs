@@ -1,0 +1,520 @@
+//! The PostgreSQL event store.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use es_core::{
+    AppendResult, ConflictError, EventStore, ExpectedVersion, NewEvent, Position, RecordedEvent,
+    StoreError, StreamId, judge_repeat, validate_append,
+};
+use futures_core::stream::BoxStream;
+use futures_util::StreamExt;
+use sqlx::postgres::{PgPoolOptions, PgRow};
+use sqlx::{AssertSqlSafe, Connection, PgConnection, PgExecutor, PgPool, Row};
+use uuid::Uuid;
+
+use crate::error::{UNIQUE_VIOLATION, db_code, store_error};
+use crate::row::{EVENT_COLUMNS, decode_event};
+use crate::schema::{self, SchemaName};
+use crate::{LogFollower, PgError};
+
+/// The event store on PostgreSQL. Cheap to clone: clones share one pool and statement set.
+///
+/// Appends are one statement each (no explicit transaction, one round trip): a common table
+/// expression moves the stream's version in `streams`, which locks that stream's row only, and
+/// feeds one multi-row insert of all the append's events. The global log is read in
+/// `(transaction_id, position)` order, only up to the oldest transaction still running, so a
+/// reader never skips an event that commits late (see `ARCHITECTURE.md`).
+#[derive(Clone)]
+pub struct PgEventStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    pool: PgPool,
+    schema: SchemaName,
+    sql: Statements,
+}
+
+/// Every statement of the store, built once with the schema name in it. The schema name is
+/// the only non-parameter in any of them, and [`SchemaName`] admits plain identifiers only.
+struct Statements {
+    append_exact: Arc<str>,
+    append_exists: Arc<str>,
+    append_new: Arc<str>,
+    append_any: Arc<str>,
+    read_stream: Arc<str>,
+    read_all: Arc<str>,
+    events_by_id: Arc<str>,
+    stream_version: Arc<str>,
+    head: Arc<str>,
+    horizon: Arc<str>,
+}
+
+impl Statements {
+    fn new(schema: &SchemaName) -> Self {
+        let s = schema.quoted();
+        let append = |stream_cte: &str| -> Arc<str> {
+            format!(
+                "WITH s AS ({stream_cte}) \
+                 INSERT INTO {s}.events (event_id, stream_id, stream_version, event_type, \
+                     schema_version, correlation_id, causation_id, metadata, payload) \
+                 SELECT e.event_id, $1, s.version - $2 + e.ord, e.event_type, e.schema_version, \
+                     e.correlation_id, e.causation_id, e.metadata::json, e.payload::json \
+                 FROM s, UNNEST($3::uuid[], $4::text[], $5::int4[], $6::uuid[], $7::uuid[], \
+                     $8::text[], $9::text[]) WITH ORDINALITY \
+                     AS e(event_id, event_type, schema_version, correlation_id, causation_id, \
+                          metadata, payload, ord) \
+                 RETURNING transaction_id, position, stream_version"
+            )
+            .into()
+        };
+        let horizon = "pg_snapshot_xmin(pg_current_snapshot())::text::bigint";
+        Self {
+            append_exact: append(&format!(
+                "UPDATE {s}.streams SET version = version + $2 \
+                 WHERE stream_id = $1 AND version = $10 RETURNING version"
+            )),
+            append_exists: append(&format!(
+                "UPDATE {s}.streams SET version = version + $2 \
+                 WHERE stream_id = $1 RETURNING version"
+            )),
+            append_new: append(&format!(
+                "INSERT INTO {s}.streams (stream_id, version) VALUES ($1, $2) RETURNING version"
+            )),
+            append_any: append(&format!(
+                "INSERT INTO {s}.streams AS t (stream_id, version) VALUES ($1, $2) \
+                 ON CONFLICT (stream_id) DO UPDATE SET version = t.version + EXCLUDED.version \
+                 RETURNING version"
+            )),
+            read_stream: format!(
+                "SELECT {EVENT_COLUMNS} FROM {s}.events \
+                 WHERE stream_id = $1 AND stream_version >= $2 ORDER BY stream_version"
+            )
+            .into(),
+            // The horizon is taken once per statement (an init plan), not per row.
+            read_all: format!(
+                "SELECT {EVENT_COLUMNS} FROM {s}.events \
+                 WHERE (transaction_id, position) > ($1, $2) \
+                   AND transaction_id < (SELECT {horizon}) \
+                 ORDER BY transaction_id, position LIMIT $3"
+            )
+            .into(),
+            events_by_id: format!(
+                "SELECT {EVENT_COLUMNS} FROM {s}.events WHERE event_id = ANY($1)"
+            )
+            .into(),
+            stream_version: format!("SELECT version FROM {s}.streams WHERE stream_id = $1").into(),
+            head: format!(
+                "SELECT transaction_id, position FROM {s}.events \
+                 WHERE transaction_id < (SELECT {horizon}) \
+                 ORDER BY transaction_id DESC, position DESC LIMIT 1"
+            )
+            .into(),
+            horizon: format!(
+                "SELECT h.xmin, \
+                   (SELECT extract(epoch FROM now() - min(xact_start))::float8 \
+                      FROM pg_stat_activity \
+                      WHERE backend_xid IS NOT NULL AND pid <> pg_backend_pid()), \
+                   (SELECT count(*) FROM {s}.events WHERE transaction_id >= h.xmin) \
+                 FROM (SELECT {horizon} AS xmin) h"
+            )
+            .into(),
+        }
+    }
+}
+
+/// How far readers of the global log are held back, for monitoring.
+///
+/// Readers only see events of transactions older than every transaction still running in the
+/// cluster, so one long-running writing transaction anywhere delays every reader. Alert when
+/// `oldest_writer_age` grows past what your projections can tolerate.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Horizon {
+    /// The oldest transaction id still running: readers see events of older transactions only.
+    pub xmin: u64,
+    /// How long the oldest transaction that holds a transaction id has been running (`None`
+    /// when no other transaction holds one).
+    pub oldest_writer_age: Option<Duration>,
+    /// Committed events readers cannot see yet, because an older transaction is still running.
+    pub held_back_events: u64,
+}
+
+impl PgEventStore {
+    /// A store in the default schema `es` of `pool`'s database. Call [`migrate`](Self::migrate)
+    /// once before use.
+    pub fn new(pool: PgPool) -> Self {
+        Self::in_schema(pool, SchemaName::default())
+    }
+
+    /// A store in the schema `schema`, which must be a plain identifier (see [`SchemaName`]).
+    pub fn with_schema(pool: PgPool, schema: &str) -> Result<Self, PgError> {
+        Ok(Self::in_schema(pool, SchemaName::new(schema)?))
+    }
+
+    /// A store in the validated schema `schema`.
+    pub fn in_schema(pool: PgPool, schema: SchemaName) -> Self {
+        let sql = Statements::new(&schema);
+        Self {
+            inner: Arc::new(Inner { pool, schema, sql }),
+        }
+    }
+
+    /// Connects a pool of up to 10 connections to `url`, and migrates the default schema.
+    pub async fn connect(url: &str) -> Result<Self, PgError> {
+        let pool = PgPoolOptions::new()
+            .max_connections(10)
+            .connect(url)
+            .await?;
+        let store = Self::new(pool);
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    /// Creates the schema and applies pending migrations. Idempotent; safe to run from several
+    /// processes at once.
+    pub async fn migrate(&self) -> Result<(), PgError> {
+        schema::migrate(&self.inner.pool, &self.inner.schema).await
+    }
+
+    /// The connection pool.
+    pub fn pool(&self) -> &PgPool {
+        &self.inner.pool
+    }
+
+    /// The schema the store lives in.
+    pub fn schema(&self) -> &SchemaName {
+        &self.inner.schema
+    }
+
+    /// A follower of the global log from `after`: it catches up, then waits for new events,
+    /// woken by notifications and polling as a fallback.
+    pub fn follow(&self, after: Position) -> LogFollower {
+        LogFollower::new(self.clone(), after)
+    }
+
+    /// Appends within the caller's transaction (or on a plain connection), so events can commit
+    /// atomically with other writes: a saga's state, an outbox row, a read model.
+    ///
+    /// The append runs in a savepoint: when it is refused, the caller's transaction stays
+    /// usable. Same guarantees and errors as [`EventStore::append`]; the events become visible
+    /// when the caller commits.
+    pub async fn append_in(
+        &self,
+        conn: &mut PgConnection,
+        stream: &StreamId,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+    ) -> Result<AppendResult, StoreError> {
+        validate_append(stream, &events)?;
+        if events.is_empty() {
+            return self.check_only(&mut *conn, stream, expected).await;
+        }
+        let mut savepoint = conn.begin().await.map_err(store_error)?;
+        match self
+            .try_append(&mut *savepoint, stream, expected, &events)
+            .await
+        {
+            Ok(Some(result)) => {
+                savepoint.commit().await.map_err(store_error)?;
+                Ok(result)
+            }
+            Ok(None) => {
+                savepoint.rollback().await.map_err(store_error)?;
+                self.resolve_refusal(&mut *conn, stream, expected, &events)
+                    .await
+            }
+            Err(err) => {
+                let _ = savepoint.rollback().await;
+                Err(err)
+            }
+        }
+    }
+
+    /// How far readers of the global log are held back; see [`Horizon`].
+    pub async fn horizon(&self) -> Result<Horizon, StoreError> {
+        let row = sqlx::query(AssertSqlSafe(self.inner.sql.horizon.clone()))
+            .fetch_one(&self.inner.pool)
+            .await
+            .map_err(store_error)?;
+        let xmin: i64 = row.try_get(0).map_err(store_error)?;
+        let age: Option<f64> = row.try_get(1).map_err(store_error)?;
+        let held_back: i64 = row.try_get(2).map_err(store_error)?;
+        Ok(Horizon {
+            xmin: xmin.max(0) as u64,
+            oldest_writer_age: age.map(|s| Duration::from_secs_f64(s.max(0.0))),
+            held_back_events: held_back.max(0) as u64,
+        })
+    }
+
+    /// Runs the append statement. `Ok(None)`: refused by the expected version or by an event id
+    /// already stored; nothing written, and the caller finds out which.
+    async fn try_append<'c>(
+        &self,
+        executor: impl PgExecutor<'c>,
+        stream: &StreamId,
+        expected: ExpectedVersion,
+        events: &[NewEvent],
+    ) -> Result<Option<AppendResult>, StoreError> {
+        let sql = &self.inner.sql;
+        let (statement, exact) = match expected {
+            ExpectedVersion::Exact(0) | ExpectedVersion::NoStream => (&sql.append_new, None),
+            ExpectedVersion::Exact(n) => (&sql.append_exact, Some(n)),
+            ExpectedVersion::StreamExists => (&sql.append_exists, None),
+            ExpectedVersion::Any => (&sql.append_any, None),
+        };
+        let columns = Columns::of(events);
+        let mut query = sqlx::query(AssertSqlSafe(statement.clone()))
+            .bind(stream.as_str())
+            .bind(events.len() as i64)
+            .bind(&columns.event_ids)
+            .bind(&columns.event_types)
+            .bind(&columns.schema_versions)
+            .bind(&columns.correlation_ids)
+            .bind(&columns.causation_ids)
+            .bind(&columns.metadata)
+            .bind(&columns.payloads);
+        if let Some(n) = exact {
+            query = query.bind(to_i64(n));
+        }
+        match query.fetch_all(executor).await {
+            Ok(rows) if rows.is_empty() => Ok(None),
+            Ok(rows) => appended(&rows).map(Some),
+            Err(err) => match db_code(&err) {
+                Some((code, Some(constraint)))
+                    if code == UNIQUE_VIOLATION
+                        && matches!(
+                            constraint.as_str(),
+                            "streams_pkey" | "events_event_id_key" | "events_stream_version_key"
+                        ) =>
+                {
+                    Ok(None)
+                }
+                _ => Err(store_error(err)),
+            },
+        }
+    }
+
+    /// After a refused append: a repeat of an earlier append, a reused id, or a conflict.
+    async fn resolve_refusal(
+        &self,
+        conn: &mut PgConnection,
+        stream: &StreamId,
+        expected: ExpectedVersion,
+        events: &[NewEvent],
+    ) -> Result<AppendResult, StoreError> {
+        let ids: Vec<Uuid> = events.iter().map(|e| e.event_id).collect();
+        let stored = sqlx::query(AssertSqlSafe(self.inner.sql.events_by_id.clone()))
+            .bind(&ids)
+            .fetch_all(&mut *conn)
+            .await
+            .map_err(store_error)?
+            .iter()
+            .map(decode_event)
+            .collect::<Result<Vec<_>, _>>()?;
+        if let Some(repeat) = judge_repeat(stream, events, &stored)? {
+            return Ok(repeat);
+        }
+        let actual = self.version_on(&mut *conn, stream).await?;
+        Err(ConflictError {
+            stream: stream.clone(),
+            expected,
+            actual,
+        }
+        .into())
+    }
+
+    async fn check_only<'c>(
+        &self,
+        executor: impl PgExecutor<'c>,
+        stream: &StreamId,
+        expected: ExpectedVersion,
+    ) -> Result<AppendResult, StoreError> {
+        let actual = self.version_on(executor, stream).await?;
+        if !expected.accepts(actual) {
+            return Err(ConflictError {
+                stream: stream.clone(),
+                expected,
+                actual,
+            }
+            .into());
+        }
+        let current = actual.unwrap_or(0);
+        Ok(AppendResult {
+            first_version: current + 1,
+            last_version: current,
+            positions: Vec::new(),
+            deduplicated: false,
+        })
+    }
+
+    async fn version_on<'c>(
+        &self,
+        executor: impl PgExecutor<'c>,
+        stream: &StreamId,
+    ) -> Result<Option<u64>, StoreError> {
+        let version: Option<i64> =
+            sqlx::query_scalar(AssertSqlSafe(self.inner.sql.stream_version.clone()))
+                .bind(stream.as_str())
+                .fetch_optional(executor)
+                .await
+                .map_err(store_error)?;
+        version
+            .map(|v| {
+                u64::try_from(v).map_err(|_| StoreError::Malformed {
+                    event_id: None,
+                    position: None,
+                    field: "streams.version",
+                    reason: format!("stream {stream} is at negative version {v}"),
+                })
+            })
+            .transpose()
+    }
+}
+
+#[async_trait]
+impl EventStore for PgEventStore {
+    async fn append(
+        &self,
+        stream: &StreamId,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+    ) -> Result<AppendResult, StoreError> {
+        validate_append(stream, &events)?;
+        if events.is_empty() {
+            return self.check_only(&self.inner.pool, stream, expected).await;
+        }
+        // A refusal is rare; only then is a second round trip spent finding out why. An `Any`
+        // append refused by an id whose writer then rolled back is simply tried again.
+        for _ in 0..3 {
+            if let Some(result) = self
+                .try_append(&self.inner.pool, stream, expected, &events)
+                .await?
+            {
+                return Ok(result);
+            }
+            let mut conn = self.inner.pool.acquire().await.map_err(store_error)?;
+            match self
+                .resolve_refusal(&mut conn, stream, expected, &events)
+                .await
+            {
+                Err(StoreError::Conflict(_)) if expected == ExpectedVersion::Any => continue,
+                other => return other,
+            }
+        }
+        Err(StoreError::Backend {
+            source: format!("append to {stream} was refused three times without a cause").into(),
+            transient: true,
+        })
+    }
+
+    fn read_stream<'a>(
+        &'a self,
+        stream: &'a StreamId,
+        from_version: u64,
+    ) -> BoxStream<'a, Result<RecordedEvent, StoreError>> {
+        sqlx::query(AssertSqlSafe(self.inner.sql.read_stream.clone()))
+            .bind(stream.as_str())
+            .bind(to_i64(from_version.max(1)))
+            .fetch(&self.inner.pool)
+            .map(|row| row.map_err(store_error).and_then(|row| decode_event(&row)))
+            .boxed()
+    }
+
+    async fn read_all(
+        &self,
+        after: Position,
+        limit: usize,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        sqlx::query(AssertSqlSafe(self.inner.sql.read_all.clone()))
+            .bind(to_i64(after.transaction))
+            .bind(to_i64(after.sequence))
+            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+            .fetch_all(&self.inner.pool)
+            .await
+            .map_err(store_error)?
+            .iter()
+            .map(decode_event)
+            .collect()
+    }
+
+    async fn stream_version(&self, stream: &StreamId) -> Result<Option<u64>, StoreError> {
+        self.version_on(&self.inner.pool, stream).await
+    }
+
+    async fn head(&self) -> Result<Position, StoreError> {
+        let row: Option<(i64, i64)> = sqlx::query_as(AssertSqlSafe(self.inner.sql.head.clone()))
+            .fetch_optional(&self.inner.pool)
+            .await
+            .map_err(store_error)?;
+        Ok(row.map_or(Position::START, |(t, p)| {
+            Position::new(t.max(0) as u64, p.max(0) as u64)
+        }))
+    }
+}
+
+/// An append's events as one array per column, bound to `UNNEST`.
+struct Columns<'a> {
+    event_ids: Vec<Uuid>,
+    event_types: Vec<&'a str>,
+    schema_versions: Vec<i32>,
+    correlation_ids: Vec<Uuid>,
+    causation_ids: Vec<Option<Uuid>>,
+    metadata: Vec<String>,
+    payloads: Vec<&'a str>,
+}
+
+impl<'a> Columns<'a> {
+    fn of(events: &'a [NewEvent]) -> Self {
+        Self {
+            event_ids: events.iter().map(|e| e.event_id).collect(),
+            event_types: events.iter().map(|e| e.event_type.as_str()).collect(),
+            schema_versions: events
+                .iter()
+                .map(|e| i32::try_from(e.schema_version).unwrap_or(i32::MAX))
+                .collect(),
+            correlation_ids: events.iter().map(|e| e.correlation_id).collect(),
+            causation_ids: events.iter().map(|e| e.causation_id).collect(),
+            metadata: events
+                .iter()
+                .map(|e| {
+                    if e.metadata.is_empty() {
+                        "{}".to_owned()
+                    } else {
+                        // A map of JSON values always serializes.
+                        serde_json::to_string(&e.metadata).unwrap_or_else(|_| "{}".to_owned())
+                    }
+                })
+                .collect(),
+            payloads: events.iter().map(|e| e.payload.get()).collect(),
+        }
+    }
+}
+
+fn appended(rows: &[PgRow]) -> Result<AppendResult, StoreError> {
+    let mut written = rows
+        .iter()
+        .map(|row| -> Result<(i64, Position), sqlx::Error> {
+            let transaction: i64 = row.try_get(0)?;
+            let position: i64 = row.try_get(1)?;
+            let version: i64 = row.try_get(2)?;
+            Ok((
+                version,
+                Position::new(transaction.max(0) as u64, position.max(0) as u64),
+            ))
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(store_error)?;
+    written.sort_unstable_by_key(|(version, _)| *version);
+    Ok(AppendResult {
+        first_version: written[0].0 as u64,
+        last_version: written[written.len() - 1].0 as u64,
+        positions: written.into_iter().map(|(_, p)| p).collect(),
+        deduplicated: false,
+    })
+}
+
+fn to_i64(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
