@@ -1,0 +1,227 @@
+//! `#[derive(DomainEvent)]`.
+
+use proc_macro2::{Span, TokenStream};
+use quote::quote;
+use syn::spanned::Spanned;
+use syn::{Attribute, Data, DeriveInput, Fields, Ident, LitInt, LitStr, Meta, Token};
+
+/// One event type: the Rust name it comes from, its stored name and version.
+struct EventDef {
+    ident: Ident,
+    fields: Fields,
+    name: String,
+    version: u32,
+}
+
+pub(crate) fn expand(input: DeriveInput) -> syn::Result<TokenStream> {
+    if matches!(input.data, Data::Enum(_)) {
+        refuse_serde_renames(
+            &input.attrs,
+            &["rename_all", "tag", "content", "untagged"],
+            "the enum",
+        )?;
+    }
+    match &input.data {
+        Data::Enum(data) => {
+            if data.variants.is_empty() {
+                return Err(syn::Error::new(
+                    input.ident.span(),
+                    "DomainEvent needs at least one variant: each variant is an event type",
+                ));
+            }
+            if let Some(attr) = input.attrs.iter().find(|a| a.path().is_ident("event")) {
+                return Err(syn::Error::new_spanned(
+                    attr,
+                    "on an enum, put #[event(...)] on each variant, not on the enum",
+                ));
+            }
+            let mut defs: Vec<EventDef> = Vec::new();
+            for variant in &data.variants {
+                refuse_serde_renames(&variant.attrs, &["rename", "untagged"], "a variant")?;
+                let (name, version) = parse_event_attrs(&variant.attrs, &variant.ident)?;
+                if let Some(first) = defs.iter().find(|d| d.name == name.0) {
+                    return Err(syn::Error::new(
+                        name.1,
+                        format!(
+                            "duplicate event type name {:?}: variant `{}` already uses it",
+                            name.0, first.ident
+                        ),
+                    ));
+                }
+                defs.push(EventDef {
+                    ident: variant.ident.clone(),
+                    fields: variant.fields.clone(),
+                    name: name.0,
+                    version,
+                });
+            }
+            Ok(expand_enum(&input, &defs))
+        }
+        Data::Struct(_) => {
+            let (name, version) = parse_event_attrs(&input.attrs, &input.ident)?;
+            Ok(expand_struct(&input, &name.0, version))
+        }
+        Data::Union(data) => Err(syn::Error::new(
+            data.union_token.span,
+            "DomainEvent can be derived for enums and structs, not unions",
+        )),
+    }
+}
+
+/// Serde options that would make serde's variant name differ from the one this derive decodes
+/// by, or leave serde's externally tagged representation.
+fn refuse_serde_renames(attrs: &[Attribute], forbidden: &[&str], what: &str) -> syn::Result<()> {
+    use syn::punctuated::Punctuated;
+    for attr in attrs.iter().filter(|a| a.path().is_ident("serde")) {
+        let Ok(metas) = attr.parse_args_with(Punctuated::<Meta, Token![,]>::parse_terminated)
+        else {
+            continue; // serde itself reports malformed serde attributes
+        };
+        for meta in metas {
+            if let Some(key) = forbidden.iter().find(|key| meta.path().is_ident(key)) {
+                return Err(syn::Error::new(
+                    meta.span(),
+                    format!(
+                        "#[serde({key})] on {what} changes how events are named or tagged; \
+                         DomainEvent needs serde's default representation: use \
+                         #[event(name = \"...\")] to choose the stored type name"
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn parse_event_attrs(attrs: &[Attribute], ident: &Ident) -> syn::Result<((String, Span), u32)> {
+    let mut name = (ident.to_string(), ident.span());
+    let mut version = 1;
+    let mut seen_name = false;
+    let mut seen_version = false;
+    for attr in attrs.iter().filter(|a| a.path().is_ident("event")) {
+        attr.parse_nested_meta(|meta| {
+            if meta.path.is_ident("name") {
+                if seen_name {
+                    return Err(meta.error("`name` is given twice"));
+                }
+                seen_name = true;
+                let lit: LitStr = meta
+                    .value()
+                    .map_err(|_| meta.error("expected `name = \"TypeName\"`"))?
+                    .parse()?;
+                let value = lit.value();
+                if value.is_empty() {
+                    return Err(syn::Error::new(lit.span(), "an event type name cannot be empty"));
+                }
+                name = (value, lit.span());
+                Ok(())
+            } else if meta.path.is_ident("version") {
+                if seen_version {
+                    return Err(meta.error("`version` is given twice"));
+                }
+                seen_version = true;
+                let lit: LitInt = meta
+                    .value()
+                    .map_err(|_| meta.error("expected `version = N`, a schema version from 1"))?
+                    .parse()?;
+                let value: u32 = lit.base10_parse()?;
+                if value == 0 {
+                    return Err(syn::Error::new(lit.span(), "schema versions start at 1"));
+                }
+                version = value;
+                Ok(())
+            } else {
+                Err(meta.error(
+                    "unknown event attribute; expected `name = \"...\"` or `version = N`",
+                ))
+            }
+        })?;
+    }
+    Ok((name, version))
+}
+
+fn expand_enum(input: &DeriveInput, defs: &[EventDef]) -> TokenStream {
+    let ident = &input.ident;
+    let (impl_generics, ty_generics, where_clause) = input.generics.split_for_impl();
+    let types = defs.iter().map(|d| {
+        let (name, version) = (&d.name, d.version);
+        quote!(::es_core::EventType { name: #name, version: #version })
+    });
+    let type_arms = defs.iter().map(|d| {
+        let (variant, name) = (&d.ident, &d.name);
+        let pattern = match d.fields {
+            Fields::Named(_) => quote!(Self::#variant { .. }),
+            Fields::Unnamed(_) => quote!(Self::#variant(..)),
+            Fields::Unit => quote!(Self::#variant),
+        };
+        quote!(#pattern => #name)
+    });
+    let decode_arms = defs.iter().map(|d| {
+        let name = &d.name;
+        let serde_name = d.ident.to_string();
+        quote!(#name => ::es_core::decode_tagged(#serde_name, payload)
+            .map_err(::es_core::DecodeError::Payload))
+    });
+    quote! {
+        impl #impl_generics ::es_core::DomainEvent for #ident #ty_generics #where_clause {
+            const TYPES: &'static [::es_core::EventType] = &[#(#types),*];
+
+            fn event_type(&self) -> &'static str {
+                match self { #(#type_arms,)* }
+            }
+
+            fn encode(&self) -> ::core::result::Result<
+                ::std::boxed::Box<::serde_json::value::RawValue>,
+                ::serde_json::Error,
+            > {
+                ::es_core::encode_tagged(self)
+            }
+
+            fn decode(
+                event_type: &str,
+                payload: &::serde_json::value::RawValue,
+            ) -> ::core::result::Result<Self, ::es_core::DecodeError> {
+                match event_type {
+                    #(#decode_arms,)*
+                    other => ::core::result::Result::Err(
+                        ::es_core::DecodeError::UnknownType(other.to_owned()),
+                    ),
+                }
+            }
+        }
+    }
+}
+
+fn expand_struct(input: &DeriveInput, name: &str, version: u32) -> TokenStream {
+    let ident = &input.ident;
+    let (impl_generics, ty_generics, where_clause) = input.generics.split_for_impl();
+    quote! {
+        impl #impl_generics ::es_core::DomainEvent for #ident #ty_generics #where_clause {
+            const TYPES: &'static [::es_core::EventType] =
+                &[::es_core::EventType { name: #name, version: #version }];
+
+            fn event_type(&self) -> &'static str {
+                #name
+            }
+
+            fn encode(&self) -> ::core::result::Result<
+                ::std::boxed::Box<::serde_json::value::RawValue>,
+                ::serde_json::Error,
+            > {
+                ::serde_json::value::to_raw_value(self)
+            }
+
+            fn decode(
+                event_type: &str,
+                payload: &::serde_json::value::RawValue,
+            ) -> ::core::result::Result<Self, ::es_core::DecodeError> {
+                if event_type != #name {
+                    return ::core::result::Result::Err(
+                        ::es_core::DecodeError::UnknownType(event_type.to_owned()),
+                    );
+                }
+                ::serde_json::from_str(payload.get()).map_err(::es_core::DecodeError::Payload)
+            }
+        }
+    }
+}

@@ -1,0 +1,4 @@
+#[derive(es_macros::DomainEvent, serde::Serialize, serde::Deserialize)]
+enum Event {}
+
+fn main() {}

@@ -1,0 +1,7 @@
+#[derive(es_macros::DomainEvent, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "type")]
+enum Event {
+    Opened { at: u64 },
+}
+
+fn main() {}

@@ -1,0 +1,6 @@
+#[derive(es_macros::DomainEvent)]
+union Event {
+    a: u32,
+}
+
+fn main() {}
