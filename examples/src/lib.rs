@@ -1,0 +1,6 @@
+//! Runnable domain services built on the framework. The `bank` binary is the README's main
+//! example; `store-bench` measures the PostgreSQL store beside raw SQL.
+//!
+//! - `account.rs`: a bank account aggregate with derived events.
+
+pub mod account;
