@@ -111,7 +111,10 @@ fn parse_event_attrs(attrs: &[Attribute], ident: &Ident) -> syn::Result<((String
                     .parse()?;
                 let value = lit.value();
                 if value.is_empty() {
-                    return Err(syn::Error::new(lit.span(), "an event type name cannot be empty"));
+                    return Err(syn::Error::new(
+                        lit.span(),
+                        "an event type name cannot be empty",
+                    ));
                 }
                 name = (value, lit.span());
                 Ok(())
@@ -131,9 +134,8 @@ fn parse_event_attrs(attrs: &[Attribute], ident: &Ident) -> syn::Result<((String
                 version = value;
                 Ok(())
             } else {
-                Err(meta.error(
-                    "unknown event attribute; expected `name = \"...\"` or `version = N`",
-                ))
+                Err(meta
+                    .error("unknown event attribute; expected `name = \"...\"` or `version = N`"))
             }
         })?;
     }

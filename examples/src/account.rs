@@ -106,12 +106,10 @@ impl Aggregate for Account {
             _ if !self.is_open() => Err(AccountError::NotOpen),
             Deposit { amount: 0 } | Withdraw { amount: 0 } => Err(AccountError::ZeroAmount),
             Deposit { amount } => Ok(vec![AccountEvent::Deposited { amount: *amount }]),
-            Withdraw { amount } if *amount > self.balance => {
-                Err(AccountError::InsufficientFunds {
-                    balance: self.balance,
-                    asked: *amount,
-                })
-            }
+            Withdraw { amount } if *amount > self.balance => Err(AccountError::InsufficientFunds {
+                balance: self.balance,
+                asked: *amount,
+            }),
             Withdraw { amount } => Ok(vec![AccountEvent::Withdrawn { amount: *amount }]),
             Close if self.balance > 0 => Err(AccountError::NotEmpty(self.balance)),
             Close => Ok(vec![AccountEvent::Closed]),

@@ -4,3 +4,8 @@
 //! - `account.rs`: a bank account aggregate with derived events.
 
 pub mod account;
+
+/// The README's example, compiled and run as a doctest so it stays true.
+#[doc = include_str!("../../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;

@@ -29,7 +29,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .await?;
     println!("   alice opened at version {}", open.version);
     let deposit = accounts
-        .execute("alice", AccountCommand::Deposit { amount: 100_00 })
+        .execute("alice", AccountCommand::Deposit { amount: 10_000 })
         .await?;
     println!(
         "   deposit of 100.00 recorded as {:?}; balance {}, version {}",
@@ -40,7 +40,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     println!("\n2. A command the domain refuses comes back as the domain's own error type.");
     match accounts
-        .execute("alice", AccountCommand::Withdraw { amount: 500_00 })
+        .execute("alice", AccountCommand::Withdraw { amount: 50_000 })
         .await
     {
         Err(CommandError::Domain(AccountError::InsufficientFunds { balance, asked })) => println!(
@@ -51,13 +51,15 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         other => return Err(format!("expected a refusal, got {other:?}").into()),
     }
 
-    println!("\n3. Concurrent commands on one account: optimistic concurrency, retried on conflict.");
+    println!(
+        "\n3. Concurrent commands on one account: optimistic concurrency, retried on conflict."
+    );
     let mut tasks = Vec::new();
     for _ in 0..8 {
         let accounts = accounts.clone();
         tasks.push(tokio::spawn(async move {
             accounts
-                .execute("alice", AccountCommand::Withdraw { amount: 5_00 })
+                .execute("alice", AccountCommand::Withdraw { amount: 500 })
                 .await
         }));
     }
@@ -76,7 +78,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let withdrawn = accounts
         .execute_with(
             "alice",
-            AccountCommand::Withdraw { amount: 10_00 },
+            AccountCommand::Withdraw { amount: 1_000 },
             transfer.clone(),
         )
         .await?;
@@ -98,7 +100,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     accounts
         .execute_with(
             "bob",
-            AccountCommand::Deposit { amount: 10_00 },
+            AccountCommand::Deposit { amount: 1_000 },
             CommandContext::new()
                 .correlated_with(withdrawal_event.correlation_id)
                 .caused_by(withdrawal_event.event_id),
