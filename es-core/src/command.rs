@@ -1,15 +1,13 @@
 //! Command handling: load an aggregate, decide, append with optimistic concurrency, retry.
 
-use std::marker::PhantomData;
 use std::sync::Arc;
 
-use futures_util::TryStreamExt;
 use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::{
-    Aggregate, AppendResult, CommandError, DomainEvent, EventStore, ExpectedVersion, Metadata,
-    NewEvent, StoreError, StreamId,
+    Aggregate, AppendResult, CommandError, DomainEvent, EventStore, ExpectedVersion, Loaded,
+    Metadata, NewEvent, Repository, StoreError, StreamId,
 };
 
 /// The tracing context and options of one command.
@@ -102,15 +100,6 @@ impl Default for RetryPolicy {
     }
 }
 
-/// An aggregate's state and the stream version it reflects.
-#[derive(Clone, Debug)]
-pub struct Loaded<A> {
-    /// The state.
-    pub state: A,
-    /// The version of the last applied event; 0 for a new aggregate.
-    pub version: u64,
-}
-
 /// The result of an accepted command.
 #[derive(Debug)]
 pub struct Executed<A: Aggregate> {
@@ -122,57 +111,6 @@ pub struct Executed<A: Aggregate> {
     pub events: Vec<A::Event>,
     /// What the store wrote; `None` when there was nothing to write.
     pub append: Option<AppendResult>,
-}
-
-/// Loads aggregates from a store and appends their new events.
-pub struct Repository<A> {
-    store: Arc<dyn EventStore>,
-    _aggregate: PhantomData<fn() -> A>,
-}
-
-impl<A> Clone for Repository<A> {
-    fn clone(&self) -> Self {
-        Self {
-            store: Arc::clone(&self.store),
-            _aggregate: PhantomData,
-        }
-    }
-}
-
-impl<A: Aggregate> Repository<A> {
-    /// A repository over `store`.
-    pub fn new(store: Arc<dyn EventStore>) -> Self {
-        Self {
-            store,
-            _aggregate: PhantomData,
-        }
-    }
-
-    /// The store underneath.
-    pub fn store(&self) -> &Arc<dyn EventStore> {
-        &self.store
-    }
-
-    /// The stream of the aggregate `id`.
-    pub fn stream_id(id: &str) -> Result<StreamId, CommandError<A::Error>> {
-        Ok(StreamId::for_aggregate(A::CATEGORY, id)?)
-    }
-
-    /// Rebuilds the aggregate from its stream.
-    pub async fn load(&self, stream: &StreamId) -> Result<Loaded<A>, CommandError<A::Error>> {
-        let mut loaded = Loaded {
-            state: A::default(),
-            version: 0,
-        };
-        let mut events = self.store.read_stream(stream, 1);
-        while let Some(recorded) = events.try_next().await? {
-            let version = recorded.stream_version;
-            let envelope = recorded.decode::<A::Event>()?;
-            loaded.state.apply(&envelope.payload);
-            loaded.version = version;
-        }
-        Ok(loaded)
-    }
 }
 
 /// Executes commands against aggregates of type `A`: load, decide, append with the loaded
@@ -196,6 +134,14 @@ impl<A: Aggregate> CommandHandler<A> {
     pub fn new(store: Arc<dyn EventStore>) -> Self {
         Self {
             repository: Repository::new(store),
+            retry: RetryPolicy::default(),
+        }
+    }
+
+    /// A handler loading and snapshotting through `repository`.
+    pub fn with_repository(repository: Repository<A>) -> Self {
+        Self {
+            repository,
             retry: RetryPolicy::default(),
         }
     }
@@ -254,7 +200,8 @@ impl<A: Aggregate> CommandHandler<A> {
     ) -> Result<Executed<A>, CommandError<A::Error>> {
         let mut conflicts = 0;
         loop {
-            let Loaded { mut state, version } = self.repository.load(stream).await?;
+            let loaded = self.repository.load(stream).await?;
+            let (mut state, version) = (loaded.state, loaded.version);
             let expected = match context.expected_version {
                 Some(expected) if !expected.accepts((version > 0).then_some(version)) => {
                     return Err(CommandError::Conflict(crate::ConflictError {
@@ -281,6 +228,15 @@ impl<A: Aggregate> CommandHandler<A> {
                         state.apply(event);
                     }
                     tracing::debug!(version = append.last_version, "command executed");
+                    self.repository
+                        .snapshot_if_due(
+                            stream,
+                            &state,
+                            version,
+                            append.last_version,
+                            loaded.snapshot_version,
+                        )
+                        .await;
                     return Ok(Executed {
                         state,
                         version: append.last_version,
@@ -311,7 +267,7 @@ impl<A: Aggregate> CommandHandler<A> {
         loop {
             match self
                 .repository
-                .store
+                .store()
                 .append(stream, expected, events.clone())
                 .await
             {

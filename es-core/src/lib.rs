@@ -14,7 +14,11 @@
 //! - [`ExpectedVersion`] and [`ConflictError`] (`version.rs`): optimistic concurrency.
 //! - [`EventStore`] (`store.rs`): append with an expected version, read a stream, read the
 //!   global log from a [`Position`].
-//! - [`CommandHandler`] and [`Repository`] (`command.rs`): load, decide, append, retry.
+//! - [`CommandHandler`] (`command.rs`): load, decide, append, retry.
+//! - [`Repository`] (`repository.rs`): load from the newest usable snapshot, upcast on read,
+//!   temporal loads (as of a version or a time).
+//! - [`Upcasters`] (`upcast.rs`): schema evolution of stored events.
+//! - [`SnapshotStore`] and [`SnapshotPolicy`] (`snapshot.rs`).
 //! - [`InMemoryEventStore`] (`memory.rs`): for tests and the quickstart.
 //! - `testing` (feature `testing`): a given/when/then kit and the store conformance suite.
 //!
@@ -88,15 +92,18 @@ mod error;
 mod event;
 mod memory;
 mod position;
+mod repository;
+mod snapshot;
 mod store;
 mod stream;
+mod upcast;
 mod version;
 
 #[cfg(feature = "testing")]
 pub mod testing;
 
 pub use aggregate::Aggregate;
-pub use command::{CommandContext, CommandHandler, Executed, Loaded, Repository, RetryPolicy};
+pub use command::{CommandContext, CommandHandler, Executed, RetryPolicy};
 pub use envelope::{Envelope, EventDecodeError, EventRef, Metadata, RecordedEvent};
 pub use error::{BoxError, CommandError, StoreError};
 pub use event::{
@@ -104,6 +111,9 @@ pub use event::{
 };
 pub use memory::InMemoryEventStore;
 pub use position::Position;
+pub use repository::{Loaded, Repository};
+pub use snapshot::{InMemorySnapshotStore, Snapshot, SnapshotDue, SnapshotPolicy, SnapshotStore};
 pub use store::{AppendResult, EventStore, judge_repeat, validate_append};
 pub use stream::{InvalidStreamId, MAX_STREAM_ID_LEN, StreamId};
+pub use upcast::{Upcasted, UpcasterError, Upcasters};
 pub use version::{ConflictError, ExpectedVersion};

@@ -9,6 +9,7 @@
 //! # Layout
 //! - `schema.rs`: [`SchemaName`] and the migrations (`migrations/*.sql`).
 //! - `store.rs`: [`PgEventStore`]: appends, reads, the [`Horizon`] readers are held to.
+//! - `snapshot.rs`: [`PgSnapshotStore`]: the newest snapshot per stream.
 //! - `follower.rs`: [`LogFollower`]: catch up, then follow live (LISTEN/NOTIFY, polling fallback).
 //! - `row.rs`: rows to envelopes; malformed rows become typed errors naming the event.
 //! - `error.rs`: [`PgError`], and how driver errors map onto `StoreError`.
@@ -39,6 +40,7 @@ mod error;
 mod follower;
 mod row;
 mod schema;
+mod snapshot;
 mod store;
 
 #[cfg(feature = "testing")]
@@ -47,4 +49,5 @@ pub mod testing;
 pub use error::PgError;
 pub use follower::LogFollower;
 pub use schema::{MAX_SCHEMA_NAME_LEN, SchemaName};
+pub use snapshot::PgSnapshotStore;
 pub use store::{Horizon, PgEventStore};

@@ -4,6 +4,7 @@
 //! `es-core = { version = "…", features = ["testing"] }`.
 
 pub mod conformance;
+pub mod evolution;
 mod scenario;
 
 pub use scenario::{AggregateTest, Outcome};

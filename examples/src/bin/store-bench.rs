@@ -5,6 +5,7 @@
 //! by the same migrations so the tables, indexes and triggers are identical. Each figure is the
 //! median of 3 repetitions. Payloads are ~300 bytes and metadata ~150 bytes.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use es_core::{EventStore, ExpectedVersion, Metadata, NewEvent, Position, StreamId};
@@ -68,12 +69,129 @@ async fn main() -> Result<(), BoxError> {
         .await?,
     );
 
+    let loads = aggregate_loads(&pool).await?;
+
     println!("\n| workload | framework events/s | raw SQL events/s | framework/raw |");
     println!("|---|---:|---:|---:|");
     for (name, fw, raw) in rows {
         println!("| {name} | {fw:.0} | {raw:.0} | {:.2} |", fw / raw);
     }
+    println!(
+        "\n| load a 10,000-event account | framework ms | raw SQL ms (same rows) | framework/raw |"
+    );
+    println!("|---|---:|---:|---:|");
+    for (name, fw, raw) in loads {
+        println!("| {name} | {fw:.2} | {raw:.2} | {:.2} |", fw / raw);
+    }
     Ok(())
+}
+
+/// Loads one 10,000-event account through the repository, by full replay and from a snapshot
+/// 99 events behind the head (the worst case of a snapshot every 100 events), beside raw SQL
+/// reading the same rows (all events; or the snapshot row and the events after it).
+async fn aggregate_loads(pool: &PgPool) -> Result<Vec<(String, f64, f64)>, BoxError> {
+    use es_core::{Repository, Snapshot, SnapshotPolicy, SnapshotStore};
+    use es_examples::account::{Account, AccountEvent};
+    use es_postgres::PgSnapshotStore;
+
+    let store = fresh_store(pool, "bench_load").await?;
+    let stream = StreamId::new("account-big")?;
+    let mut version = 0u64;
+    let mut state = Account::default();
+    for chunk in 0..100 {
+        let events: Vec<AccountEvent> = (0..100)
+            .map(|i| {
+                if chunk == 0 && i == 0 {
+                    AccountEvent::Opened {
+                        owner: "bench".into(),
+                    }
+                } else {
+                    AccountEvent::Deposited { amount: 1 }
+                }
+            })
+            .collect();
+        let new: Vec<NewEvent> = events
+            .iter()
+            .map(|e| NewEvent::from_event(e).map(|n| n.with_metadata(metadata())))
+            .collect::<Result<_, _>>()?;
+        store.append(&stream, ExpectedVersion::Any, new).await?;
+        for event in &events {
+            version += 1;
+            es_core::Aggregate::apply(&mut state, event);
+            if version == 9_901 {
+                let snapshots = PgSnapshotStore::new(&store);
+                snapshots
+                    .save(Snapshot {
+                        stream_id: stream.clone(),
+                        stream_version: version,
+                        snapshot_version: <Account as es_core::Aggregate>::SNAPSHOT_VERSION,
+                        state: serde_json::value::to_raw_value(&state)?,
+                        taken_at: chrono::Utc::now(),
+                    })
+                    .await?;
+            }
+        }
+    }
+    sqlx::query("VACUUM ANALYZE bench_load.events")
+        .execute(pool)
+        .await?;
+    let shared: Arc<dyn EventStore> = Arc::new(store.clone());
+    let plain = Repository::<Account>::new(Arc::clone(&shared));
+    let snapshotting = Repository::<Account>::new(Arc::clone(&shared)).with_snapshots(
+        Arc::new(PgSnapshotStore::new(&store)),
+        SnapshotPolicy::Never,
+    );
+
+    let raw_events = |from: i64| {
+        let pool = pool.clone();
+        async move {
+            let rows = sqlx::query(
+                "SELECT transaction_id, position, event_id, stream_id, stream_version, event_type, \
+                 schema_version, recorded_at, correlation_id, causation_id, metadata::text, \
+                 payload::text FROM bench_load.events WHERE stream_id = 'account-big' \
+                 AND stream_version >= $1 ORDER BY stream_version",
+            )
+            .bind(from)
+            .fetch_all(&pool)
+            .await?;
+            Ok::<_, BoxError>(rows.len())
+        }
+    };
+    let mut results = Vec::new();
+    for snapshot in [false, true] {
+        let (mut fw, mut raw) = (Vec::new(), Vec::new());
+        for _ in 0..REPS {
+            let start = Instant::now();
+            let loaded = if snapshot {
+                snapshotting.load(&stream).await?
+            } else {
+                plain.load(&stream).await?
+            };
+            fw.push(start.elapsed().as_secs_f64() * 1000.0);
+            assert_eq!((loaded.version, loaded.state.balance), (10_000, 9_999));
+
+            let start = Instant::now();
+            if snapshot {
+                let state: String = sqlx::query_scalar(
+                    "SELECT state::text FROM bench_load.snapshots WHERE stream_id = 'account-big'",
+                )
+                .fetch_one(pool)
+                .await?;
+                assert!(!state.is_empty());
+                assert_eq!(raw_events(9_902).await?, 99);
+            } else {
+                assert_eq!(raw_events(1).await?, 10_000);
+            }
+            raw.push(start.elapsed().as_secs_f64() * 1000.0);
+        }
+        let name = if snapshot {
+            "from a snapshot 99 events behind (snapshot every 100)"
+        } else {
+            "full replay, no snapshot"
+        };
+        results.push((name.to_owned(), median(fw), median(raw)));
+    }
+    Ok(results)
 }
 
 /// Runs `work` REPS times for each side; returns events/s medians.

@@ -1,0 +1,90 @@
+//! Snapshots in PostgreSQL: the newest one per stream, in the store's schema.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use es_core::{Snapshot, SnapshotStore, StoreError, StreamId};
+use serde_json::value::RawValue;
+use sqlx::{AssertSqlSafe, PgPool};
+
+use crate::PgEventStore;
+use crate::error::store_error;
+
+/// The snapshot store beside a [`PgEventStore`]: same pool, same schema.
+#[derive(Clone)]
+pub struct PgSnapshotStore {
+    pool: PgPool,
+    load: Arc<str>,
+    save: Arc<str>,
+}
+
+impl PgSnapshotStore {
+    /// The snapshot store in `store`'s schema (created by its migrations).
+    pub fn new(store: &PgEventStore) -> Self {
+        let s = store.schema().quoted();
+        Self {
+            pool: store.pool().clone(),
+            load: format!(
+                "SELECT stream_version, snapshot_version, state::text, taken_at \
+                 FROM {s}.snapshots WHERE stream_id = $1"
+            )
+            .into(),
+            // A slower writer never replaces a newer snapshot.
+            save: format!(
+                "INSERT INTO {s}.snapshots AS k \
+                   (stream_id, stream_version, snapshot_version, state, taken_at) \
+                 VALUES ($1, $2, $3, $4::json, $5) \
+                 ON CONFLICT (stream_id) DO UPDATE SET stream_version = EXCLUDED.stream_version, \
+                   snapshot_version = EXCLUDED.snapshot_version, state = EXCLUDED.state, \
+                   taken_at = EXCLUDED.taken_at \
+                 WHERE k.stream_version <= EXCLUDED.stream_version"
+            )
+            .into(),
+        }
+    }
+}
+
+#[async_trait]
+impl SnapshotStore for PgSnapshotStore {
+    async fn load(&self, stream: &StreamId) -> Result<Option<Snapshot>, StoreError> {
+        let row: Option<(i64, i32, String, DateTime<Utc>)> =
+            sqlx::query_as(AssertSqlSafe(self.load.clone()))
+                .bind(stream.as_str())
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(store_error)?;
+        let Some((stream_version, snapshot_version, state, taken_at)) = row else {
+            return Ok(None);
+        };
+        let malformed = |field: &'static str, reason: String| StoreError::Malformed {
+            event_id: None,
+            position: None,
+            field,
+            reason: format!("snapshot of {stream}: {reason}"),
+        };
+        Ok(Some(Snapshot {
+            stream_id: stream.clone(),
+            stream_version: u64::try_from(stream_version)
+                .map_err(|_| malformed("snapshots.stream_version", "negative".into()))?,
+            snapshot_version: u32::try_from(snapshot_version)
+                .map_err(|_| malformed("snapshots.snapshot_version", "negative".into()))?,
+            state: RawValue::from_string(state)
+                .map_err(|e| malformed("snapshots.state", e.to_string()))?,
+            taken_at,
+        }))
+    }
+
+    async fn save(&self, snapshot: Snapshot) -> Result<(), StoreError> {
+        sqlx::query(AssertSqlSafe(self.save.clone()))
+            .bind(snapshot.stream_id.as_str())
+            .bind(i64::try_from(snapshot.stream_version).unwrap_or(i64::MAX))
+            .bind(i32::try_from(snapshot.snapshot_version).unwrap_or(i32::MAX))
+            .bind(snapshot.state.get())
+            .bind(snapshot.taken_at)
+            .execute(&self.pool)
+            .await
+            .map_err(store_error)?;
+        Ok(())
+    }
+}
