@@ -55,6 +55,13 @@ pub trait Aggregate: Default + Send + Sync + 'static {
     /// shape changes: snapshots written with another version are ignored, never misread.
     const SNAPSHOT_VERSION: u32 = 1;
 
+    /// When a command handler snapshots this aggregate (with a snapshot store attached through
+    /// [`Repository::with_snapshot_store`](crate::Repository::with_snapshot_store)). Never, by
+    /// default.
+    fn snapshot_policy() -> crate::SnapshotPolicy {
+        crate::SnapshotPolicy::Never
+    }
+
     /// The requests this aggregate decides on.
     type Command: Send + Sync;
     /// The facts it records.

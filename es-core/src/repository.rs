@@ -102,6 +102,15 @@ impl<A: Aggregate> Repository<A> {
         self
     }
 
+    /// Loads from snapshots in `store`, taking new ones as the aggregate's own
+    /// [`Aggregate::snapshot_policy`] says.
+    pub fn with_snapshot_store(self, store: Arc<dyn SnapshotStore>) -> Self
+    where
+        A: Serialize + DeserializeOwned,
+    {
+        self.with_snapshots(store, A::snapshot_policy())
+    }
+
     /// The event store underneath.
     pub fn store(&self) -> &Arc<dyn EventStore> {
         &self.store

@@ -29,12 +29,7 @@ pub(crate) fn expand(input: DeriveInput) -> syn::Result<TokenStream> {
                     "DomainEvent needs at least one variant: each variant is an event type",
                 ));
             }
-            if let Some(attr) = input.attrs.iter().find(|a| a.path().is_ident("event")) {
-                return Err(syn::Error::new_spanned(
-                    attr,
-                    "on an enum, put #[event(...)] on each variant, not on the enum",
-                ));
-            }
+            let apply_trait = parse_enum_attrs(&input.attrs)?;
             let mut defs: Vec<EventDef> = Vec::new();
             for variant in &data.variants {
                 refuse_serde_renames(&variant.attrs, &["rename", "untagged"], "a variant")?;
@@ -55,7 +50,11 @@ pub(crate) fn expand(input: DeriveInput) -> syn::Result<TokenStream> {
                     version,
                 });
             }
-            Ok(expand_enum(&input, &defs))
+            let mut tokens = expand_enum(&input, &defs);
+            if let Some(apply_trait) = apply_trait {
+                tokens.extend(expand_apply_trait(&input, &defs, &apply_trait));
+            }
+            Ok(tokens)
         }
         Data::Struct(_) => {
             let (name, version) = parse_event_attrs(&input.attrs, &input.ident)?;
@@ -91,6 +90,29 @@ fn refuse_serde_renames(attrs: &[Attribute], forbidden: &[&str], what: &str) -> 
         }
     }
     Ok(())
+}
+
+/// On an enum, `#[event(...)]` only names the per-event apply trait to generate.
+fn parse_enum_attrs(attrs: &[Attribute]) -> syn::Result<Option<Ident>> {
+    let mut apply_trait = None;
+    for attr in attrs.iter().filter(|a| a.path().is_ident("event")) {
+        attr.parse_nested_meta(|meta| {
+            if meta.path.is_ident("apply_trait") {
+                let ident: Ident = meta
+                    .value()
+                    .map_err(|_| meta.error("expected `apply_trait = TraitName`"))?
+                    .parse()?;
+                apply_trait = Some(ident);
+                Ok(())
+            } else {
+                Err(meta.error(
+                    "on an enum, #[event(...)] takes only `apply_trait = TraitName`; \
+                     put `name` and `version` on each variant",
+                ))
+            }
+        })?;
+    }
+    Ok(apply_trait)
 }
 
 fn parse_event_attrs(attrs: &[Attribute], ident: &Ident) -> syn::Result<((String, Span), u32)> {
@@ -226,4 +248,77 @@ fn expand_struct(input: &DeriveInput, name: &str, version: u32) -> TokenStream {
             }
         }
     }
+}
+
+/// `#[event(apply_trait = T)]`: a trait with one method per event (`on_<snake_case name>`, taking
+/// the variant's fields by reference) and `apply_to`, which calls the method of the event.
+fn expand_apply_trait(input: &DeriveInput, defs: &[EventDef], trait_ident: &Ident) -> TokenStream {
+    let ident = &input.ident;
+    let vis = &input.vis;
+    let mut methods = Vec::new();
+    let mut arms = Vec::new();
+    for def in defs {
+        let variant = &def.ident;
+        let method = Ident::new(
+            &format!("on_{}", snake_case(&variant.to_string())),
+            variant.span(),
+        );
+        let doc = format!("Applies a `{}` event.", def.name);
+        match &def.fields {
+            Fields::Named(fields) => {
+                let names: Vec<_> = fields
+                    .named
+                    .iter()
+                    .filter_map(|f| f.ident.clone())
+                    .collect();
+                let types = fields.named.iter().map(|f| &f.ty);
+                methods.push(quote!(#[doc = #doc] fn #method(&mut self, #(#names: &#types),*);));
+                arms.push(quote!(Self::#variant { #(#names),* } => target.#method(#(#names),*)));
+            }
+            Fields::Unnamed(fields) => {
+                let names: Vec<_> = (0..fields.unnamed.len())
+                    .map(|i| Ident::new(&format!("field{i}"), variant.span()))
+                    .collect();
+                let types = fields.unnamed.iter().map(|f| &f.ty);
+                methods.push(quote!(#[doc = #doc] fn #method(&mut self, #(#names: &#types),*);));
+                arms.push(quote!(Self::#variant(#(#names),*) => target.#method(#(#names),*)));
+            }
+            Fields::Unit => {
+                methods.push(quote!(#[doc = #doc] fn #method(&mut self);));
+                arms.push(quote!(Self::#variant => target.#method()));
+            }
+        }
+    }
+    let trait_doc =
+        format!("One method per `{ident}` event, for aggregates that apply them one by one.");
+    quote! {
+        #[doc = #trait_doc]
+        // Parameters mirror the variants' field types (`&String` for a `String` field).
+        #[allow(clippy::ptr_arg)]
+        #vis trait #trait_ident {
+            #(#methods)*
+        }
+
+        impl #ident {
+            /// Calls the method of `target` that applies this event.
+            #vis fn apply_to<T: #trait_ident + ?::core::marker::Sized>(&self, target: &mut T) {
+                match self { #(#arms,)* }
+            }
+        }
+    }
+}
+
+fn snake_case(name: &str) -> String {
+    let mut out = String::new();
+    for (i, c) in name.chars().enumerate() {
+        if c.is_uppercase() {
+            if i > 0 {
+                out.push('_');
+            }
+            out.extend(c.to_lowercase());
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }

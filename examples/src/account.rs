@@ -1,7 +1,6 @@
 //! A bank account: opened for an owner, deposits and withdrawals, never overdrawn, closed only
 //! when empty.
 
-use es_core::Aggregate;
 use serde::{Deserialize, Serialize};
 
 /// What can be asked of an account.
@@ -28,6 +27,7 @@ pub enum AccountCommand {
 
 /// What happened to an account.
 #[derive(Clone, Debug, PartialEq, es_macros::DomainEvent, Serialize, Deserialize)]
+#[event(apply_trait = ApplyAccountEvent)]
 pub enum AccountEvent {
     /// The account was opened.
     Opened {
@@ -73,8 +73,15 @@ pub enum AccountError {
     NotEmpty(u64),
 }
 
-/// The state of an account, rebuilt from its events.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+/// The state of an account, rebuilt from its events; snapshotted every 100 events.
+#[derive(Clone, Debug, Default, PartialEq, es_macros::Aggregate, Serialize, Deserialize)]
+#[aggregate(
+    category = "account",
+    command = AccountCommand,
+    event = AccountEvent,
+    error = AccountError,
+    snapshot_every = 100
+)]
 pub struct Account {
     /// Who owns it, once opened.
     pub owner: Option<String>,
@@ -90,13 +97,8 @@ impl Account {
     }
 }
 
-impl Aggregate for Account {
-    const CATEGORY: &'static str = "account";
-    type Command = AccountCommand;
-    type Event = AccountEvent;
-    type Error = AccountError;
-
-    fn handle(&self, command: &AccountCommand) -> Result<Vec<AccountEvent>, AccountError> {
+impl Account {
+    fn decide(&self, command: &AccountCommand) -> Result<Vec<AccountEvent>, AccountError> {
         use AccountCommand::*;
         match command {
             Open { .. } if self.owner.is_some() => Err(AccountError::AlreadyOpen),
@@ -115,14 +117,23 @@ impl Aggregate for Account {
             Close => Ok(vec![AccountEvent::Closed]),
         }
     }
+}
 
-    fn apply(&mut self, event: &AccountEvent) {
-        match event {
-            AccountEvent::Opened { owner } => self.owner = Some(owner.clone()),
-            AccountEvent::Deposited { amount } => self.balance += amount,
-            AccountEvent::Withdrawn { amount } => self.balance -= amount,
-            AccountEvent::Closed => self.closed = true,
-        }
+impl ApplyAccountEvent for Account {
+    fn on_opened(&mut self, owner: &String) {
+        self.owner = Some(owner.clone());
+    }
+
+    fn on_deposited(&mut self, amount: &u64) {
+        self.balance += amount;
+    }
+
+    fn on_withdrawn(&mut self, amount: &u64) {
+        self.balance -= amount;
+    }
+
+    fn on_closed(&mut self) {
+        self.closed = true;
     }
 }
 

@@ -6,17 +6,21 @@
 use std::sync::Arc;
 
 use es_core::{
-    CommandContext, CommandError, CommandHandler, EventStore, InMemoryEventStore, Position,
+    CommandContext, CommandError, CommandHandler, EventStore, InMemoryEventStore,
+    InMemorySnapshotStore, Position, Repository, SnapshotStore,
 };
 use es_examples::account::{Account, AccountCommand, AccountError};
-use es_postgres::PgEventStore;
+use es_postgres::{PgEventStore, PgSnapshotStore};
 
 type Handler = CommandHandler<Account>;
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let store = open_store().await?;
-    let accounts: Handler = CommandHandler::new(Arc::clone(&store));
+    let (store, snapshots) = open_store().await?;
+    // Accounts snapshot every 100 events (#[aggregate(snapshot_every = 100)]).
+    let accounts: Handler = CommandHandler::with_repository(
+        Repository::new(Arc::clone(&store)).with_snapshot_store(snapshots),
+    );
 
     println!("\n1. Commands are decided by the aggregate and recorded as events.");
     let open = accounts
@@ -145,7 +149,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     Ok(())
 }
 
-async fn open_store() -> Result<Arc<dyn EventStore>, Box<dyn std::error::Error>> {
+type Stores = (Arc<dyn EventStore>, Arc<dyn SnapshotStore>);
+
+async fn open_store() -> Result<Stores, Box<dyn std::error::Error>> {
     match std::env::var("DATABASE_URL") {
         Ok(url) => {
             let pool = sqlx::postgres::PgPoolOptions::new()
@@ -159,13 +165,17 @@ async fn open_store() -> Result<Arc<dyn EventStore>, Box<dyn std::error::Error>>
             let store = PgEventStore::with_schema(pool, "bank_example")?;
             store.migrate().await?;
             println!("Running on PostgreSQL ({url}), schema bank_example.");
-            Ok(Arc::new(store))
+            let snapshots = Arc::new(PgSnapshotStore::new(&store));
+            Ok((Arc::new(store), snapshots))
         }
         Err(_) => {
             println!(
                 "Running on the in-memory store (set DATABASE_URL to run the same on PostgreSQL)."
             );
-            Ok(Arc::new(InMemoryEventStore::new()))
+            Ok((
+                Arc::new(InMemoryEventStore::new()),
+                Arc::new(InMemorySnapshotStore::new()),
+            ))
         }
     }
 }

@@ -1,0 +1,4 @@
+#[derive(Default, es_macros::Aggregate)]
+struct Account;
+
+fn main() {}

@@ -1,0 +1,7 @@
+#[derive(es_macros::Aggregate)]
+#[aggregate(category = "account")]
+enum Account {
+    Open,
+}
+
+fn main() {}
