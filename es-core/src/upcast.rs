@@ -127,6 +127,11 @@ impl Upcasters {
         self
     }
 
+    /// Whether some upcaster starts from `event_type` (a current or an old, renamed type).
+    pub fn lifts(&self, event_type: &str) -> bool {
+        self.steps.keys().any(|(t, _)| t == event_type)
+    }
+
     /// Checks, at start-up, that every stored version of every type of `E` can be lifted to the
     /// current one: each version from 1 up to the current one has an upcaster, none is
     /// registered twice, none starts at or beyond the current version.

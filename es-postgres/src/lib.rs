@@ -11,6 +11,9 @@
 //! - `store.rs`: [`PgEventStore`]: appends, reads, the [`Horizon`] readers are held to.
 //! - `snapshot.rs`: [`PgSnapshotStore`]: the newest snapshot per stream.
 //! - `follower.rs`: [`LogFollower`]: catch up, then follow live (LISTEN/NOTIFY, polling fallback).
+//! - `projection/`: [`PgProjection`] and [`ProjectionRunner`]: read models fed the global log,
+//!   checkpointed in the same transaction as their writes, one active instance at a time, an
+//!   [`ErrorPolicy`] that retries, parks, skips or stops, in-place rebuilds, status and lag.
 //! - `row.rs`: rows to envelopes; malformed rows become typed errors naming the event.
 //! - `error.rs`: [`PgError`], and how driver errors map onto `StoreError`.
 //! - `testing.rs` (feature `testing`): a database schema of its own for each test.
@@ -38,6 +41,7 @@
 
 mod error;
 mod follower;
+mod projection;
 mod row;
 mod schema;
 mod snapshot;
@@ -48,6 +52,10 @@ pub mod testing;
 
 pub use error::PgError;
 pub use follower::LogFollower;
+pub use projection::{
+    ErrorPolicy, OnFailure, ParkedEvent, PgProjection, Progress, ProjectionError, ProjectionRunner,
+    ProjectionStatus, ReplayReport,
+};
 pub use schema::{MAX_SCHEMA_NAME_LEN, SchemaName};
 pub use snapshot::PgSnapshotStore;
 pub use store::{Horizon, PgEventStore};

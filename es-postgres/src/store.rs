@@ -232,6 +232,19 @@ impl PgEventStore {
         }
     }
 
+    /// The stored event with id `event_id`, if any.
+    pub async fn read_event(
+        &self,
+        event_id: uuid::Uuid,
+    ) -> Result<Option<RecordedEvent>, StoreError> {
+        let rows = sqlx::query(AssertSqlSafe(self.inner.sql.events_by_id.clone()))
+            .bind(vec![event_id])
+            .fetch_all(&self.inner.pool)
+            .await
+            .map_err(store_error)?;
+        rows.first().map(decode_event).transpose()
+    }
+
     /// How far readers of the global log are held back; see [`Horizon`].
     pub async fn horizon(&self) -> Result<Horizon, StoreError> {
         let row = sqlx::query(AssertSqlSafe(self.inner.sql.horizon.clone()))

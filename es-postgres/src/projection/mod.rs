@@ -1,0 +1,126 @@
+//! Projections into PostgreSQL read models: the trait a projection implements, what happens
+//! when it fails, and the runner that feeds it the global log.
+
+mod runner;
+mod sql;
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use es_core::{BoxError, DomainEvent, Envelope, EventRef, Position};
+use sqlx::PgConnection;
+
+pub use runner::{ParkedEvent, Progress, ProjectionRunner, ProjectionStatus, ReplayReport};
+
+/// A read model kept in PostgreSQL, fed the global log in order.
+///
+/// Each `apply` runs inside the runner's transaction; the runner commits the projection's
+/// checkpoint in that same transaction, so an event's effect and the checkpoint past it commit
+/// together or not at all: exactly once in effect, whatever crashes.
+#[async_trait]
+pub trait PgProjection: Send + Sync + 'static {
+    /// The events it consumes (upcast to their current schema before `apply`).
+    type Event: DomainEvent;
+
+    /// A unique name: the key of its checkpoint, parked events and lock.
+    fn name(&self) -> &str;
+
+    /// Whether it wants events of this stream category; all, by default. Events it does not
+    /// want, and events whose type is not one of `Self::Event`'s, are passed over undecoded (the
+    /// checkpoint still moves past them).
+    fn wants_category(&self, category: &str) -> bool {
+        let _ = category;
+        true
+    }
+
+    /// Creates the read model's tables if they do not exist.
+    async fn setup(&self, conn: &mut PgConnection) -> Result<(), BoxError>;
+
+    /// Removes every row of the read model, for an in-place rebuild.
+    async fn reset(&self, conn: &mut PgConnection) -> Result<(), BoxError>;
+
+    /// Applies one event to the read model, within the runner's transaction.
+    async fn apply(
+        &self,
+        conn: &mut PgConnection,
+        event: &Envelope<Self::Event>,
+    ) -> Result<(), BoxError>;
+}
+
+/// What a runner does when applying an event fails (or the event does not decode).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ErrorPolicy {
+    /// How many more times to try the event, waiting `backoff`, doubling, in between.
+    pub retries: u32,
+    /// The first wait between tries.
+    pub backoff: Duration,
+    /// What to do once the retries are spent.
+    pub then: OnFailure,
+}
+
+/// The last resort of an [`ErrorPolicy`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OnFailure {
+    /// Stop the runner with an error naming the event; nothing of its batch is committed.
+    Stop,
+    /// Record the event in `parked_events` with its error and go on; it can be replayed later.
+    Park,
+    /// Log the event and go on.
+    Skip,
+}
+
+impl ErrorPolicy {
+    /// Stop at the first failure: the default for rebuilds.
+    pub const STOP: ErrorPolicy = ErrorPolicy {
+        retries: 0,
+        backoff: Duration::ZERO,
+        then: OnFailure::Stop,
+    };
+
+    /// Try `retries` more times with exponential backoff from `backoff`, then park the event.
+    pub fn retry_then_park(retries: u32, backoff: Duration) -> Self {
+        Self {
+            retries,
+            backoff,
+            then: OnFailure::Park,
+        }
+    }
+}
+
+impl Default for ErrorPolicy {
+    /// Three retries from 100 ms, then park.
+    fn default() -> Self {
+        Self::retry_then_park(3, Duration::from_millis(100))
+    }
+}
+
+/// What stops a projection runner.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ProjectionError {
+    /// An event could not be applied and the policy said stop.
+    #[error("projection {projection} stopped at {event}: {source}")]
+    Failed {
+        /// The projection.
+        projection: String,
+        /// The event it stopped at.
+        event: Box<EventRef>,
+        /// Why.
+        #[source]
+        source: BoxError,
+    },
+    /// The store failed.
+    #[error("projection {projection}: {source}")]
+    Store {
+        /// The projection.
+        projection: String,
+        /// The store's error.
+        #[source]
+        source: BoxError,
+    },
+}
+
+/// Where a projection resumes.
+pub(crate) fn checkpoint_position(transaction: i64, sequence: i64) -> Position {
+    Position::new(transaction.max(0) as u64, sequence.max(0) as u64)
+}

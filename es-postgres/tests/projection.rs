@@ -1,0 +1,408 @@
+//! Projection runners against PostgreSQL: exactly-once effects across crashes, live following
+//! of concurrent writers, one active instance with takeover, parked poison events.
+
+// Helpers below are test code: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used)]
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use es_core::testing::evolution::LedgerEvent;
+use es_core::{BoxError, DomainEvent, Envelope, EventStore, ExpectedVersion, NewEvent, StreamId};
+use es_postgres::testing::TestDatabase;
+use es_postgres::{ErrorPolicy, PgEventStore, PgProjection, ProjectionError, ProjectionRunner};
+use rand::Rng;
+use sqlx::{AssertSqlSafe, PgConnection};
+
+/// Per stream: how many ledger events, and the net of credits and debits. Increments, so an
+/// event applied twice or lost shows in the totals.
+struct Totals {
+    name: String,
+    table: String,
+    poison_fails: AtomicBool,
+}
+
+impl Totals {
+    fn new(db: &TestDatabase, name: &str) -> Self {
+        Self {
+            name: name.to_owned(),
+            table: format!("\"{}\".{name}", db.schema),
+            poison_fails: AtomicBool::new(true),
+        }
+    }
+}
+
+#[async_trait]
+impl PgProjection for Totals {
+    type Event = LedgerEvent;
+
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn wants_category(&self, category: &str) -> bool {
+        category == "ledger"
+    }
+
+    async fn setup(&self, conn: &mut PgConnection) -> Result<(), BoxError> {
+        sqlx::query(AssertSqlSafe(format!(
+            "CREATE TABLE IF NOT EXISTS {} (stream_id text PRIMARY KEY, events bigint NOT NULL, net bigint NOT NULL)",
+            self.table
+        )))
+        .execute(conn)
+        .await?;
+        Ok(())
+    }
+
+    async fn reset(&self, conn: &mut PgConnection) -> Result<(), BoxError> {
+        sqlx::query(AssertSqlSafe(format!("DELETE FROM {}", self.table)))
+            .execute(conn)
+            .await?;
+        Ok(())
+    }
+
+    async fn apply(
+        &self,
+        conn: &mut PgConnection,
+        event: &Envelope<LedgerEvent>,
+    ) -> Result<(), BoxError> {
+        let net = match &event.payload {
+            LedgerEvent::Credited { memo, .. }
+                if memo == "poison" && self.poison_fails.load(Ordering::SeqCst) =>
+            {
+                return Err("cannot apply a poisoned credit".into());
+            }
+            LedgerEvent::Credited { cents, .. } => *cents as i64,
+            LedgerEvent::Debited { cents } => -(*cents as i64),
+            LedgerEvent::Annotated { .. } => 0,
+        };
+        sqlx::query(AssertSqlSafe(format!(
+            "INSERT INTO {} AS t (stream_id, events, net) VALUES ($1, 1, $2) \
+             ON CONFLICT (stream_id) DO UPDATE SET events = t.events + 1, net = t.net + $2",
+            self.table
+        )))
+        .bind(event.stream_id.as_str())
+        .bind(net)
+        .execute(conn)
+        .await?;
+        Ok(())
+    }
+}
+
+fn credit(cents: u64, memo: &str) -> NewEvent {
+    NewEvent::from_event(&LedgerEvent::Credited {
+        cents,
+        memo: memo.to_owned(),
+    })
+    .unwrap()
+}
+
+async fn totals(db: &TestDatabase, table: &str) -> Vec<(String, i64, i64)> {
+    sqlx::query_as(AssertSqlSafe(format!(
+        "SELECT stream_id, events, net FROM \"{}\".{table} ORDER BY stream_id",
+        db.schema
+    )))
+    .fetch_all(&db.pool)
+    .await
+    .unwrap()
+}
+
+/// What a correct replay must produce, computed from the events themselves.
+async fn expected_totals(db: &TestDatabase) -> Vec<(String, i64, i64)> {
+    sqlx::query_as(AssertSqlSafe(format!(
+        "SELECT stream_id, count(*), sum(CASE event_type WHEN 'Credited' THEN (payload->>'cents')::bigint \
+           WHEN 'Debited' THEN -(payload->>'cents')::bigint ELSE 0 END)::bigint \
+         FROM \"{}\".events WHERE stream_id LIKE 'ledger-%' GROUP BY stream_id ORDER BY stream_id",
+        db.schema
+    )))
+    .fetch_all(&db.pool)
+    .await
+    .unwrap()
+}
+
+fn runner(db: &TestDatabase, name: &str) -> ProjectionRunner<Totals> {
+    ProjectionRunner::new(db.store.clone(), Totals::new(db, name))
+        .poll_interval(Duration::from_millis(50))
+        .lock_retry_interval(Duration::from_millis(50))
+}
+
+async fn wait_until(what: &str, mut done: impl AsyncFnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !done().await {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn seed(store: &PgEventStore, streams: usize, per_stream: usize, batch: usize) {
+    for s in 0..streams {
+        let stream = StreamId::new(format!("ledger-{s:04}")).unwrap();
+        for chunk in 0..per_stream / batch {
+            let events = (0..batch)
+                .map(|i| credit(((chunk * batch + i) % 7 + 1) as u64, ""))
+                .collect();
+            store
+                .append(&stream, ExpectedVersion::Any, events)
+                .await
+                .unwrap();
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_rebuild_killed_at_random_points_ends_equal_to_a_clean_replay() {
+    let db = TestDatabase::with_pool_size(12).await;
+    seed(&db.store, 100, 500, 100).await;
+    let expected = expected_totals(&db).await;
+    assert_eq!(expected.iter().map(|t| t.1).sum::<i64>(), 50_000);
+
+    // Start a rebuild, then kill the runner at random points and restart it, resuming from
+    // its checkpoint, until it completes.
+    let runner = Arc::new(runner(&db, "totals").batch_size(700));
+    let first = {
+        let runner = Arc::clone(&runner);
+        tokio::spawn(async move { runner.rebuild(ErrorPolicy::STOP, |_| {}).await })
+    };
+    tokio::time::sleep(Duration::from_millis(rand::rng().random_range(50..250))).await;
+    first.abort();
+    let _ = first.await;
+    let mut kills = 1;
+    loop {
+        let task = {
+            let runner = Arc::clone(&runner);
+            tokio::spawn(async move { runner.catch_up().await })
+        };
+        tokio::time::sleep(Duration::from_millis(rand::rng().random_range(20..200))).await;
+        if task.is_finished() {
+            task.await.unwrap().unwrap();
+            break;
+        }
+        task.abort();
+        let _ = task.await;
+        kills += 1;
+        assert!(kills < 200, "the rebuild never completes");
+    }
+    assert!(kills >= 2, "the runner was killed mid-rebuild");
+    runner.catch_up().await.unwrap();
+    assert_eq!(totals(&db, "totals").await, expected, "after {kills} kills");
+
+    // A clean rebuild of another copy gives the same read model.
+    let clean = runner_for_clean(&db);
+    assert_eq!(
+        clean.rebuild(ErrorPolicy::STOP, |_| {}).await.unwrap(),
+        50_000
+    );
+    assert_eq!(totals(&db, "clean").await, expected);
+    let status = runner.status().await.unwrap();
+    assert_eq!((status.lag_events, status.parked), (0, 0));
+    assert_eq!(status.checkpoint, status.head);
+    db.drop().await;
+}
+
+fn runner_for_clean(db: &TestDatabase) -> ProjectionRunner<Totals> {
+    runner(db, "clean").batch_size(5000)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_live_projection_follows_concurrent_writers_without_skipping() {
+    let db = TestDatabase::with_pool_size(16).await;
+    let runner = Arc::new(runner(&db, "live").batch_size(50));
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let live = {
+        let runner = Arc::clone(&runner);
+        tokio::spawn(async move {
+            runner
+                .run(async {
+                    let _ = stopped.await;
+                })
+                .await
+        })
+    };
+    let mut writers = Vec::new();
+    for w in 0..6 {
+        let store = db.store.clone();
+        let pool = db.pool.clone();
+        writers.push(tokio::spawn(async move {
+            let stream = StreamId::new(format!("ledger-w{w}")).unwrap();
+            for i in 0..150u64 {
+                // Transactions held open for random delays commit out of position order.
+                let mut tx = pool.begin().await.unwrap();
+                store
+                    .append_in(
+                        &mut tx,
+                        &stream,
+                        ExpectedVersion::Any,
+                        vec![credit(i % 5 + 1, "")],
+                    )
+                    .await
+                    .unwrap();
+                let delay = rand::rng().random_range(0..2000u64);
+                tokio::time::sleep(Duration::from_micros(delay)).await;
+                tx.commit().await.unwrap();
+            }
+        }));
+    }
+    for writer in writers {
+        writer.await.unwrap();
+    }
+    let expected = expected_totals(&db).await;
+    wait_until("the live projection caught up", async || {
+        totals(&db, "live").await == expected
+    })
+    .await;
+    let status = runner.status().await.unwrap();
+    assert_eq!(status.lag_events, 0);
+    assert!(runner.is_active());
+    stop.send(()).unwrap();
+    live.await.unwrap().unwrap();
+    assert!(!runner.is_active());
+    db.drop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn only_one_runner_is_active_and_another_takes_over_when_it_stops() {
+    let db = TestDatabase::with_pool_size(12).await;
+    let first = Arc::new(runner(&db, "shared"));
+    let second = Arc::new(runner(&db, "shared"));
+    let mut stops = Vec::new();
+    let mut tasks = Vec::new();
+    for runner in [&first, &second] {
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        stops.push(Some(stop));
+        let runner = Arc::clone(runner);
+        tasks.push(Some(tokio::spawn(async move {
+            runner
+                .run(async {
+                    let _ = stopped.await;
+                })
+                .await
+        })));
+    }
+    wait_until("one runner is active", async || {
+        first.is_active() || second.is_active()
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        first.is_active() != second.is_active(),
+        "exactly one instance is active"
+    );
+    let (active, waiting) = if first.is_active() { (0, 1) } else { (1, 0) };
+    let runners = [&first, &second];
+
+    db.store
+        .append(
+            &StreamId::new("ledger-a").unwrap(),
+            ExpectedVersion::Any,
+            vec![credit(5, "")],
+        )
+        .await
+        .unwrap();
+    wait_until("the active runner applied the event", async || {
+        totals(&db, "shared").await == vec![("ledger-a".to_owned(), 1, 5)]
+    })
+    .await;
+
+    stops[active].take().unwrap().send(()).unwrap();
+    tasks[active].take().unwrap().await.unwrap().unwrap();
+    wait_until("the waiting runner took over", async || {
+        runners[waiting].is_active()
+    })
+    .await;
+    db.store
+        .append(
+            &StreamId::new("ledger-a").unwrap(),
+            ExpectedVersion::Any,
+            vec![credit(7, "")],
+        )
+        .await
+        .unwrap();
+    wait_until("the new active runner applied the next event", async || {
+        totals(&db, "shared").await == vec![("ledger-a".to_owned(), 2, 12)]
+    })
+    .await;
+    stops[waiting].take().unwrap().send(()).unwrap();
+    tasks[waiting].take().unwrap().await.unwrap().unwrap();
+    db.drop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_poison_event_is_parked_then_replayed_once_fixed() {
+    let db = TestDatabase::new().await;
+    let stream = StreamId::new("ledger-p").unwrap();
+    db.store
+        .append(
+            &stream,
+            ExpectedVersion::NoStream,
+            vec![credit(1, ""), credit(10, "poison"), credit(100, "")],
+        )
+        .await
+        .unwrap();
+    let runner = runner(&db, "parking")
+        .error_policy(ErrorPolicy::retry_then_park(2, Duration::from_millis(5)));
+    assert_eq!(runner.status().await.unwrap().lag_events, 3);
+    runner.catch_up().await.unwrap();
+    assert_eq!(
+        totals(&db, "parking").await,
+        vec![("ledger-p".into(), 2, 101)]
+    );
+
+    let parked = runner.parked().await.unwrap();
+    assert_eq!(parked.len(), 1);
+    assert_eq!(parked[0].stream_id, "ledger-p");
+    assert_eq!(parked[0].attempts, 3, "one try and two retries");
+    assert!(parked[0].error.contains("poisoned"), "{}", parked[0].error);
+    let status = runner.status().await.unwrap();
+    assert_eq!(
+        (status.lag_events, status.parked),
+        (0, 1),
+        "parked events do not hold it back"
+    );
+
+    // Still broken: it stays parked.
+    let report = runner.replay_parked().await.unwrap();
+    assert_eq!((report.replayed, report.still_failing), (0, 1));
+    runner
+        .projection()
+        .poison_fails
+        .store(false, Ordering::SeqCst);
+    let report = runner.replay_parked().await.unwrap();
+    assert_eq!((report.replayed, report.still_failing), (1, 0));
+    assert!(runner.parked().await.unwrap().is_empty());
+    assert_eq!(
+        totals(&db, "parking").await,
+        vec![("ledger-p".into(), 3, 111)]
+    );
+    db.drop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rebuild_stops_at_a_failing_event_and_names_it() {
+    let db = TestDatabase::new().await;
+    let stream = StreamId::new("ledger-s").unwrap();
+    let poison = credit(10, "poison");
+    let poison_id = poison.event_id;
+    db.store
+        .append(
+            &stream,
+            ExpectedVersion::NoStream,
+            vec![credit(1, ""), poison],
+        )
+        .await
+        .unwrap();
+    let runner = runner(&db, "stopping");
+    match runner.rebuild(ErrorPolicy::STOP, |_| {}).await {
+        Err(ProjectionError::Failed { event, .. }) => {
+            assert_eq!(event.event_id, poison_id);
+            assert_eq!(event.stream_id, stream);
+        }
+        other => panic!("expected the rebuild to stop, got {other:?}"),
+    }
+    // Nothing of the failed batch is committed, the checkpoint included.
+    assert!(totals(&db, "stopping").await.is_empty());
+    assert_eq!(runner.status().await.unwrap().lag_events, 2);
+    assert!(LedgerEvent::TYPES.iter().any(|t| t.name == "Credited"));
+    db.drop().await;
+}
