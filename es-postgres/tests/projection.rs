@@ -406,3 +406,31 @@ async fn a_rebuild_stops_at_a_failing_event_and_names_it() {
     assert!(LedgerEvent::TYPES.iter().any(|t| t.name == "Credited"));
     db.drop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_projection_split_in_parts_covers_every_stream_once_in_order() {
+    let db = TestDatabase::with_pool_size(12).await;
+    seed(&db.store, 30, 40, 20).await;
+    let parts: Vec<_> = (0..3)
+        .map(|i| Arc::new(runner(&db, "split").part(i, 3)))
+        .collect();
+    let tasks: Vec<_> = parts
+        .iter()
+        .map(|part| {
+            let part = Arc::clone(part);
+            tokio::spawn(async move { part.catch_up().await })
+        })
+        .collect();
+    let mut read = 0;
+    for task in tasks {
+        read += task.await.unwrap().unwrap();
+    }
+    assert_eq!(read, 3 * 1200, "each part reads the whole log");
+    assert_eq!(totals(&db, "split").await, expected_totals(&db).await);
+    for (i, part) in parts.iter().enumerate() {
+        let status = part.status().await.unwrap();
+        assert_eq!(status.name, format!("split#{i}/3"));
+        assert_eq!(status.lag_events, 0);
+    }
+    db.drop().await;
+}
