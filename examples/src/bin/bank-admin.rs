@@ -1,0 +1,261 @@
+//! Operates the bank's projections: status and lag, rebuilds with progress, parked events.
+//!
+//! ```text
+//! bank-admin status                 every projection: checkpoint, head, lag, parked events
+//! bank-admin rebuild <projection>   rebuild in place, with a progress bar
+//! bank-admin parked <projection>    list parked events
+//! bank-admin replay <projection>    replay parked events
+//! bank-admin run                    keep every projection live until Ctrl-C
+//! bank-admin seed --events N        append N deposits across accounts (for trying the above)
+//! ```
+//!
+//! Works on `DATABASE_URL` (default: the local server), schema `bank_example`, the one the
+//! `bank` example writes when run with `DATABASE_URL` set.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use clap::{Parser, Subcommand};
+use es_core::{EventStore, ExpectedVersion, NewEvent, StreamId};
+use es_examples::account::AccountEvent;
+use es_examples::projections::{AccountBalances, ActivityByType};
+use es_postgres::{
+    ErrorPolicy, ParkedEvent, PgEventStore, PgProjection, Progress, ProjectionError,
+    ProjectionRunner, ProjectionStatus, ReplayReport,
+};
+use indicatif::{ProgressBar, ProgressStyle};
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+#[derive(Parser)]
+#[command(name = "bank-admin", about = "Operate the bank example's projections")]
+struct Cli {
+    /// The PostgreSQL server.
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/postgres"
+    )]
+    database_url: String,
+    /// The event store's schema.
+    #[arg(long, default_value = "bank_example")]
+    schema: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Every projection's checkpoint, head, lag and parked events.
+    Status,
+    /// Rebuild a projection in place from the first event, stopping at the first failure.
+    Rebuild {
+        /// The projection's name.
+        projection: String,
+    },
+    /// List a projection's parked events.
+    Parked {
+        /// The projection's name.
+        projection: String,
+    },
+    /// Apply a projection's parked events again.
+    Replay {
+        /// The projection's name.
+        projection: String,
+    },
+    /// Keep every projection live (catch up, then follow) until Ctrl-C.
+    Run,
+    /// Append deposits across 100 accounts, for trying the other commands.
+    Seed {
+        /// How many events.
+        #[arg(long, default_value_t = 10_000)]
+        events: usize,
+    },
+}
+
+/// What the CLI needs of a runner, whatever its projection's type.
+#[async_trait]
+trait Operate: Send + Sync {
+    fn name(&self) -> String;
+    async fn status(&self) -> Result<ProjectionStatus, ProjectionError>;
+    async fn rebuild(
+        &self,
+        progress: &(dyn Fn(Progress) + Send + Sync),
+    ) -> Result<u64, ProjectionError>;
+    async fn parked(&self) -> Result<Vec<ParkedEvent>, ProjectionError>;
+    async fn replay(&self) -> Result<ReplayReport, ProjectionError>;
+    async fn run(&self, stop: tokio::sync::watch::Receiver<bool>) -> Result<(), ProjectionError>;
+}
+
+#[async_trait]
+impl<P: PgProjection> Operate for ProjectionRunner<P> {
+    fn name(&self) -> String {
+        self.projection().name().to_owned()
+    }
+    async fn status(&self) -> Result<ProjectionStatus, ProjectionError> {
+        ProjectionRunner::status(self).await
+    }
+    async fn rebuild(
+        &self,
+        progress: &(dyn Fn(Progress) + Send + Sync),
+    ) -> Result<u64, ProjectionError> {
+        ProjectionRunner::rebuild(self, ErrorPolicy::STOP, |p| progress(p)).await
+    }
+    async fn parked(&self) -> Result<Vec<ParkedEvent>, ProjectionError> {
+        ProjectionRunner::parked(self).await
+    }
+    async fn replay(&self) -> Result<ReplayReport, ProjectionError> {
+        self.replay_parked().await
+    }
+    async fn run(
+        &self,
+        mut stop: tokio::sync::watch::Receiver<bool>,
+    ) -> Result<(), ProjectionError> {
+        ProjectionRunner::run(self, async move {
+            let _ = stop.wait_for(|stop| *stop).await;
+        })
+        .await
+    }
+}
+
+#[tokio::main]
+async fn main() -> Result<(), BoxError> {
+    let cli = Cli::parse();
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(8)
+        .connect(&cli.database_url)
+        .await
+        .map_err(|e| format!("cannot connect to {}: {e}", cli.database_url))?;
+    let store = PgEventStore::with_schema(pool, &cli.schema)?;
+    store.migrate().await?;
+    let projections: Vec<Arc<dyn Operate>> = vec![
+        Arc::new(ProjectionRunner::new(
+            store.clone(),
+            AccountBalances::new(store.schema()),
+        )),
+        Arc::new(ProjectionRunner::new(
+            store.clone(),
+            ActivityByType::new(store.schema()),
+        )),
+    ];
+    let find = |name: &str| {
+        projections
+            .iter()
+            .find(|p| p.name() == name)
+            .cloned()
+            .ok_or_else(|| {
+                let known: Vec<_> = projections.iter().map(|p| p.name()).collect();
+                format!("no projection {name:?}; known: {}", known.join(", "))
+            })
+    };
+
+    match cli.command {
+        Command::Status => {
+            println!(
+                "{:<18} {:>14} {:>14} {:>10} {:>10} {:>7}",
+                "projection", "checkpoint", "head", "lag", "lag (s)", "parked"
+            );
+            for projection in &projections {
+                let s = projection.status().await?;
+                println!(
+                    "{:<18} {:>14} {:>14} {:>10} {:>10.1} {:>7}",
+                    s.name,
+                    s.checkpoint.to_string(),
+                    s.head.to_string(),
+                    s.lag_events,
+                    s.lag.map_or(0.0, |d| d.as_secs_f64()),
+                    s.parked
+                );
+            }
+        }
+        Command::Rebuild { projection } => {
+            let projection = find(&projection)?;
+            let total: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+                "SELECT count(*) FROM {}.events",
+                store.schema()
+            )))
+            .fetch_one(store.pool())
+            .await?;
+            let bar = ProgressBar::new(total.max(0) as u64);
+            bar.set_style(
+                ProgressStyle::with_template(
+                    "{msg} [{bar:40}] {pos}/{len} events, {per_sec}, ETA {eta}",
+                )?
+                .progress_chars("=> "),
+            );
+            bar.set_message(format!("rebuilding {}", projection.name()));
+            let read = projection
+                .rebuild(&|progress| bar.set_position(progress.events))
+                .await?;
+            bar.finish();
+            println!("rebuilt {} from {read} events", projection.name());
+        }
+        Command::Parked { projection } => {
+            let parked = find(&projection)?.parked().await?;
+            if parked.is_empty() {
+                println!("no parked events");
+            }
+            for p in parked {
+                println!(
+                    "{} {} {} at {} ({} attempts, parked {}): {}",
+                    p.event_id,
+                    p.event_type,
+                    p.stream_id,
+                    p.position,
+                    p.attempts,
+                    p.parked_at,
+                    p.error
+                );
+            }
+        }
+        Command::Replay { projection } => {
+            let report = find(&projection)?.replay().await?;
+            println!(
+                "replayed {}, still failing {}",
+                report.replayed, report.still_failing
+            );
+        }
+        Command::Run => {
+            let (stop, stopped) = tokio::sync::watch::channel(false);
+            let mut tasks = Vec::new();
+            for projection in &projections {
+                let projection = Arc::clone(projection);
+                let stopped = stopped.clone();
+                tasks.push(tokio::spawn(async move { projection.run(stopped).await }));
+            }
+            println!("projections running; Ctrl-C stops them after their current batch");
+            tokio::signal::ctrl_c().await?;
+            stop.send(true)?;
+            for task in tasks {
+                task.await??;
+            }
+        }
+        Command::Seed { events } => {
+            let started = std::time::Instant::now();
+            for account in 0..100 {
+                let stream = StreamId::new(format!("account-seed{account:03}"))?;
+                let share = events / 100 + usize::from(account < events % 100);
+                let mut written = 0;
+                while written < share {
+                    let batch = (share - written).min(500);
+                    let new = (0..batch)
+                        .map(|i| {
+                            let event = if written == 0 && i == 0 {
+                                AccountEvent::Opened {
+                                    owner: format!("owner {account}"),
+                                }
+                            } else {
+                                AccountEvent::Deposited { amount: 100 }
+                            };
+                            NewEvent::from_event(&event)
+                        })
+                        .collect::<Result<Vec<_>, _>>()?;
+                    store.append(&stream, ExpectedVersion::Any, new).await?;
+                    written += batch;
+                }
+            }
+            println!("appended {events} events in {:?}", started.elapsed());
+        }
+    }
+    Ok(())
+}

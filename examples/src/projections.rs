@@ -1,0 +1,138 @@
+//! The bank's read models, kept by projection runners in PostgreSQL.
+
+use async_trait::async_trait;
+use es_core::{BoxError, Envelope};
+use es_postgres::{PgProjection, SchemaName};
+use sqlx::{AssertSqlSafe, PgConnection};
+
+use crate::account::AccountEvent;
+
+/// One row per account: owner, balance, whether closed, and the last version applied.
+pub struct AccountBalances {
+    table: String,
+}
+
+impl AccountBalances {
+    /// The read model in `schema`.
+    pub fn new(schema: &SchemaName) -> Self {
+        Self {
+            table: format!("\"{schema}\".account_balances"),
+        }
+    }
+}
+
+#[async_trait]
+impl PgProjection for AccountBalances {
+    type Event = AccountEvent;
+
+    fn name(&self) -> &str {
+        "account_balances"
+    }
+
+    fn wants_category(&self, category: &str) -> bool {
+        category == "account"
+    }
+
+    async fn setup(&self, conn: &mut PgConnection) -> Result<(), BoxError> {
+        sqlx::query(AssertSqlSafe(format!(
+            "CREATE TABLE IF NOT EXISTS {} (account text PRIMARY KEY, owner text, \
+             balance bigint NOT NULL DEFAULT 0, closed boolean NOT NULL DEFAULT false, \
+             version bigint NOT NULL)",
+            self.table
+        )))
+        .execute(conn)
+        .await?;
+        Ok(())
+    }
+
+    async fn reset(&self, conn: &mut PgConnection) -> Result<(), BoxError> {
+        sqlx::query(AssertSqlSafe(format!("DELETE FROM {}", self.table)))
+            .execute(conn)
+            .await?;
+        Ok(())
+    }
+
+    async fn apply(
+        &self,
+        conn: &mut PgConnection,
+        event: &Envelope<AccountEvent>,
+    ) -> Result<(), BoxError> {
+        let (owner, delta, closed) = match &event.payload {
+            AccountEvent::Opened { owner } => (Some(owner.as_str()), 0, false),
+            AccountEvent::Deposited { amount } => (None, i64::try_from(*amount)?, false),
+            AccountEvent::Withdrawn { amount } => (None, -i64::try_from(*amount)?, false),
+            AccountEvent::Closed => (None, 0, true),
+        };
+        sqlx::query(AssertSqlSafe(format!(
+            "INSERT INTO {} AS t (account, owner, balance, closed, version) \
+             VALUES ($1, $2, $3, $4, $5) ON CONFLICT (account) DO UPDATE SET \
+             owner = coalesce($2, t.owner), balance = t.balance + $3, \
+             closed = t.closed OR $4, version = $5",
+            self.table
+        )))
+        .bind(event.stream_id.as_str())
+        .bind(owner)
+        .bind(delta)
+        .bind(closed)
+        .bind(i64::try_from(event.stream_version)?)
+        .execute(conn)
+        .await?;
+        Ok(())
+    }
+}
+
+/// How many events of each type the bank has recorded.
+pub struct ActivityByType {
+    table: String,
+}
+
+impl ActivityByType {
+    /// The read model in `schema`.
+    pub fn new(schema: &SchemaName) -> Self {
+        Self {
+            table: format!("\"{schema}\".activity_by_type"),
+        }
+    }
+}
+
+#[async_trait]
+impl PgProjection for ActivityByType {
+    type Event = AccountEvent;
+
+    fn name(&self) -> &str {
+        "activity_by_type"
+    }
+
+    async fn setup(&self, conn: &mut PgConnection) -> Result<(), BoxError> {
+        sqlx::query(AssertSqlSafe(format!(
+            "CREATE TABLE IF NOT EXISTS {} (event_type text PRIMARY KEY, events bigint NOT NULL)",
+            self.table
+        )))
+        .execute(conn)
+        .await?;
+        Ok(())
+    }
+
+    async fn reset(&self, conn: &mut PgConnection) -> Result<(), BoxError> {
+        sqlx::query(AssertSqlSafe(format!("DELETE FROM {}", self.table)))
+            .execute(conn)
+            .await?;
+        Ok(())
+    }
+
+    async fn apply(
+        &self,
+        conn: &mut PgConnection,
+        event: &Envelope<AccountEvent>,
+    ) -> Result<(), BoxError> {
+        sqlx::query(AssertSqlSafe(format!(
+            "INSERT INTO {} AS t (event_type, events) VALUES ($1, 1) \
+             ON CONFLICT (event_type) DO UPDATE SET events = t.events + 1",
+            self.table
+        )))
+        .bind(&event.event_type)
+        .execute(conn)
+        .await?;
+        Ok(())
+    }
+}
