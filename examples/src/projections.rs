@@ -135,4 +135,27 @@ impl PgProjection for ActivityByType {
         .await?;
         Ok(())
     }
+
+    /// One upsert per event type in the batch instead of one per event.
+    async fn apply_batch(
+        &self,
+        conn: &mut PgConnection,
+        events: &[Envelope<AccountEvent>],
+    ) -> Result<(), BoxError> {
+        let mut counts: std::collections::BTreeMap<&str, i64> = Default::default();
+        for event in events {
+            *counts.entry(event.event_type.as_str()).or_default() += 1;
+        }
+        let (types, added): (Vec<&str>, Vec<i64>) = counts.into_iter().unzip();
+        sqlx::query(AssertSqlSafe(format!(
+            "INSERT INTO {} AS t (event_type, events) SELECT * FROM UNNEST($1::text[], $2::int8[]) \
+             ON CONFLICT (event_type) DO UPDATE SET events = t.events + EXCLUDED.events",
+            self.table
+        )))
+        .bind(&types)
+        .bind(&added)
+        .execute(conn)
+        .await?;
+        Ok(())
+    }
 }

@@ -184,11 +184,18 @@ impl<P: PgProjection> ProjectionRunner<P> {
                 .batch_size(self.batch_size)
                 .poll_interval(self.poll_interval);
             loop {
+                let from = follower.position();
                 let batch = tokio::select! {
                     batch = follower.next_batch() => batch.map_err(|e| self.store_error(e))?,
                     () = &mut shutdown => return Ok(()),
                 };
-                self.process(batch, self.policy).await?;
+                if self.process(batch, from, self.policy).await?.is_none() {
+                    follower = self
+                        .store
+                        .follow(self.load_checkpoint().await?)
+                        .batch_size(self.batch_size)
+                        .poll_interval(self.poll_interval);
+                }
             }
         }
         .await;
@@ -232,13 +239,12 @@ impl<P: PgProjection> ProjectionRunner<P> {
                 .reset(&mut tx)
                 .await
                 .map_err(|e| self.failed_setup(e))?;
-            for statement in [&self.sql.delete_checkpoint, &self.sql.delete_parked] {
-                sqlx::query(AssertSqlSafe(statement.clone()))
-                    .bind(&self.key)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(|e| self.store_error(e))?;
-            }
+            sqlx::query(AssertSqlSafe(self.sql.delete_parked.clone()))
+                .bind(&self.key)
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| self.store_error(e))?;
+            self.save_checkpoint(&mut tx, Position::START).await?;
             tx.commit().await.map_err(|e| self.store_error(e))?;
             self.catch_up_locked(policy, &mut progress).await
         }
@@ -349,32 +355,50 @@ impl<P: PgProjection> ProjectionRunner<P> {
             .follow(self.load_checkpoint().await?)
             .batch_size(self.batch_size);
         let mut events = 0;
-        while let Some(batch) = follower
-            .try_next_batch()
-            .await
-            .map_err(|e| self.store_error(e))?
-        {
-            events += batch.len() as u64;
-            let position = self.process(batch, policy).await?;
-            progress(Progress {
-                events,
-                position,
-                head,
-            });
+        loop {
+            let from = follower.position();
+            let Some(batch) = follower
+                .try_next_batch()
+                .await
+                .map_err(|e| self.store_error(e))?
+            else {
+                return Ok(events);
+            };
+            let count = batch.len() as u64;
+            match self.process(batch, from, policy).await? {
+                Some(position) => {
+                    events += count;
+                    progress(Progress {
+                        events,
+                        position,
+                        head,
+                    });
+                }
+                None => {
+                    follower = self
+                        .store
+                        .follow(self.load_checkpoint().await?)
+                        .batch_size(self.batch_size);
+                }
+            }
         }
-        Ok(events)
     }
 
-    /// Applies a batch and commits it with the checkpoint past its last event. Tries the whole
-    /// batch in one go first; when an event fails, it redoes the batch event by event, each in a
-    /// savepoint, so the policy can retry, park or skip just that event.
+    /// Applies a batch read after `from` and commits it with the checkpoint past its last event.
+    /// Tries the whole batch in one go first; when an event fails, it redoes the batch event by
+    /// event, each in a savepoint, so the policy can retry, park or skip just that event.
+    ///
+    /// `Ok(None)`: the checkpoint is no longer at `from` (a previous holder's late commit, after
+    /// it lost the advisory lock); nothing was applied, and the caller resumes from the
+    /// checkpoint as it now is.
     async fn process(
         &self,
         batch: Vec<RecordedEvent>,
+        from: Position,
         policy: ErrorPolicy,
-    ) -> Result<Position, ProjectionError> {
+    ) -> Result<Option<Position>, ProjectionError> {
         let Some(last) = batch.last().map(|e| e.position) else {
-            return self.load_checkpoint().await;
+            return Ok(Some(from));
         };
         let span = tracing::debug_span!(
             "projection_batch",
@@ -384,23 +408,23 @@ impl<P: PgProjection> ProjectionRunner<P> {
         );
         async {
             let mut tx = self.begin().await?;
-            let mut failed = false;
-            for event in &batch {
-                if self.apply_one(&mut tx, event).await.is_err() {
-                    failed = true;
-                    break;
-                }
+            if !self.fence(&mut tx, from).await? {
+                return Ok(None);
             }
+            let failed = self.apply_all(&mut tx, &batch).await.is_err();
             if failed {
                 tx.rollback().await.map_err(|e| self.store_error(e))?;
                 tx = self.begin().await?;
+                if !self.fence(&mut tx, from).await? {
+                    return Ok(None);
+                }
                 for event in &batch {
                     self.apply_with_policy(&mut tx, event, policy).await?;
                 }
             }
             self.save_checkpoint(&mut tx, last).await?;
             tx.commit().await.map_err(|e| self.store_error(e))?;
-            Ok(last)
+            Ok(Some(last))
         }
         .instrument(span)
         .await
@@ -449,6 +473,22 @@ impl<P: PgProjection> ProjectionRunner<P> {
                 }
             };
         }
+    }
+
+    /// Decodes the events the projection wants and hands them to it as one batch.
+    async fn apply_all(
+        &self,
+        conn: &mut PgConnection,
+        batch: &[RecordedEvent],
+    ) -> Result<(), BoxError> {
+        let mut envelopes = Vec::with_capacity(batch.len());
+        for event in batch.iter().filter(|e| self.wants(e)) {
+            envelopes.extend(self.upcasters.decode::<P::Event>(event.clone())?);
+        }
+        if envelopes.is_empty() {
+            return Ok(());
+        }
+        self.projection.apply_batch(conn, &envelopes).await
     }
 
     /// Decodes (through the upcasters) and applies one event, if the projection wants it.
@@ -513,7 +553,34 @@ impl<P: PgProjection> ProjectionRunner<P> {
             .setup(&mut tx)
             .await
             .map_err(|e| self.failed_setup(e))?;
+        sqlx::query(AssertSqlSafe(self.sql.init_checkpoint.clone()))
+            .bind(&self.key)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| self.store_error(e))?;
         tx.commit().await.map_err(|e| self.store_error(e))
+    }
+
+    /// Locks the checkpoint row for this transaction and checks it is still at `from`. Another
+    /// transaction applying from the same checkpoint waits here until it ends, then finds it
+    /// moved: two instances can never both commit the same events.
+    async fn fence(&self, tx: &mut PgConnection, from: Position) -> Result<bool, ProjectionError> {
+        let row: Option<(i64, i64)> =
+            sqlx::query_as(AssertSqlSafe(self.sql.lock_checkpoint.clone()))
+                .bind(&self.key)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(|e| self.store_error(e))?;
+        let current = row.map_or(Position::START, |(t, p)| checkpoint_position(t, p));
+        if current != from {
+            tracing::warn!(
+                projection = %self.key,
+                expected = %from,
+                found = %current,
+                "the checkpoint moved under this instance; resuming from it"
+            );
+        }
+        Ok(current == from)
     }
 
     async fn load_checkpoint(&self) -> Result<Position, ProjectionError> {

@@ -6,8 +6,9 @@ use crate::SchemaName;
 
 pub(crate) struct Statements {
     pub(crate) load_checkpoint: Arc<str>,
+    pub(crate) lock_checkpoint: Arc<str>,
+    pub(crate) init_checkpoint: Arc<str>,
     pub(crate) save_checkpoint: Arc<str>,
-    pub(crate) delete_checkpoint: Arc<str>,
     pub(crate) park: Arc<str>,
     pub(crate) list_parked: Arc<str>,
     pub(crate) unpark: Arc<str>,
@@ -24,15 +25,23 @@ impl Statements {
                 "SELECT transaction_id, position FROM {s}.projection_checkpoints WHERE projection = $1"
             )
             .into(),
+            // Every batch transaction takes this row lock first: it fences out any other
+            // transaction applying from the same checkpoint, whoever holds the advisory lock.
+            lock_checkpoint: format!(
+                "SELECT transaction_id, position FROM {s}.projection_checkpoints \
+                 WHERE projection = $1 FOR UPDATE"
+            )
+            .into(),
+            init_checkpoint: format!(
+                "INSERT INTO {s}.projection_checkpoints (projection, transaction_id, position) \
+                 VALUES ($1, 0, 0) ON CONFLICT (projection) DO NOTHING"
+            )
+            .into(),
             save_checkpoint: format!(
                 "INSERT INTO {s}.projection_checkpoints (projection, transaction_id, position) \
                  VALUES ($1, $2, $3) ON CONFLICT (projection) DO UPDATE \
                  SET transaction_id = EXCLUDED.transaction_id, position = EXCLUDED.position, \
                      updated_at = now()"
-            )
-            .into(),
-            delete_checkpoint: format!(
-                "DELETE FROM {s}.projection_checkpoints WHERE projection = $1"
             )
             .into(),
             park: format!(

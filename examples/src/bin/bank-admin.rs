@@ -99,7 +99,7 @@ impl<P: PgProjection> Operate for ProjectionRunner<P> {
         &self,
         progress: &(dyn Fn(Progress) + Send + Sync),
     ) -> Result<u64, ProjectionError> {
-        ProjectionRunner::rebuild(self, ErrorPolicy::STOP, |p| progress(p)).await
+        ProjectionRunner::rebuild(self, ErrorPolicy::STOP, progress).await
     }
     async fn parked(&self) -> Result<Vec<ParkedEvent>, ProjectionError> {
         ProjectionRunner::parked(self).await
