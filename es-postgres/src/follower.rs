@@ -18,7 +18,13 @@ pub struct LogFollower {
     poll_interval: Duration,
     listener: Option<PgListener>,
     listening: bool,
+    /// After a notification whose events the horizon still hides: the next short wait before
+    /// reading again.
+    held_back: Option<Duration>,
 }
+
+/// The first wait before re-reading when a notified event is not readable yet.
+const HELD_BACK_FIRST_WAIT: Duration = Duration::from_millis(2);
 
 impl LogFollower {
     pub(crate) fn new(store: PgEventStore, after: Position) -> Self {
@@ -29,6 +35,7 @@ impl LogFollower {
             poll_interval: Duration::from_millis(500),
             listener: None,
             listening: false,
+            held_back: None,
         }
     }
 
@@ -67,6 +74,7 @@ impl LogFollower {
         let batch = self.store.read_all(self.after, self.batch_size).await?;
         Ok(batch.last().map(|last| last.position).map(|last| {
             self.after = last;
+            self.held_back = None;
             batch
         }))
     }
@@ -88,6 +96,15 @@ impl LogFollower {
     }
 
     async fn wait(&mut self) {
+        // A notification means an event committed past our position. When the read found
+        // nothing, an older transaction still holds the horizon, and its end sends no
+        // notification if it appended nothing: re-read soon, backing off up to the poll interval.
+        if let Some(wait) = self.held_back {
+            tokio::time::sleep(wait).await;
+            let next = wait.saturating_mul(2);
+            self.held_back = (next < self.poll_interval).then_some(next);
+            return;
+        }
         let Some(listener) = self.listener.as_mut() else {
             tokio::time::sleep(self.poll_interval).await;
             // Try to listen again on the next round.
@@ -98,6 +115,7 @@ impl LogFollower {
             Ok(Ok(Some(_))) => {
                 // Several appends may have notified; one read serves them all.
                 while listener.next_buffered().is_some() {}
+                self.held_back = Some(HELD_BACK_FIRST_WAIT);
             }
             Ok(Ok(None)) => {
                 // The listener reconnects by itself; notifications sent meanwhile are lost,

@@ -385,3 +385,45 @@ async fn a_follower_without_notifications_still_sees_every_event_by_polling() {
     assert_eq!(seen, 5);
     db.drop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_notified_event_held_back_by_an_older_transaction_is_read_when_it_ends() {
+    let db = TestDatabase::new().await;
+    let mut follower = db
+        .store
+        .follow(Position::START)
+        .poll_interval(Duration::from_secs(30));
+    assert!(follower.try_next_batch().await.unwrap().is_none());
+
+    // An older transaction takes a transaction id and appends nothing: its end notifies no one.
+    let mut older = db.pool.begin().await.unwrap();
+    sqlx::query("SELECT pg_current_xact_id()")
+        .execute(&mut *older)
+        .await
+        .unwrap();
+    db.store
+        .append(
+            &unique_stream("h"),
+            ExpectedVersion::Any,
+            vec![test_event(1)],
+        )
+        .await
+        .unwrap();
+    let release = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        older.commit().await.unwrap();
+    });
+    let started = Instant::now();
+    let batch = tokio::time::timeout(Duration::from_secs(10), follower.next_batch())
+        .await
+        .expect("read soon after the older transaction ends, not after the poll interval")
+        .unwrap();
+    assert_eq!(batch.len(), 1);
+    assert!(
+        started.elapsed() >= Duration::from_millis(250),
+        "held back meanwhile"
+    );
+    assert!(started.elapsed() < Duration::from_secs(5));
+    release.await.unwrap();
+    db.drop().await;
+}
