@@ -16,6 +16,7 @@
 //!   [`ErrorPolicy`] that retries, parks, skips or stops, in-place rebuilds, status and lag.
 //! - `row.rs`: rows to envelopes; malformed rows become typed errors naming the event.
 //! - `error.rs`: [`PgError`], and how driver errors map onto `StoreError`.
+//! - `convert.rs`: unsigned numbers and positions to and from `bigint` columns.
 //! - `testing.rs` (feature `testing`): a database schema of its own for each test.
 //!
 //! # Example
@@ -39,6 +40,7 @@
 //! # }
 //! ```
 
+mod convert;
 mod error;
 mod follower;
 mod projection;

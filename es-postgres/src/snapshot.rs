@@ -9,6 +9,7 @@ use serde_json::value::RawValue;
 use sqlx::{AssertSqlSafe, PgPool};
 
 use crate::PgEventStore;
+use crate::convert::to_i64;
 use crate::error::store_error;
 
 /// The snapshot store beside a [`PgEventStore`]: same pool, same schema.
@@ -78,7 +79,7 @@ impl SnapshotStore for PgSnapshotStore {
     async fn save(&self, snapshot: Snapshot) -> Result<(), StoreError> {
         sqlx::query(AssertSqlSafe(self.save.clone()))
             .bind(snapshot.stream_id.as_str())
-            .bind(i64::try_from(snapshot.stream_version).unwrap_or(i64::MAX))
+            .bind(to_i64(snapshot.stream_version))
             .bind(i32::try_from(snapshot.snapshot_version).unwrap_or(i32::MAX))
             .bind(snapshot.state.get())
             .bind(snapshot.taken_at)

@@ -14,6 +14,7 @@ use sqlx::postgres::{PgPoolOptions, PgRow};
 use sqlx::{AssertSqlSafe, Connection, PgConnection, PgExecutor, PgPool, Row};
 use uuid::Uuid;
 
+use crate::convert::{position_from_columns, position_to_columns, to_i64};
 use crate::error::{UNIQUE_VIOLATION, db_code, store_error};
 use crate::row::{EVENT_COLUMNS, decode_event};
 use crate::schema::{self, SchemaName};
@@ -440,9 +441,10 @@ impl EventStore for PgEventStore {
         after: Position,
         limit: usize,
     ) -> Result<Vec<RecordedEvent>, StoreError> {
+        let (transaction, sequence) = position_to_columns(after);
         sqlx::query(AssertSqlSafe(self.inner.sql.read_all.clone()))
-            .bind(to_i64(after.transaction))
-            .bind(to_i64(after.sequence))
+            .bind(transaction)
+            .bind(sequence)
             .bind(i64::try_from(limit).unwrap_or(i64::MAX))
             .fetch_all(&self.inner.pool)
             .await
@@ -461,9 +463,7 @@ impl EventStore for PgEventStore {
             .fetch_optional(&self.inner.pool)
             .await
             .map_err(store_error)?;
-        Ok(row.map_or(Position::START, |(t, p)| {
-            Position::new(t.max(0) as u64, p.max(0) as u64)
-        }))
+        Ok(row.map_or(Position::START, |(t, p)| position_from_columns(t, p)))
     }
 }
 
@@ -512,10 +512,7 @@ fn appended(rows: &[PgRow]) -> Result<AppendResult, StoreError> {
             let transaction: i64 = row.try_get(0)?;
             let position: i64 = row.try_get(1)?;
             let version: i64 = row.try_get(2)?;
-            Ok((
-                version,
-                Position::new(transaction.max(0) as u64, position.max(0) as u64),
-            ))
+            Ok((version, position_from_columns(transaction, position)))
         })
         .collect::<Result<Vec<_>, _>>()
         .map_err(store_error)?;
@@ -526,8 +523,4 @@ fn appended(rows: &[PgRow]) -> Result<AppendResult, StoreError> {
         positions: written.into_iter().map(|(_, p)| p).collect(),
         deduplicated: false,
     })
-}
-
-fn to_i64(n: u64) -> i64 {
-    i64::try_from(n).unwrap_or(i64::MAX)
 }

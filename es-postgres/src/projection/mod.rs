@@ -7,7 +7,7 @@ mod sql;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use es_core::{BoxError, DomainEvent, Envelope, EventRef, Position};
+use es_core::{BoxError, DomainEvent, Envelope, EventRef};
 use sqlx::PgConnection;
 
 pub use runner::{ParkedEvent, Progress, ProjectionRunner, ProjectionStatus, ReplayReport};
@@ -135,9 +135,4 @@ pub enum ProjectionError {
         #[source]
         source: BoxError,
     },
-}
-
-/// Where a projection resumes.
-pub(crate) fn checkpoint_position(transaction: i64, sequence: i64) -> Position {
-    Position::new(transaction.max(0) as u64, sequence.max(0) as u64)
 }

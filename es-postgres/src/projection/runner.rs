@@ -13,8 +13,9 @@ use tracing::Instrument;
 use uuid::Uuid;
 
 use super::sql::Statements;
-use super::{ErrorPolicy, OnFailure, PgProjection, ProjectionError, checkpoint_position};
+use super::{ErrorPolicy, OnFailure, PgProjection, ProjectionError};
 use crate::PgEventStore;
+use crate::convert::{position_from_columns, position_to_columns};
 
 /// A projection's progress, for operators.
 #[derive(Clone, Debug, PartialEq)]
@@ -231,10 +232,7 @@ impl<P: PgProjection> ProjectionRunner<P> {
         let lock = self.acquire_lock().await?;
         let result = async {
             let mut tx = self.begin().await?;
-            self.projection
-                .setup(&mut tx)
-                .await
-                .map_err(|e| self.failed_setup(e))?;
+            self.setup_in(&mut tx).await?;
             self.projection
                 .reset(&mut tx)
                 .await
@@ -257,10 +255,11 @@ impl<P: PgProjection> ProjectionRunner<P> {
     pub async fn status(&self) -> Result<ProjectionStatus, ProjectionError> {
         let checkpoint = self.load_checkpoint().await?;
         let head = self.store.head().await.map_err(|e| self.store_error(e))?;
+        let (transaction, sequence) = position_to_columns(checkpoint);
         let row = sqlx::query(AssertSqlSafe(self.sql.lag.clone()))
             .bind(&self.key)
-            .bind(i64::try_from(checkpoint.transaction).unwrap_or(i64::MAX))
-            .bind(i64::try_from(checkpoint.sequence).unwrap_or(i64::MAX))
+            .bind(transaction)
+            .bind(sequence)
             .fetch_one(self.store.pool())
             .await
             .map_err(|e| self.store_error(e))?;
@@ -288,7 +287,7 @@ impl<P: PgProjection> ProjectionRunner<P> {
             .map(|row| -> Result<ParkedEvent, sqlx::Error> {
                 Ok(ParkedEvent {
                     event_id: row.try_get(0)?,
-                    position: checkpoint_position(row.try_get(1)?, row.try_get(2)?),
+                    position: position_from_columns(row.try_get(1)?, row.try_get(2)?),
                     stream_id: row.try_get(3)?,
                     event_type: row.try_get(4)?,
                     error: row.try_get(5)?,
@@ -532,11 +531,12 @@ impl<P: PgProjection> ProjectionRunner<P> {
         error: &BoxError,
         attempts: u32,
     ) -> Result<(), ProjectionError> {
+        let (transaction, sequence) = position_to_columns(event.position);
         sqlx::query(AssertSqlSafe(self.sql.park.clone()))
             .bind(&self.key)
             .bind(event.event_id)
-            .bind(i64::try_from(event.position.transaction).unwrap_or(i64::MAX))
-            .bind(i64::try_from(event.position.sequence).unwrap_or(i64::MAX))
+            .bind(transaction)
+            .bind(sequence)
             .bind(event.stream_id.as_str())
             .bind(&event.event_type)
             .bind(error.to_string())
@@ -549,16 +549,22 @@ impl<P: PgProjection> ProjectionRunner<P> {
 
     async fn setup(&self) -> Result<(), ProjectionError> {
         let mut tx = self.begin().await?;
+        self.setup_in(&mut tx).await?;
+        tx.commit().await.map_err(|e| self.store_error(e))
+    }
+
+    /// Creates the read model's tables and the checkpoint row, if missing, within `conn`.
+    async fn setup_in(&self, conn: &mut PgConnection) -> Result<(), ProjectionError> {
         self.projection
-            .setup(&mut tx)
+            .setup(&mut *conn)
             .await
             .map_err(|e| self.failed_setup(e))?;
         sqlx::query(AssertSqlSafe(self.sql.init_checkpoint.clone()))
             .bind(&self.key)
-            .execute(&mut *tx)
+            .execute(&mut *conn)
             .await
             .map_err(|e| self.store_error(e))?;
-        tx.commit().await.map_err(|e| self.store_error(e))
+        Ok(())
     }
 
     /// Locks the checkpoint row for this transaction and checks it is still at `from`. Another
@@ -571,7 +577,7 @@ impl<P: PgProjection> ProjectionRunner<P> {
                 .fetch_optional(&mut *tx)
                 .await
                 .map_err(|e| self.store_error(e))?;
-        let current = row.map_or(Position::START, |(t, p)| checkpoint_position(t, p));
+        let current = row.map_or(Position::START, |(t, p)| position_from_columns(t, p));
         if current != from {
             tracing::warn!(
                 projection = %self.key,
@@ -590,7 +596,7 @@ impl<P: PgProjection> ProjectionRunner<P> {
                 .fetch_optional(self.store.pool())
                 .await
                 .map_err(|e| self.store_error(e))?;
-        Ok(row.map_or(Position::START, |(t, p)| checkpoint_position(t, p)))
+        Ok(row.map_or(Position::START, |(t, p)| position_from_columns(t, p)))
     }
 
     async fn save_checkpoint(
@@ -598,10 +604,11 @@ impl<P: PgProjection> ProjectionRunner<P> {
         conn: &mut PgConnection,
         position: Position,
     ) -> Result<(), ProjectionError> {
+        let (transaction, sequence) = position_to_columns(position);
         sqlx::query(AssertSqlSafe(self.sql.save_checkpoint.clone()))
             .bind(&self.key)
-            .bind(i64::try_from(position.transaction).unwrap_or(i64::MAX))
-            .bind(i64::try_from(position.sequence).unwrap_or(i64::MAX))
+            .bind(transaction)
+            .bind(sequence)
             .execute(&mut *conn)
             .await
             .map_err(|e| self.store_error(e))?;
