@@ -378,7 +378,7 @@ fn raw_sql(stream_cte: &str, n: usize) -> String {
 
 /// Seeds both schemas with one 10,000-event stream (once), then reads it whole.
 async fn read_stream(pool: &PgPool, rep: Rep) -> Result<Duration, BoxError> {
-    let store = seeded(pool, rep).await?;
+    let store = seeded(pool).await?;
     let stream = StreamId::new("order-big")?;
     let start = Instant::now();
     let count = match rep.side {
@@ -408,7 +408,7 @@ async fn read_stream(pool: &PgPool, rep: Rep) -> Result<Duration, BoxError> {
 /// Reads the first 20,000 events of the seeded log in pages: the framework's gap-safe read
 /// beside a plain `ORDER BY position` read of the same rows.
 async fn read_log(pool: &PgPool, rep: Rep) -> Result<Duration, BoxError> {
-    let store = seeded(pool, rep).await?;
+    let store = seeded(pool).await?;
     let start = Instant::now();
     let mut count = 0;
     match rep.side {
@@ -445,9 +445,8 @@ async fn read_log(pool: &PgPool, rep: Rep) -> Result<Duration, BoxError> {
 }
 
 /// The read workloads share one seeded schema, written once per run.
-async fn seeded(pool: &PgPool, rep: Rep) -> Result<PgEventStore, BoxError> {
+async fn seeded(pool: &PgPool) -> Result<PgEventStore, BoxError> {
     static SEEDED: tokio::sync::OnceCell<PgEventStore> = tokio::sync::OnceCell::const_new();
-    let _ = rep;
     SEEDED
         .get_or_try_init(|| async {
             let store = fresh_store(pool, "bench_fw").await?;
