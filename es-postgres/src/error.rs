@@ -15,6 +15,14 @@ pub enum PgError {
         /// Why it was refused.
         reason: &'static str,
     },
+    /// A read-model table name that is not a plain identifier.
+    #[error("invalid table name {name:?}: {reason}")]
+    InvalidTableName {
+        /// The name given.
+        name: String,
+        /// Why it was refused.
+        reason: &'static str,
+    },
     /// Applying the migrations failed.
     #[error("migrating the event store schema failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),

@@ -51,6 +51,13 @@ impl LogFollower {
         self
     }
 
+    /// Never listens for notifications: for a reader that only ever calls
+    /// [`try_next_batch`](Self::try_next_batch), which spares it a connection.
+    pub(crate) fn without_notifications(mut self) -> Self {
+        self.listening = true;
+        self
+    }
+
     /// The position of the last event returned: where a restarted follower resumes.
     pub fn position(&self) -> Position {
         self.after

@@ -13,7 +13,8 @@
 //! - `follower.rs`: [`LogFollower`]: catch up, then follow live (LISTEN/NOTIFY, polling fallback).
 //! - `projection/`: [`PgProjection`] and [`ProjectionRunner`]: read models fed the global log,
 //!   checkpointed in the same transaction as their writes, one active instance at a time, an
-//!   [`ErrorPolicy`] that retries, parks, skips or stops, in-place rebuilds, status and lag.
+//!   [`ErrorPolicy`] that retries, parks, skips or stops, in-place and blue/green rebuilds
+//!   (a [`ReadModel`] built beside the live one, then swapped in atomically), status and lag.
 //! - `row.rs`: rows to envelopes; malformed rows become typed errors naming the event.
 //! - `error.rs`: [`PgError`], and how driver errors map onto `StoreError`.
 //! - `convert.rs`: unsigned numbers and positions to and from `bigint` columns.
@@ -56,7 +57,7 @@ pub use error::PgError;
 pub use follower::LogFollower;
 pub use projection::{
     ErrorPolicy, OnFailure, ParkedEvent, PgProjection, Progress, ProjectionError, ProjectionRunner,
-    ProjectionStatus, ReplayReport,
+    ProjectionStatus, ReadModel, ReplayReport,
 };
 pub use schema::{MAX_SCHEMA_NAME_LEN, SchemaName};
 pub use snapshot::PgSnapshotStore;

@@ -25,33 +25,10 @@ impl SchemaName {
     /// Validates `name`.
     pub fn new(name: impl Into<String>) -> Result<Self, PgError> {
         let name = name.into();
-        let invalid = |reason: &'static str| PgError::InvalidSchemaName {
-            name: name.clone(),
-            reason,
-        };
-        if name.is_empty() {
-            return Err(invalid("it is empty"));
+        match check_identifier(&name, MAX_SCHEMA_NAME_LEN) {
+            Ok(()) => Ok(Self(name)),
+            Err(reason) => Err(PgError::InvalidSchemaName { name, reason }),
         }
-        if name.len() > MAX_SCHEMA_NAME_LEN {
-            return Err(invalid("it is longer than 48 bytes"));
-        }
-        if name.starts_with(|c: char| c.is_ascii_digit()) {
-            return Err(invalid("it starts with a digit"));
-        }
-        if !name
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
-        {
-            return Err(invalid(
-                "only lowercase ASCII letters, digits and underscores are allowed",
-            ));
-        }
-        if name.starts_with("pg_") {
-            return Err(invalid(
-                "names starting with pg_ are reserved by PostgreSQL",
-            ));
-        }
-        Ok(Self(name))
     }
 
     /// The name.
@@ -69,6 +46,34 @@ impl SchemaName {
     pub fn channel(&self) -> String {
         format!("{}.events", self.0)
     }
+}
+
+/// Whether `name` is a plain identifier of at most `max` bytes: lowercase ASCII letters, digits
+/// and `_`, not starting with a digit nor with `pg_`. Such a name needs no escaping in SQL text.
+pub(crate) fn check_identifier(name: &str, max: usize) -> Result<(), &'static str> {
+    if name.is_empty() {
+        return Err("it is empty");
+    }
+    if name.len() > max {
+        return Err(if max == MAX_SCHEMA_NAME_LEN {
+            "it is longer than 48 bytes"
+        } else {
+            "it is longer than 63 bytes"
+        });
+    }
+    if name.starts_with(|c: char| c.is_ascii_digit()) {
+        return Err("it starts with a digit");
+    }
+    if !name
+        .chars()
+        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+    {
+        return Err("only lowercase ASCII letters, digits and underscores are allowed");
+    }
+    if name.starts_with("pg_") {
+        return Err("names starting with pg_ are reserved by PostgreSQL");
+    }
+    Ok(())
 }
 
 impl Default for SchemaName {

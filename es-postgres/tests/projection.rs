@@ -12,7 +12,10 @@ use async_trait::async_trait;
 use es_core::testing::evolution::LedgerEvent;
 use es_core::{BoxError, DomainEvent, Envelope, EventStore, ExpectedVersion, NewEvent, StreamId};
 use es_postgres::testing::TestDatabase;
-use es_postgres::{ErrorPolicy, PgEventStore, PgProjection, ProjectionError, ProjectionRunner};
+use es_postgres::{
+    ErrorPolicy, PgEventStore, PgProjection, ProjectionError, ProjectionRunner, ReadModel,
+    SchemaName,
+};
 use rand::Rng;
 use sqlx::{AssertSqlSafe, PgConnection};
 
@@ -20,15 +23,24 @@ use sqlx::{AssertSqlSafe, PgConnection};
 /// event applied twice or lost shows in the totals.
 struct Totals {
     name: String,
+    schema: SchemaName,
     table: String,
+    /// Stamped on every row it creates, to tell a rebuilt version from the one it replaced.
+    version: i32,
     poison_fails: AtomicBool,
 }
 
 impl Totals {
     fn new(db: &TestDatabase, name: &str) -> Self {
+        Self::in_schema(db.schema.clone(), name, 1)
+    }
+
+    fn in_schema(schema: SchemaName, name: &str, version: i32) -> Self {
         Self {
             name: name.to_owned(),
-            table: format!("\"{}\".{name}", db.schema),
+            table: format!("\"{schema}\".{name}"),
+            schema,
+            version,
             poison_fails: AtomicBool::new(true),
         }
     }
@@ -46,10 +58,15 @@ impl PgProjection for Totals {
         category == "ledger"
     }
 
+    fn read_model(&self) -> Option<ReadModel> {
+        Some(ReadModel::new(self.schema.clone(), [self.name.as_str()]).unwrap())
+    }
+
     async fn setup(&self, conn: &mut PgConnection) -> Result<(), BoxError> {
         sqlx::query(AssertSqlSafe(format!(
-            "CREATE TABLE IF NOT EXISTS {} (stream_id text PRIMARY KEY, events bigint NOT NULL, net bigint NOT NULL)",
-            self.table
+            "CREATE TABLE IF NOT EXISTS {} (stream_id text PRIMARY KEY, events bigint NOT NULL, \
+             net bigint NOT NULL, version int NOT NULL DEFAULT {})",
+            self.table, self.version
         )))
         .execute(conn)
         .await?;
@@ -99,14 +116,18 @@ fn credit(cents: u64, memo: &str) -> NewEvent {
     .unwrap()
 }
 
+/// The read model's rows; none while its runner has not created the table yet.
 async fn totals(db: &TestDatabase, table: &str) -> Vec<(String, i64, i64)> {
-    sqlx::query_as(AssertSqlSafe(format!(
+    let rows = sqlx::query_as(AssertSqlSafe(format!(
         "SELECT stream_id, events, net FROM \"{}\".{table} ORDER BY stream_id",
         db.schema
     )))
     .fetch_all(&db.pool)
-    .await
-    .unwrap()
+    .await;
+    match rows {
+        Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("42P01") => Vec::new(),
+        rows => rows.unwrap(),
+    }
 }
 
 /// What a correct replay must produce, computed from the events themselves.
@@ -342,7 +363,11 @@ async fn a_poison_event_is_parked_then_replayed_once_fixed() {
         .unwrap();
     let runner = runner(&db, "parking")
         .error_policy(ErrorPolicy::retry_then_park(2, Duration::from_millis(5)));
-    assert_eq!(runner.status().await.unwrap().lag_events, 3);
+    // Other tests' open transactions may hold the cluster-wide horizon back for a moment.
+    wait_until("the three events are readable", async || {
+        runner.status().await.unwrap().lag_events == 3
+    })
+    .await;
     runner.catch_up().await.unwrap();
     assert_eq!(
         totals(&db, "parking").await,
@@ -432,5 +457,156 @@ async fn a_projection_split_in_parts_covers_every_stream_once_in_order() {
         assert_eq!(status.name, format!("split#{i}/3"));
         assert_eq!(status.lag_events, 0);
     }
+    // Parts hold locks of their own: all three are active at once.
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let live: Vec<_> = parts
+        .iter()
+        .map(|part| {
+            let part = Arc::clone(part);
+            let mut stopped = stopped.clone();
+            tokio::spawn(async move {
+                part.run(async move {
+                    let _ = stopped.wait_for(|s| *s).await;
+                })
+                .await
+            })
+        })
+        .collect();
+    wait_until("every part is active", async || {
+        parts.iter().all(|p| p.is_active())
+    })
+    .await;
+    stop.send(true).unwrap();
+    for task in live {
+        task.await.unwrap().unwrap();
+    }
+    db.drop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_blue_green_rebuild_swaps_in_the_new_version_while_live_runs() {
+    let db = TestDatabase::with_pool_size(16).await;
+    seed(&db.store, 20, 100, 25).await;
+    let live = Arc::new(runner(&db, "bluegreen").batch_size(100));
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let live_task = {
+        let live = Arc::clone(&live);
+        tokio::spawn(async move {
+            live.run(async {
+                let _ = stopped.await;
+            })
+            .await
+        })
+    };
+    let expected = expected_totals(&db).await;
+    wait_until("the live version caught up", async || {
+        totals(&db, "bluegreen").await.len() == expected.len()
+            && totals(&db, "bluegreen").await == expected
+    })
+    .await;
+
+    // Writers go on appending, and a reader keeps querying the live table, through the build
+    // and the swap.
+    let writing = Arc::new(AtomicBool::new(true));
+    let mut writers = Vec::new();
+    for w in 0..3 {
+        let store = db.store.clone();
+        writers.push(tokio::spawn(async move {
+            for i in 0..60u64 {
+                let stream = StreamId::new(format!("ledger-bg{w}")).unwrap();
+                store
+                    .append(&stream, ExpectedVersion::Any, vec![credit(i % 3 + 1, "")])
+                    .await
+                    .unwrap();
+                tokio::time::sleep(Duration::from_millis(3)).await;
+            }
+        }));
+    }
+    let reader = {
+        let pool = db.pool.clone();
+        let table = format!("\"{}\".bluegreen", db.schema);
+        let writing = Arc::clone(&writing);
+        tokio::spawn(async move {
+            let mut reads = 0u32;
+            while writing.load(Ordering::SeqCst) {
+                let rows: i64 =
+                    sqlx::query_scalar(AssertSqlSafe(format!("SELECT count(*) FROM {table}")))
+                        .fetch_one(&pool)
+                        .await
+                        .expect("the live table is always there to read");
+                assert!(
+                    rows >= 20,
+                    "the live table never looks half-built: {rows} rows"
+                );
+                reads += 1;
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            reads
+        })
+    };
+
+    let next_schema = SchemaName::new(format!("{}_next", db.schema)).unwrap();
+    let next = Totals::in_schema(next_schema.clone(), "bluegreen", 2);
+    let built = tokio::time::timeout(
+        Duration::from_secs(60),
+        live.rebuild_blue_green(next, ErrorPolicy::STOP, |_| {}),
+    )
+    .await
+    .expect("the blue/green rebuild finishes")
+    .unwrap();
+    assert!(built >= 2000, "the build read the whole log: {built}");
+    for writer in writers {
+        writer.await.unwrap();
+    }
+    let expected = expected_totals(&db).await;
+    wait_until("the live runner follows on the new version", async || {
+        totals(&db, "bluegreen").await == expected
+    })
+    .await;
+    writing.store(false, Ordering::SeqCst);
+    assert!(reader.await.unwrap() > 0);
+
+    let versions: Vec<i32> = sqlx::query_scalar(AssertSqlSafe(format!(
+        "SELECT DISTINCT version FROM \"{}\".bluegreen",
+        db.schema
+    )))
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(versions, vec![2], "every row is the new version's");
+    let keys: Vec<String> = sqlx::query_scalar(AssertSqlSafe(format!(
+        "SELECT projection FROM \"{}\".projection_checkpoints ORDER BY 1",
+        db.schema
+    )))
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        keys,
+        vec!["bluegreen".to_owned()],
+        "the build's checkpoint is gone"
+    );
+    assert_eq!(live.status().await.unwrap().lag_events, 0);
+    assert!(
+        live.is_active(),
+        "the live runner kept running through the swap"
+    );
+
+    // What cannot be swapped is refused before anything is built.
+    let same_schema = Totals::in_schema(db.schema.clone(), "bluegreen", 3);
+    assert!(matches!(
+        live.rebuild_blue_green(same_schema, ErrorPolicy::STOP, |_| {})
+            .await,
+        Err(ProjectionError::BlueGreen { .. })
+    ));
+
+    stop.send(()).unwrap();
+    live_task.await.unwrap().unwrap();
+    sqlx::query(AssertSqlSafe(format!(
+        "DROP SCHEMA IF EXISTS \"{next_schema}\" CASCADE"
+    )))
+    .execute(&db.pool)
+    .await
+    .unwrap();
     db.drop().await;
 }

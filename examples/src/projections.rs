@@ -2,13 +2,14 @@
 
 use async_trait::async_trait;
 use es_core::{BoxError, Envelope};
-use es_postgres::{PgProjection, SchemaName};
+use es_postgres::{PgProjection, ReadModel, SchemaName};
 use sqlx::{AssertSqlSafe, PgConnection};
 
 use crate::account::AccountEvent;
 
 /// One row per account: owner, balance, whether closed, and the last version applied.
 pub struct AccountBalances {
+    schema: SchemaName,
     table: String,
 }
 
@@ -16,6 +17,7 @@ impl AccountBalances {
     /// The read model in `schema`.
     pub fn new(schema: &SchemaName) -> Self {
         Self {
+            schema: schema.clone(),
             table: format!("\"{schema}\".account_balances"),
         }
     }
@@ -27,6 +29,10 @@ impl PgProjection for AccountBalances {
 
     fn name(&self) -> &str {
         "account_balances"
+    }
+
+    fn read_model(&self) -> Option<ReadModel> {
+        ReadModel::new(self.schema.clone(), ["account_balances"]).ok()
     }
 
     fn wants_category(&self, category: &str) -> bool {
@@ -83,6 +89,7 @@ impl PgProjection for AccountBalances {
 
 /// How many events of each type the bank has recorded.
 pub struct ActivityByType {
+    schema: SchemaName,
     table: String,
 }
 
@@ -90,6 +97,7 @@ impl ActivityByType {
     /// The read model in `schema`.
     pub fn new(schema: &SchemaName) -> Self {
         Self {
+            schema: schema.clone(),
             table: format!("\"{schema}\".activity_by_type"),
         }
     }
@@ -101,6 +109,10 @@ impl PgProjection for ActivityByType {
 
     fn name(&self) -> &str {
         "activity_by_type"
+    }
+
+    fn read_model(&self) -> Option<ReadModel> {
+        ReadModel::new(self.schema.clone(), ["activity_by_type"]).ok()
     }
 
     async fn setup(&self, conn: &mut PgConnection) -> Result<(), BoxError> {

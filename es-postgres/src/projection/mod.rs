@@ -1,6 +1,8 @@
 //! Projections into PostgreSQL read models: the trait a projection implements, what happens
 //! when it fails, and the runner that feeds it the global log.
 
+mod blue_green;
+mod read_model;
 mod runner;
 mod sql;
 
@@ -10,6 +12,7 @@ use async_trait::async_trait;
 use es_core::{BoxError, DomainEvent, Envelope, EventRef};
 use sqlx::PgConnection;
 
+pub use read_model::ReadModel;
 pub use runner::{ParkedEvent, Progress, ProjectionRunner, ProjectionStatus, ReplayReport};
 
 /// A read model kept in PostgreSQL, fed the global log in order.
@@ -31,6 +34,16 @@ pub trait PgProjection: Send + Sync + 'static {
     fn wants_category(&self, category: &str) -> bool {
         let _ = category;
         true
+    }
+
+    /// The tables it writes, when it can be rebuilt blue/green
+    /// ([`ProjectionRunner::rebuild_blue_green`]); `None` (the default) when it cannot.
+    ///
+    /// A projection that returns them must write only those tables, schema-qualified with the
+    /// schema it was built for, so that a second instance built for another schema writes a
+    /// complete next version there.
+    fn read_model(&self) -> Option<ReadModel> {
+        None
     }
 
     /// Creates the read model's tables if they do not exist.
@@ -125,6 +138,14 @@ pub enum ProjectionError {
         /// Why.
         #[source]
         source: BoxError,
+    },
+    /// A blue/green rebuild was asked of projections that do not allow it.
+    #[error("projection {projection} cannot be rebuilt blue/green: {reason}")]
+    BlueGreen {
+        /// The projection.
+        projection: String,
+        /// What is missing.
+        reason: String,
     },
     /// The store failed.
     #[error("projection {projection}: {source}")]

@@ -80,19 +80,19 @@ pub struct Progress {
 /// the runner's own, lets exactly one apply events; the others wait and take over when the
 /// holder stops or dies (its connection closes, releasing the lock).
 pub struct ProjectionRunner<P> {
-    store: PgEventStore,
-    projection: Arc<P>,
+    pub(super) store: PgEventStore,
+    pub(super) projection: Arc<P>,
     /// The name its checkpoint, parked events and lock are kept under: the projection's name,
     /// with `#{index}/{parts}` for one part of a split projection.
-    key: String,
-    part: Option<(u32, u32)>,
-    upcasters: Arc<Upcasters>,
-    policy: ErrorPolicy,
-    batch_size: usize,
-    poll_interval: Duration,
-    lock_retry: Duration,
-    sql: Arc<Statements>,
-    active: Arc<AtomicBool>,
+    pub(super) key: String,
+    pub(super) part: Option<(u32, u32)>,
+    pub(super) upcasters: Arc<Upcasters>,
+    pub(super) policy: ErrorPolicy,
+    pub(super) batch_size: usize,
+    pub(super) poll_interval: Duration,
+    pub(super) lock_retry: Duration,
+    pub(super) sql: Arc<Statements>,
+    pub(super) active: Arc<AtomicBool>,
 }
 
 impl<P: PgProjection> ProjectionRunner<P> {
@@ -343,7 +343,7 @@ impl<P: PgProjection> ProjectionRunner<P> {
         Ok(report)
     }
 
-    async fn catch_up_locked(
+    pub(super) async fn catch_up_locked(
         &self,
         policy: ErrorPolicy,
         progress: &mut (dyn FnMut(Progress) + Send),
@@ -352,7 +352,8 @@ impl<P: PgProjection> ProjectionRunner<P> {
         let mut follower = self
             .store
             .follow(self.load_checkpoint().await?)
-            .batch_size(self.batch_size);
+            .batch_size(self.batch_size)
+            .without_notifications();
         let mut events = 0;
         loop {
             let from = follower.position();
@@ -377,7 +378,8 @@ impl<P: PgProjection> ProjectionRunner<P> {
                     follower = self
                         .store
                         .follow(self.load_checkpoint().await?)
-                        .batch_size(self.batch_size);
+                        .batch_size(self.batch_size)
+                        .without_notifications();
                 }
             }
         }
@@ -554,7 +556,19 @@ impl<P: PgProjection> ProjectionRunner<P> {
     }
 
     /// Creates the read model's tables and the checkpoint row, if missing, within `conn`.
-    async fn setup_in(&self, conn: &mut PgConnection) -> Result<(), ProjectionError> {
+    pub(super) async fn setup_in(&self, conn: &mut PgConnection) -> Result<(), ProjectionError> {
+        // Parts of a split projection start side by side, and concurrent `CREATE TABLE IF NOT
+        // EXISTS` of one table can fail on PostgreSQL's catalog: one setup at a time per
+        // projection, until the transaction ends.
+        sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
+            .bind(format!(
+                "es-projection-setup {} {}",
+                self.store.schema(),
+                self.projection.name()
+            ))
+            .execute(&mut *conn)
+            .await
+            .map_err(|e| self.store_error(e))?;
         self.projection
             .setup(&mut *conn)
             .await
@@ -599,7 +613,7 @@ impl<P: PgProjection> ProjectionRunner<P> {
         Ok(row.map_or(Position::START, |(t, p)| position_from_columns(t, p)))
     }
 
-    async fn save_checkpoint(
+    pub(super) async fn save_checkpoint(
         &self,
         conn: &mut PgConnection,
         position: Position,
@@ -615,7 +629,9 @@ impl<P: PgProjection> ProjectionRunner<P> {
         Ok(())
     }
 
-    async fn begin(&self) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, ProjectionError> {
+    pub(super) async fn begin(
+        &self,
+    ) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, ProjectionError> {
         self.store
             .pool()
             .begin()
@@ -625,16 +641,13 @@ impl<P: PgProjection> ProjectionRunner<P> {
 
     /// Waits until this instance holds the projection's advisory lock, on a connection of its
     /// own that stays open while it runs.
-    async fn acquire_lock(&self) -> Result<PgConnection, ProjectionError> {
+    pub(super) async fn acquire_lock(&self) -> Result<PgConnection, ProjectionError> {
         let options = self.store.pool().connect_options();
         let mut conn = PgConnection::connect_with(&options)
             .await
             .map_err(|e| self.store_error(e))?;
-        let key = format!(
-            "es-projection {} {}",
-            self.store.schema(),
-            self.projection.name()
-        );
+        // Per key, not per projection: parts of a split projection run side by side.
+        let key = format!("es-projection {} {}", self.store.schema(), self.key);
         loop {
             let locked: bool =
                 sqlx::query_scalar("SELECT pg_try_advisory_lock(hashtextextended($1, 0))")
@@ -644,30 +657,27 @@ impl<P: PgProjection> ProjectionRunner<P> {
                     .map_err(|e| self.store_error(e))?;
             if locked {
                 self.active.store(true, Ordering::SeqCst);
-                tracing::info!(
-                    projection = self.projection.name(),
-                    "this instance is active"
-                );
+                tracing::info!(projection = %self.key, "this instance is active");
                 return Ok(conn);
             }
             tokio::time::sleep(self.lock_retry).await;
         }
     }
 
-    async fn release(&self, lock: PgConnection) {
+    pub(super) async fn release(&self, lock: PgConnection) {
         self.active.store(false, Ordering::SeqCst);
         // Closing the session releases its advisory locks.
         let _ = lock.close().await;
     }
 
-    fn store_error(&self, error: impl Into<BoxError>) -> ProjectionError {
+    pub(super) fn store_error(&self, error: impl Into<BoxError>) -> ProjectionError {
         ProjectionError::Store {
             projection: self.projection.name().to_owned(),
             source: error.into(),
         }
     }
 
-    fn failed_setup(&self, error: BoxError) -> ProjectionError {
+    pub(super) fn failed_setup(&self, error: BoxError) -> ProjectionError {
         ProjectionError::Store {
             projection: self.projection.name().to_owned(),
             source: format!("setting up the read model failed: {error}").into(),

@@ -14,6 +14,8 @@ pub(crate) struct Statements {
     pub(crate) unpark: Arc<str>,
     pub(crate) delete_parked: Arc<str>,
     pub(crate) lag: Arc<str>,
+    pub(crate) delete_checkpoint: Arc<str>,
+    pub(crate) move_parked: Arc<str>,
 }
 
 impl Statements {
@@ -59,6 +61,14 @@ impl Statements {
             .into(),
             unpark: format!(
                 "DELETE FROM {s}.parked_events WHERE projection = $1 AND event_id = $2"
+            )
+            .into(),
+            delete_checkpoint: format!(
+                "DELETE FROM {s}.projection_checkpoints WHERE projection = $1"
+            )
+            .into(),
+            move_parked: format!(
+                "UPDATE {s}.parked_events SET projection = $2 WHERE projection = $1"
             )
             .into(),
             delete_parked: format!("DELETE FROM {s}.parked_events WHERE projection = $1").into(),

@@ -3,6 +3,8 @@
 //! ```text
 //! bank-admin status                 every projection: checkpoint, head, lag, parked events
 //! bank-admin rebuild <projection>   rebuild in place, with a progress bar
+//! bank-admin rebuild --blue-green <projection>
+//!                                   build beside the live version, then swap it in
 //! bank-admin parked <projection>    list parked events
 //! bank-admin replay <projection>    replay parked events
 //! bank-admin run                    keep every projection live until Ctrl-C
@@ -21,7 +23,7 @@ use es_examples::account::AccountEvent;
 use es_examples::projections::{AccountBalances, ActivityByType};
 use es_postgres::{
     ErrorPolicy, ParkedEvent, PgEventStore, PgProjection, Progress, ProjectionError,
-    ProjectionRunner, ProjectionStatus, ReplayReport,
+    ProjectionRunner, ProjectionStatus, ReplayReport, SchemaName,
 };
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -48,10 +50,14 @@ struct Cli {
 enum Command {
     /// Every projection's checkpoint, head, lag and parked events.
     Status,
-    /// Rebuild a projection in place from the first event, stopping at the first failure.
+    /// Rebuild a projection from the first event, stopping at the first failure.
     Rebuild {
         /// The projection's name.
         projection: String,
+        /// Build the new version in schema `<schema>_next` while the live one keeps serving,
+        /// then swap it in atomically (instead of emptying the live tables and replaying).
+        #[arg(long)]
+        blue_green: bool,
     },
     /// List a projection's parked events.
     Parked {
@@ -80,6 +86,7 @@ trait Operate: Send + Sync {
     async fn status(&self) -> Result<ProjectionStatus, ProjectionError>;
     async fn rebuild(
         &self,
+        blue_green: bool,
         progress: &(dyn Fn(Progress) + Send + Sync),
     ) -> Result<u64, ProjectionError>;
     async fn parked(&self) -> Result<Vec<ParkedEvent>, ProjectionError>;
@@ -87,34 +94,60 @@ trait Operate: Send + Sync {
     async fn run(&self, stop: tokio::sync::watch::Receiver<bool>) -> Result<(), ProjectionError>;
 }
 
+/// A runner, and how to make its projection write into another schema (for blue/green).
+struct Managed<P> {
+    runner: ProjectionRunner<P>,
+    build_in: fn(&SchemaName) -> P,
+    next_schema: SchemaName,
+}
+
+impl<P: PgProjection> Managed<P> {
+    fn new(store: &PgEventStore, build_in: fn(&SchemaName) -> P) -> Result<Self, BoxError> {
+        Ok(Self {
+            runner: ProjectionRunner::new(store.clone(), build_in(store.schema())),
+            build_in,
+            next_schema: SchemaName::new(format!("{}_next", store.schema()))?,
+        })
+    }
+}
+
 #[async_trait]
-impl<P: PgProjection> Operate for ProjectionRunner<P> {
+impl<P: PgProjection> Operate for Managed<P> {
     fn name(&self) -> String {
-        self.projection().name().to_owned()
+        self.runner.projection().name().to_owned()
     }
     async fn status(&self) -> Result<ProjectionStatus, ProjectionError> {
-        ProjectionRunner::status(self).await
+        self.runner.status().await
     }
     async fn rebuild(
         &self,
+        blue_green: bool,
         progress: &(dyn Fn(Progress) + Send + Sync),
     ) -> Result<u64, ProjectionError> {
-        ProjectionRunner::rebuild(self, ErrorPolicy::STOP, progress).await
+        if blue_green {
+            let next = (self.build_in)(&self.next_schema);
+            self.runner
+                .rebuild_blue_green(next, ErrorPolicy::STOP, progress)
+                .await
+        } else {
+            self.runner.rebuild(ErrorPolicy::STOP, progress).await
+        }
     }
     async fn parked(&self) -> Result<Vec<ParkedEvent>, ProjectionError> {
-        ProjectionRunner::parked(self).await
+        self.runner.parked().await
     }
     async fn replay(&self) -> Result<ReplayReport, ProjectionError> {
-        self.replay_parked().await
+        self.runner.replay_parked().await
     }
     async fn run(
         &self,
         mut stop: tokio::sync::watch::Receiver<bool>,
     ) -> Result<(), ProjectionError> {
-        ProjectionRunner::run(self, async move {
-            let _ = stop.wait_for(|stop| *stop).await;
-        })
-        .await
+        self.runner
+            .run(async move {
+                let _ = stop.wait_for(|stop| *stop).await;
+            })
+            .await
     }
 }
 
@@ -129,14 +162,8 @@ async fn main() -> Result<(), BoxError> {
     let store = PgEventStore::with_schema(pool, &cli.schema)?;
     store.migrate().await?;
     let projections: Vec<Arc<dyn Operate>> = vec![
-        Arc::new(ProjectionRunner::new(
-            store.clone(),
-            AccountBalances::new(store.schema()),
-        )),
-        Arc::new(ProjectionRunner::new(
-            store.clone(),
-            ActivityByType::new(store.schema()),
-        )),
+        Arc::new(Managed::new(&store, AccountBalances::new)?),
+        Arc::new(Managed::new(&store, ActivityByType::new)?),
     ];
     let find = |name: &str| {
         projections
@@ -168,7 +195,10 @@ async fn main() -> Result<(), BoxError> {
                 );
             }
         }
-        Command::Rebuild { projection } => {
+        Command::Rebuild {
+            projection,
+            blue_green,
+        } => {
             let projection = find(&projection)?;
             let total: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
                 "SELECT count(*) FROM {}.events",
@@ -183,12 +213,13 @@ async fn main() -> Result<(), BoxError> {
                 )?
                 .progress_chars("=> "),
             );
-            bar.set_message(format!("rebuilding {}", projection.name()));
+            let how = if blue_green { "blue/green" } else { "in place" };
+            bar.set_message(format!("rebuilding {} {how}", projection.name()));
             let read = projection
-                .rebuild(&|progress| bar.set_position(progress.events))
+                .rebuild(blue_green, &|progress| bar.set_position(progress.events))
                 .await?;
             bar.finish();
-            println!("rebuilt {} from {read} events", projection.name());
+            println!("rebuilt {} {how} from {read} events", projection.name());
         }
         Command::Parked { projection } => {
             let parked = find(&projection)?.parked().await?;
