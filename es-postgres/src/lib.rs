@@ -9,6 +9,7 @@
 //! # Layout
 //! - `schema.rs`: [`SchemaName`] and the migrations (`migrations/*.sql`).
 //! - `store.rs`: [`PgEventStore`]: appends, reads, the [`Horizon`] readers are held to.
+//! - `import.rs`: [`PgEventStore::import`]: whole new streams in bulk through `COPY`.
 //! - `snapshot.rs`: [`PgSnapshotStore`]: the newest snapshot per stream.
 //! - `follower.rs`: [`LogFollower`]: catch up, then follow live (LISTEN/NOTIFY, polling fallback).
 //! - `projection/`: [`PgProjection`] and [`ProjectionRunner`]: read models fed the global log,
@@ -44,6 +45,7 @@
 mod convert;
 mod error;
 mod follower;
+mod import;
 mod projection;
 mod row;
 mod schema;
@@ -55,6 +57,7 @@ pub mod testing;
 
 pub use error::PgError;
 pub use follower::LogFollower;
+pub use import::ImportReport;
 pub use projection::{
     ErrorPolicy, OnFailure, ParkedEvent, PgProjection, Progress, ProjectionError, ProjectionRunner,
     ProjectionStatus, ReadModel, ReplayReport,
