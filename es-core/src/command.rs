@@ -26,6 +26,9 @@ pub struct CommandContext {
     /// The version the caller saw. When set, the command is decided only against that version
     /// and a conflict is returned, not retried.
     pub expected_version: Option<ExpectedVersion>,
+    /// Whether executing the same command id again must do nothing; see
+    /// [`idempotent`](Self::idempotent).
+    pub idempotent: bool,
 }
 
 impl Default for CommandContext {
@@ -36,6 +39,7 @@ impl Default for CommandContext {
             causation_id: None,
             metadata: Metadata::new(),
             expected_version: None,
+            idempotent: false,
         }
     }
 }
@@ -60,7 +64,18 @@ impl CommandContext {
 
     /// Adds one metadata entry.
     pub fn with_metadata(mut self, key: impl Into<String>, value: serde_json::Value) -> Self {
-        self.metadata.insert(key.into(), value);
+        self.metadata.insert(key, value);
+        self
+    }
+
+    /// Makes the command idempotent under the id `command_id`: its events get ids derived from
+    /// the command id ([`derived_event_id`]), and executing a command whose first event is
+    /// already stored does nothing and reports [`Executed::deduplicated`]. For commands that may
+    /// be delivered more than once (sagas, message consumers): derive `command_id` from what
+    /// caused it, so each redelivery carries the same id.
+    pub fn idempotent(mut self, command_id: Uuid) -> Self {
+        self.command_id = command_id;
+        self.idempotent = true;
         self
     }
 
@@ -111,6 +126,25 @@ pub struct Executed<A: Aggregate> {
     pub events: Vec<A::Event>,
     /// What the store wrote; `None` when there was nothing to write.
     pub append: Option<AppendResult>,
+    /// An idempotent command already executed: nothing was decided or written this time, and
+    /// `state`/`version` are the aggregate's as loaded now.
+    pub deduplicated: bool,
+}
+
+/// The id of event `index` (from 0) of the idempotent command `command_id`: the same for every
+/// execution of the command, distinct across commands and indexes.
+pub fn derived_event_id(command_id: Uuid, index: u32) -> Uuid {
+    let mut bytes = *command_id.as_bytes();
+    // An odd multiplier spreads the index over the low half; index 0 still changes the id, so an
+    // event never shares its command's id.
+    let mix = (u64::from(index) + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    for (byte, m) in bytes[8..].iter_mut().zip(mix.to_be_bytes()) {
+        *byte ^= m;
+    }
+    // Version 8 (custom) and the RFC 4122 variant.
+    bytes[6] = (bytes[6] & 0x0f) | 0x80;
+    bytes[8] = (bytes[8] & 0x3f) | 0x80;
+    Uuid::from_bytes(bytes)
 }
 
 /// Executes commands against aggregates of type `A`: load, decide, append with the loaded
@@ -200,6 +234,24 @@ impl<A: Aggregate> CommandHandler<A> {
     ) -> Result<Executed<A>, CommandError<A::Error>> {
         let mut conflicts = 0;
         loop {
+            if context.idempotent
+                && self
+                    .repository
+                    .store()
+                    .read_event(derived_event_id(context.command_id, 0))
+                    .await?
+                    .is_some()
+            {
+                let loaded = self.repository.load(stream).await?;
+                tracing::debug!("idempotent command already executed");
+                return Ok(Executed {
+                    state: loaded.state,
+                    version: loaded.version,
+                    events: Vec::new(),
+                    append: None,
+                    deduplicated: true,
+                });
+            }
             let loaded = self.repository.load(stream).await?;
             let (mut state, version) = (loaded.state, loaded.version);
             let expected = match context.expected_version {
@@ -219,6 +271,7 @@ impl<A: Aggregate> CommandHandler<A> {
                     version,
                     events,
                     append: None,
+                    deduplicated: false,
                 });
             }
             let new_events = encode_events(&events, context)?;
@@ -242,6 +295,7 @@ impl<A: Aggregate> CommandHandler<A> {
                         version: append.last_version,
                         events,
                         append: Some(append),
+                        deduplicated: false,
                     });
                 }
                 Err(StoreError::Conflict(conflict))
@@ -289,11 +343,15 @@ fn encode_events<E: DomainEvent, DomainErr: std::error::Error>(
     let causation = context.effective_causation_id();
     events
         .iter()
-        .map(|event| {
-            let new = NewEvent::from_event(event).map_err(|source| CommandError::Encode {
+        .enumerate()
+        .map(|(index, event)| {
+            let mut new = NewEvent::from_event(event).map_err(|source| CommandError::Encode {
                 event_type: event.event_type(),
                 source,
             })?;
+            if context.idempotent {
+                new.event_id = derived_event_id(context.command_id, index as u32);
+            }
             Ok(new
                 .correlated_with(correlation)
                 .caused_by(causation)

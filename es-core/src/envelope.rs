@@ -4,10 +4,7 @@ use chrono::{DateTime, Utc};
 use serde_json::value::RawValue;
 use uuid::Uuid;
 
-use crate::{DecodeError, DomainEvent, Position, StreamId};
-
-/// Free-form metadata stored beside an event's payload.
-pub type Metadata = serde_json::Map<String, serde_json::Value>;
+use crate::{DecodeError, DomainEvent, Metadata, Position, StreamId};
 
 /// A stored event: its identity, place in its stream and in the global log, type and schema
 /// version, when it was recorded, its tracing context, metadata and payload.
@@ -70,6 +67,23 @@ impl<P> Envelope<P> {
             causation_id: self.causation_id,
             metadata: self.metadata,
             payload: f(self.payload),
+        }
+    }
+
+    /// A copy of the envelope around another payload; this one's payload is not copied.
+    pub fn with_payload<Q>(&self, payload: Q) -> Envelope<Q> {
+        Envelope {
+            event_id: self.event_id,
+            stream_id: self.stream_id.clone(),
+            stream_version: self.stream_version,
+            position: self.position,
+            event_type: self.event_type.clone(),
+            schema_version: self.schema_version,
+            recorded_at: self.recorded_at,
+            correlation_id: self.correlation_id,
+            causation_id: self.causation_id,
+            metadata: self.metadata.clone(),
+            payload,
         }
     }
 }

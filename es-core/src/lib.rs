@@ -91,8 +91,10 @@ mod envelope;
 mod error;
 mod event;
 mod memory;
+mod metadata;
 mod position;
 mod repository;
+mod saga;
 mod snapshot;
 mod store;
 mod stream;
@@ -103,15 +105,17 @@ mod version;
 pub mod testing;
 
 pub use aggregate::Aggregate;
-pub use command::{CommandContext, CommandHandler, Executed, RetryPolicy};
-pub use envelope::{Envelope, EventDecodeError, EventRef, Metadata, RecordedEvent};
+pub use command::{CommandContext, CommandHandler, Executed, RetryPolicy, derived_event_id};
+pub use envelope::{Envelope, EventDecodeError, EventRef, RecordedEvent};
 pub use error::{BoxError, CommandError, StoreError};
 pub use event::{
     DecodeError, DomainEvent, EventType, NewEvent, current_version, decode_tagged, encode_tagged,
 };
 pub use memory::InMemoryEventStore;
+pub use metadata::{InvalidMetadata, Metadata};
 pub use position::Position;
 pub use repository::{Loaded, Repository};
+pub use saga::{CommandDispatcher, Issued, Saga, SagaRunner, issue};
 pub use snapshot::{InMemorySnapshotStore, Snapshot, SnapshotDue, SnapshotPolicy, SnapshotStore};
 pub use store::{AppendResult, EventStore, judge_repeat, validate_append};
 pub use stream::{InvalidStreamId, MAX_STREAM_ID_LEN, StreamId};

@@ -160,6 +160,11 @@ impl EventStore for InMemoryEventStore {
         Ok(inner.log[start..].iter().take(limit).cloned().collect())
     }
 
+    async fn read_event(&self, event_id: uuid::Uuid) -> Result<Option<RecordedEvent>, StoreError> {
+        let inner = self.read();
+        Ok(inner.ids.get(&event_id).map(|&i| inner.log[i].clone()))
+    }
+
     async fn stream_version(&self, stream: &StreamId) -> Result<Option<u64>, StoreError> {
         Ok(self.read().streams.get(stream).map(|s| s.len() as u64))
     }

@@ -162,6 +162,7 @@ impl<A: Aggregate> Repository<A> {
         });
 
         let mut events = self.store.read_stream(stream, loaded.version + 1);
+        let mut decoded = Vec::with_capacity(1);
         while let Some(recorded) = events.try_next().await? {
             let done = match until {
                 Until::End => false,
@@ -172,7 +173,8 @@ impl<A: Aggregate> Repository<A> {
                 break;
             }
             let version = recorded.stream_version;
-            for envelope in self.upcasters.decode::<A::Event>(recorded)? {
+            self.upcasters.decode_into(recorded, &mut decoded)?;
+            for envelope in decoded.drain(..) {
                 loaded.state.apply(&envelope.payload);
             }
             loaded.version = version;

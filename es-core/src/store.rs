@@ -6,6 +6,8 @@ use async_trait::async_trait;
 use futures_core::stream::BoxStream;
 use futures_util::TryStreamExt;
 
+use uuid::Uuid;
+
 use crate::{ExpectedVersion, NewEvent, Position, RecordedEvent, StoreError, StreamId};
 
 /// What an append wrote (or had written before, for a repeated append).
@@ -59,6 +61,9 @@ pub trait EventStore: Send + Sync {
         after: Position,
         limit: usize,
     ) -> Result<Vec<RecordedEvent>, StoreError>;
+
+    /// The stored event with id `event_id`, if any.
+    async fn read_event(&self, event_id: Uuid) -> Result<Option<RecordedEvent>, StoreError>;
 
     /// The stream's current version, `None` when it does not exist.
     async fn stream_version(&self, stream: &StreamId) -> Result<Option<u64>, StoreError>;

@@ -1,6 +1,6 @@
 //! Schema evolution: upcasters lift stored events to the current schema before decoding.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 
 use serde_json::Value;
@@ -42,6 +42,9 @@ type Step = Arc<dyn Fn(Value) -> Result<Vec<Upcasted>, String> + Send + Sync>;
 #[derive(Clone, Default)]
 pub struct Upcasters {
     steps: HashMap<(String, u32), Step>,
+    /// The types some step starts from: what lets the common case (nothing to lift) be
+    /// decided without building a key per event.
+    lifted: HashSet<String>,
     duplicates: Vec<(String, u32)>,
 }
 
@@ -123,13 +126,14 @@ impl Upcasters {
         if self.steps.contains_key(&key) {
             self.duplicates.push(key.clone());
         }
+        self.lifted.insert(event_type.to_owned());
         self.steps.insert(key, Arc::new(transform));
         self
     }
 
     /// Whether some upcaster starts from `event_type` (a current or an old, renamed type).
     pub fn lifts(&self, event_type: &str) -> bool {
-        self.steps.keys().any(|(t, _)| t == event_type)
+        self.lifted.contains(event_type)
     }
 
     /// Checks, at start-up, that every stored version of every type of `E` can be lifted to the
@@ -177,21 +181,57 @@ impl Upcasters {
         &self,
         recorded: RecordedEvent,
     ) -> Result<Vec<Envelope<E>>, EventDecodeError> {
+        let mut out = Vec::with_capacity(1);
+        self.decode_into(recorded, &mut out)?;
+        Ok(out)
+    }
+
+    /// As [`decode`](Self::decode), appending the events to `out`: spares a vector per event
+    /// to callers decoding many.
+    pub fn decode_into<E: DomainEvent>(
+        &self,
+        recorded: RecordedEvent,
+        out: &mut Vec<Envelope<E>>,
+    ) -> Result<(), EventDecodeError> {
+        if !self.needs_lifting(&recorded) {
+            let event = decode_current::<E>(&recorded)?;
+            out.push(recorded.map(|_| event));
+            return Ok(());
+        }
+        self.lift(recorded, out)
+    }
+
+    /// As [`decode_into`](Self::decode_into), from a borrowed event: copies the envelope but
+    /// not the raw payload, for callers that must keep the stored event.
+    pub fn decode_ref_into<E: DomainEvent>(
+        &self,
+        recorded: &RecordedEvent,
+        out: &mut Vec<Envelope<E>>,
+    ) -> Result<(), EventDecodeError> {
+        if !self.needs_lifting(recorded) {
+            let event = decode_current::<E>(recorded)?;
+            out.push(recorded.with_payload(event));
+            return Ok(());
+        }
+        self.lift(recorded.clone(), out)
+    }
+
+    fn needs_lifting(&self, recorded: &RecordedEvent) -> bool {
+        self.lifted.contains(recorded.event_type.as_str())
+            && self
+                .steps
+                .contains_key(&(recorded.event_type.clone(), recorded.schema_version))
+    }
+
+    fn lift<E: DomainEvent>(
+        &self,
+        recorded: RecordedEvent,
+        out: &mut Vec<Envelope<E>>,
+    ) -> Result<(), EventDecodeError> {
         let fail = |recorded: &RecordedEvent, source| EventDecodeError {
             event: Box::new(recorded.event_ref()),
             source,
         };
-        let stored_key = (recorded.event_type.clone(), recorded.schema_version);
-        if !self.steps.contains_key(&stored_key) {
-            // The common case: no lifting, decode the raw payload directly.
-            check_current::<E>(&recorded.event_type, recorded.schema_version)
-                .map_err(|e| fail(&recorded, e))?;
-            return match E::decode(&recorded.event_type, &recorded.payload) {
-                Ok(event) => Ok(vec![recorded.map(|_| event)]),
-                Err(e) => Err(fail(&recorded, e)),
-            };
-        }
-
         let payload: Value = serde_json::from_str(recorded.payload.get())
             .map_err(|e| fail(&recorded, DecodeError::Payload(e)))?;
         let mut pending = VecDeque::from([Upcasted {
@@ -234,16 +274,24 @@ impl Upcasters {
                 }
             }
         }
-        Ok(done
-            .into_iter()
-            .map(|(event_type, schema_version, event)| {
-                let mut envelope = recorded.clone().map(|_| event);
-                envelope.event_type = event_type;
-                envelope.schema_version = schema_version;
-                envelope
-            })
-            .collect())
+        out.extend(done.into_iter().map(|(event_type, schema_version, event)| {
+            let mut envelope = recorded.with_payload(event);
+            envelope.event_type = event_type;
+            envelope.schema_version = schema_version;
+            envelope
+        }));
+        Ok(())
     }
+}
+
+/// Decodes a payload stored at its type's current version.
+fn decode_current<E: DomainEvent>(recorded: &RecordedEvent) -> Result<E, EventDecodeError> {
+    check_current::<E>(&recorded.event_type, recorded.schema_version)
+        .and_then(|()| E::decode(&recorded.event_type, &recorded.payload))
+        .map_err(|source| EventDecodeError {
+            event: Box::new(recorded.event_ref()),
+            source,
+        })
 }
 
 /// A payload with no upcaster left must be at its type's current version.

@@ -201,7 +201,7 @@ async fn events_carry_the_command_correlation_causation_and_metadata() {
         "a new command starts its correlation"
     );
     assert_eq!(first.causation_id, Some(ctx.command_id));
-    assert_eq!(first.metadata["user"], "ann");
+    assert_eq!(first.metadata.get("user"), Some(serde_json::json!("ann")));
 
     let follow_up = CommandContext::new()
         .correlated_with(first.correlation_id)
@@ -363,6 +363,9 @@ impl EventStore for LosesFirstAck {
     ) -> Result<Vec<RecordedEvent>, StoreError> {
         self.inner.read_all(after, limit).await
     }
+    async fn read_event(&self, id: uuid::Uuid) -> Result<Option<RecordedEvent>, StoreError> {
+        self.inner.read_event(id).await
+    }
     async fn stream_version(&self, stream: &StreamId) -> Result<Option<u64>, StoreError> {
         self.inner.stream_version(stream).await
     }
@@ -384,4 +387,45 @@ async fn an_append_with_unknown_outcome_is_resent_without_duplicating() {
         "the re-send found the first write"
     );
     assert_eq!(store.inner.len(), 1);
+}
+
+#[tokio::test]
+async fn an_idempotent_command_delivered_twice_runs_once() {
+    let (store, handler) = handler();
+    handler.execute("i1", AccountCommand::Open).await.unwrap();
+    let command_id = uuid::Uuid::now_v7();
+    let first = handler
+        .execute_with(
+            "i1",
+            AccountCommand::Deposit(5),
+            CommandContext::new().idempotent(command_id),
+        )
+        .await
+        .unwrap();
+    assert!(!first.deduplicated);
+    let again = handler
+        .execute_with(
+            "i1",
+            AccountCommand::Deposit(5),
+            CommandContext::new().idempotent(command_id),
+        )
+        .await
+        .unwrap();
+    assert!(again.deduplicated, "the redelivery did nothing");
+    assert_eq!((again.version, again.state.balance), (2, 5));
+    let stored = store
+        .read_stream_to_vec(&StreamId::new("account-i1").unwrap(), 1)
+        .await
+        .unwrap();
+    assert_eq!(stored.len(), 2);
+    assert_eq!(
+        stored[1].event_id,
+        es_core::derived_event_id(command_id, 0),
+        "the event id is derived from the command id"
+    );
+    assert_ne!(
+        es_core::derived_event_id(command_id, 0),
+        es_core::derived_event_id(command_id, 1)
+    );
+    assert_ne!(es_core::derived_event_id(command_id, 0), command_id);
 }

@@ -294,7 +294,7 @@ fn expand_apply_trait(input: &DeriveInput, defs: &[EventDef], trait_ident: &Iden
     quote! {
         #[doc = #trait_doc]
         // Parameters mirror the variants' field types (`&String` for a `String` field).
-        #[allow(clippy::ptr_arg)]
+        #[allow(clippy::ptr_arg, clippy::too_many_arguments)]
         #vis trait #trait_ident {
             #(#methods)*
         }

@@ -130,7 +130,7 @@ impl PgEventStore {
         let mut sent = Ok(());
         'rows: for (stream, events) in streams {
             for (index, event) in events.iter().enumerate() {
-                copy_row(&mut buffer, stream, index as u64 + 1, event)?;
+                copy_row(&mut buffer, stream, index as u64 + 1, event);
                 if buffer.len() >= SEND_CHUNK {
                     if let Err(e) = copy.send(buffer.as_bytes()).await {
                         sent = Err(e);
@@ -211,18 +211,7 @@ fn is_event_id_conflict(err: &sqlx::Error) -> bool {
 }
 
 /// Appends one row in `COPY`'s text format.
-fn copy_row(
-    out: &mut String,
-    stream: &StreamId,
-    version: u64,
-    event: &NewEvent,
-) -> Result<(), StoreError> {
-    let metadata =
-        serde_json::to_string(&event.metadata).map_err(|e| StoreError::InvalidEvent {
-            event_id: event.event_id,
-            stream: stream.clone(),
-            reason: format!("metadata does not serialize: {e}"),
-        })?;
+fn copy_row(out: &mut String, stream: &StreamId, version: u64, event: &NewEvent) {
     // Writing to a String cannot fail.
     let _ = write!(out, "{}\t", event.event_id);
     escape(out, stream.as_str());
@@ -240,11 +229,10 @@ fn copy_row(
         None => out.push_str("\\N"),
     }
     out.push('\t');
-    escape(out, &metadata);
+    escape(out, event.metadata.as_json());
     out.push('\t');
     escape(out, event.payload.get());
     out.push('\n');
-    Ok(())
 }
 
 /// `COPY` text format: backslash, tab, newline and carriage return are escaped.

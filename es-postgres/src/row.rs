@@ -58,12 +58,8 @@ pub(crate) fn decode_event(row: &PgRow) -> Result<RecordedEvent, StoreError> {
     let metadata_text: String = cx.get(row, 10, "metadata")?;
     let payload_text: String = cx.get(row, 11, "payload")?;
 
-    let metadata = if metadata_text == "{}" {
-        Metadata::new()
-    } else {
-        serde_json::from_str::<Metadata>(&metadata_text)
-            .map_err(|e| cx.malformed("metadata", format!("not a JSON object: {e}")))?
-    };
+    let metadata = Metadata::from_stored_json(metadata_text)
+        .map_err(|e| cx.malformed("metadata", e.to_string()))?;
     let payload = RawValue::from_string(payload_text)
         .map_err(|e| cx.malformed("payload", format!("not JSON: {e}")))?;
 

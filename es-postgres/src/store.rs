@@ -233,19 +233,6 @@ impl PgEventStore {
         }
     }
 
-    /// The stored event with id `event_id`, if any.
-    pub async fn read_event(
-        &self,
-        event_id: uuid::Uuid,
-    ) -> Result<Option<RecordedEvent>, StoreError> {
-        let rows = sqlx::query(AssertSqlSafe(self.inner.sql.events_by_id.clone()))
-            .bind(vec![event_id])
-            .fetch_all(&self.inner.pool)
-            .await
-            .map_err(store_error)?;
-        rows.first().map(decode_event).transpose()
-    }
-
     /// How far readers of the global log are held back; see [`Horizon`].
     pub async fn horizon(&self) -> Result<Horizon, StoreError> {
         let row = sqlx::query(AssertSqlSafe(self.inner.sql.horizon.clone()))
@@ -454,6 +441,16 @@ impl EventStore for PgEventStore {
             .collect()
     }
 
+    /// The stored event with id `event_id`, if any.
+    async fn read_event(&self, event_id: uuid::Uuid) -> Result<Option<RecordedEvent>, StoreError> {
+        let rows = sqlx::query(AssertSqlSafe(self.inner.sql.events_by_id.clone()))
+            .bind(vec![event_id])
+            .fetch_all(&self.inner.pool)
+            .await
+            .map_err(store_error)?;
+        rows.first().map(decode_event).transpose()
+    }
+
     async fn stream_version(&self, stream: &StreamId) -> Result<Option<u64>, StoreError> {
         self.version_on(&self.inner.pool, stream).await
     }
@@ -474,7 +471,7 @@ struct Columns<'a> {
     schema_versions: Vec<i32>,
     correlation_ids: Vec<Uuid>,
     causation_ids: Vec<Option<Uuid>>,
-    metadata: Vec<String>,
+    metadata: Vec<&'a str>,
     payloads: Vec<&'a str>,
 }
 
@@ -489,17 +486,7 @@ impl<'a> Columns<'a> {
                 .collect(),
             correlation_ids: events.iter().map(|e| e.correlation_id).collect(),
             causation_ids: events.iter().map(|e| e.causation_id).collect(),
-            metadata: events
-                .iter()
-                .map(|e| {
-                    if e.metadata.is_empty() {
-                        "{}".to_owned()
-                    } else {
-                        // A map of JSON values always serializes.
-                        serde_json::to_string(&e.metadata).unwrap_or_else(|_| "{}".to_owned())
-                    }
-                })
-                .collect(),
+            metadata: events.iter().map(|e| e.metadata.as_json()).collect(),
             payloads: events.iter().map(|e| e.payload.get()).collect(),
         }
     }

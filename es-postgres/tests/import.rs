@@ -18,7 +18,7 @@ fn awkward_event(n: u64) -> NewEvent {
     ))
     .expect("valid JSON");
     let mut metadata = Metadata::new();
-    metadata.insert("path".into(), "C:\\imports\\2026".into());
+    metadata.insert("path", "C:\\imports\\2026");
     NewEvent::new("Imported", 1, payload)
         .with_metadata(metadata)
         .caused_by(uuid::Uuid::now_v7())

@@ -47,7 +47,7 @@ pub async fn appends_and_reads_back(store: Arc<dyn EventStore>) {
     let correlation = Uuid::now_v7();
     let cause = Uuid::now_v7();
     let mut metadata = Metadata::new();
-    metadata.insert("user".into(), json!("ann"));
+    metadata.insert("user", json!("ann"));
     let events: Vec<_> = (1..=3)
         .map(|n| {
             test_event(n)

@@ -484,7 +484,7 @@ impl<P: PgProjection> ProjectionRunner<P> {
     ) -> Result<(), BoxError> {
         let mut envelopes = Vec::with_capacity(batch.len());
         for event in batch.iter().filter(|e| self.wants(e)) {
-            envelopes.extend(self.upcasters.decode::<P::Event>(event.clone())?);
+            self.upcasters.decode_ref_into(event, &mut envelopes)?;
         }
         if envelopes.is_empty() {
             return Ok(());
@@ -508,8 +508,11 @@ impl<P: PgProjection> ProjectionRunner<P> {
             correlation_id = %event.correlation_id,
         );
         async {
-            for envelope in self.upcasters.decode::<P::Event>(event.clone())? {
-                self.projection.apply(conn, &envelope).await?;
+            let mut envelopes = Vec::with_capacity(1);
+            self.upcasters
+                .decode_ref_into::<P::Event>(event, &mut envelopes)?;
+            for envelope in &envelopes {
+                self.projection.apply(conn, envelope).await?;
             }
             Ok(())
         }
