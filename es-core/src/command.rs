@@ -134,13 +134,16 @@ pub struct Executed<A: Aggregate> {
 /// The id of event `index` (from 0) of the idempotent command `command_id`: the same for every
 /// execution of the command, distinct across commands and indexes.
 pub fn derived_event_id(command_id: Uuid, index: u32) -> Uuid {
-    let mut bytes = *command_id.as_bytes();
-    // An odd multiplier spreads the index over the low half; index 0 still changes the id, so an
-    // event never shares its command's id.
-    let mix = (u64::from(index) + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-    for (byte, m) in bytes[8..].iter_mut().zip(mix.to_be_bytes()) {
-        *byte ^= m;
-    }
+    // A fixed 128-bit mix (multiply by odd constants, xor-shift): stable across releases,
+    // spreads every input bit, and is not its own inverse, so ids derived from derived ids
+    // (a saga's command from an event, that command's events) never fall back on an earlier id.
+    let mut x = command_id.as_u128()
+        ^ (u128::from(index) + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15_f39c_c060_5ced_c835);
+    x = x.wrapping_mul(0xda94_2042_e4dd_58b5_8c8f_f8a1_a7bf_3f2d);
+    x ^= x >> 67;
+    x = x.wrapping_mul(0x2545_f491_4f6c_dd1d_9e37_79b9_7f4a_7c17);
+    x ^= x >> 59;
+    let mut bytes = x.to_be_bytes();
     // Version 8 (custom) and the RFC 4122 variant.
     bytes[6] = (bytes[6] & 0x0f) | 0x80;
     bytes[8] = (bytes[8] & 0x3f) | 0x80;

@@ -62,6 +62,12 @@ impl StreamId {
             .map_or(&self.0, |(category, _)| category)
     }
 
+    /// The aggregate's own id: everything after the first `-`, or the whole id when it has
+    /// none (`"order-42"` gives `"42"`).
+    pub fn id(&self) -> &str {
+        self.0.split_once('-').map_or(&self.0, |(_, id)| id)
+    }
+
     /// The id as a string slice.
     pub fn as_str(&self) -> &str {
         &self.0

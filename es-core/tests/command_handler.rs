@@ -428,4 +428,8 @@ async fn an_idempotent_command_delivered_twice_runs_once() {
         es_core::derived_event_id(command_id, 1)
     );
     assert_ne!(es_core::derived_event_id(command_id, 0), command_id);
+    // Deriving twice never comes back to the start (a saga's command id is itself derived).
+    let twice = es_core::derived_event_id(es_core::derived_event_id(command_id, 0), 0);
+    assert_ne!(twice, command_id);
+    assert_ne!(twice, es_core::derived_event_id(command_id, 0));
 }

@@ -16,6 +16,8 @@
 //!   checkpointed in the same transaction as their writes, one active instance at a time, an
 //!   [`ErrorPolicy`] that retries, parks, skips or stops, in-place and blue/green rebuilds
 //!   (a [`ReadModel`] built beside the live one, then swapped in atomically), status and lag.
+//! - `saga.rs`: [`PgSagaRunner`]: sagas with durable state, an outbox of issued commands and a
+//!   dispatcher, exactly once in effect across crashes.
 //! - `row.rs`: rows to envelopes; malformed rows become typed errors naming the event.
 //! - `error.rs`: [`PgError`], and how driver errors map onto `StoreError`.
 //! - `convert.rs`: unsigned numbers and positions to and from `bigint` columns.
@@ -48,6 +50,7 @@ mod follower;
 mod import;
 mod projection;
 mod row;
+mod saga;
 mod schema;
 mod snapshot;
 mod store;
@@ -62,6 +65,7 @@ pub use projection::{
     ErrorPolicy, OnFailure, ParkedEvent, PgProjection, Progress, ProjectionError, ProjectionRunner,
     ProjectionStatus, ReadModel, ReplayReport,
 };
+pub use saga::{PgSagaRunner, SagaProjection};
 pub use schema::{MAX_SCHEMA_NAME_LEN, SchemaName};
 pub use snapshot::PgSnapshotStore;
 pub use store::{Horizon, PgEventStore};
