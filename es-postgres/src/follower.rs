@@ -18,6 +18,8 @@ pub struct LogFollower {
     poll_interval: Duration,
     listener: Option<PgListener>,
     listening: bool,
+    /// Whether to LISTEN at all; readers that never wait do not.
+    notifications: bool,
     /// After a notification whose events the horizon still hides: the next short wait before
     /// reading again.
     held_back: Option<Duration>,
@@ -35,6 +37,7 @@ impl LogFollower {
             poll_interval: Duration::from_millis(500),
             listener: None,
             listening: false,
+            notifications: true,
             held_back: None,
         }
     }
@@ -54,7 +57,7 @@ impl LogFollower {
     /// Never listens for notifications: for a reader that only ever calls
     /// [`try_next_batch`](Self::try_next_batch), which spares it a connection.
     pub(crate) fn without_notifications(mut self) -> Self {
-        self.listening = true;
+        self.notifications = false;
         self
     }
 
@@ -87,7 +90,7 @@ impl LogFollower {
     }
 
     async fn ensure_listening(&mut self) {
-        if self.listening {
+        if self.listening || !self.notifications {
             return;
         }
         match PgListener::connect_with(self.store.pool()).await {

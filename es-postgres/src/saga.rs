@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use es_core::{BoxError, CommandContext, CommandDispatcher, Envelope, Issued, Saga, issue};
-use sqlx::{AssertSqlSafe, Connection, PgConnection, Row};
+use sqlx::{AssertSqlSafe, PgConnection, Row};
 use uuid::Uuid;
 
 use crate::projection::{PgProjection, ProjectionError, ProjectionRunner};
@@ -29,22 +29,27 @@ pub struct PgSagaRunner<S: Saga, D> {
 }
 
 struct Statements {
-    load_state: String,
+    lock_state: String,
+    read_state: String,
     save_state: String,
     enqueue: String,
     next_pending: String,
     done: String,
     failed: String,
     pending: String,
-    reset: String,
+    reset_states: String,
+    reset_outbox: String,
 }
 
 impl Statements {
     fn new(schema: &SchemaName) -> Self {
         let s = schema.quoted();
         Self {
-            load_state: format!(
+            lock_state: format!(
                 "SELECT state::text FROM {s}.saga_states WHERE saga = $1 AND instance = $2 FOR UPDATE"
+            ),
+            read_state: format!(
+                "SELECT state::text FROM {s}.saga_states WHERE saga = $1 AND instance = $2"
             ),
             save_state: format!(
                 "INSERT INTO {s}.saga_states (saga, instance, state) VALUES ($1, $2, $3::json) \
@@ -65,9 +70,8 @@ impl Statements {
                 "UPDATE {s}.saga_outbox SET attempts = attempts + 1, last_error = $2 WHERE seq = $1"
             ),
             pending: format!("SELECT count(*) FROM {s}.saga_outbox WHERE saga = $1"),
-            reset: format!(
-                "DELETE FROM {s}.saga_states WHERE saga = $1; DELETE FROM {s}.saga_outbox WHERE saga = $1"
-            ),
+            reset_states: format!("DELETE FROM {s}.saga_states WHERE saga = $1"),
+            reset_outbox: format!("DELETE FROM {s}.saga_outbox WHERE saga = $1"),
         }
     }
 }
@@ -93,8 +97,8 @@ impl<S: Saga> PgProjection for SagaProjection<S> {
     }
 
     async fn reset(&self, conn: &mut PgConnection) -> Result<(), BoxError> {
-        for statement in self.sql.reset.split("; ") {
-            sqlx::query(AssertSqlSafe(statement.to_owned()))
+        for statement in [&self.sql.reset_states, &self.sql.reset_outbox] {
+            sqlx::query(AssertSqlSafe(statement.clone()))
                 .bind(self.saga.name())
                 .execute(&mut *conn)
                 .await?;
@@ -111,7 +115,7 @@ impl<S: Saga> PgProjection for SagaProjection<S> {
             return Ok(());
         };
         let name = self.saga.name();
-        let stored: Option<String> = sqlx::query_scalar(AssertSqlSafe(self.sql.load_state.clone()))
+        let stored: Option<String> = sqlx::query_scalar(AssertSqlSafe(self.sql.lock_state.clone()))
             .bind(name)
             .bind(&instance)
             .fetch_optional(&mut *conn)
@@ -221,13 +225,7 @@ impl<S: Saga, D: CommandDispatcher<S::Command>> PgSagaRunner<S, D> {
     pub async fn dispatch_pending(&self) -> Result<u64, ProjectionError> {
         let mut done = 0;
         loop {
-            let mut conn = self
-                .store
-                .pool()
-                .acquire()
-                .await
-                .map_err(|e| self.error(e))?;
-            let mut tx = conn.begin().await.map_err(|e| self.error(e))?;
+            let mut tx = self.store.pool().begin().await.map_err(|e| self.error(e))?;
             let Some(row) = sqlx::query(AssertSqlSafe(self.sql.next_pending.clone()))
                 .bind(self.name())
                 .fetch_optional(&mut *tx)
@@ -279,14 +277,12 @@ impl<S: Saga, D: CommandDispatcher<S::Command>> PgSagaRunner<S, D> {
 
     /// The state of `instance`, if the saga has seen it.
     pub async fn state(&self, instance: &str) -> Result<Option<S::State>, ProjectionError> {
-        let text: Option<String> = sqlx::query_scalar(AssertSqlSafe(
-            self.sql.load_state.replace(" FOR UPDATE", ""),
-        ))
-        .bind(self.name())
-        .bind(instance)
-        .fetch_optional(self.store.pool())
-        .await
-        .map_err(|e| self.error(e))?;
+        let text: Option<String> = sqlx::query_scalar(AssertSqlSafe(self.sql.read_state.clone()))
+            .bind(self.name())
+            .bind(instance)
+            .fetch_optional(self.store.pool())
+            .await
+            .map_err(|e| self.error(e))?;
         text.map(|t| serde_json::from_str(&t))
             .transpose()
             .map_err(|e| self.error(e))

@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use es_core::{
-    BoxError, CommandContext, CommandDispatcher, CommandError, CommandHandler, Envelope,
-    EventStore, Saga, derived_event_id,
+    Aggregate, BoxError, CommandContext, CommandDispatcher, CommandError, CommandHandler, Envelope,
+    EventStore, Repository, Saga, StreamId, derived_event_id,
 };
 use es_macros::{Aggregate, DomainEvent};
 use es_postgres::PgSagaRunner;
@@ -354,26 +354,21 @@ fn runner(db: &TestDatabase, lose_acks: u32) -> PgSagaRunner<TransferSaga, Bank>
         .dispatch_interval(Duration::from_millis(10))
 }
 
-async fn balance(db: &TestDatabase, account: &str) -> i64 {
-    let handler = CommandHandler::<Account>::new(Arc::new(db.store.clone()));
-    handler
-        .repository()
-        .load(&es_core::StreamId::new(format!("acct-{account}")).unwrap())
+/// The state of aggregate `id`, loaded from the store.
+async fn load<A: Aggregate>(db: &TestDatabase, id: &str) -> A {
+    Repository::<A>::new(Arc::new(db.store.clone()))
+        .load(&StreamId::for_aggregate(A::CATEGORY, id).unwrap())
         .await
         .unwrap()
         .state
-        .balance
+}
+
+async fn balance(db: &TestDatabase, account: &str) -> i64 {
+    load::<Account>(db, account).await.balance
 }
 
 async fn outcome(db: &TestDatabase, transfer: &str) -> Option<String> {
-    let handler = CommandHandler::<Transfer>::new(Arc::new(db.store.clone()));
-    handler
-        .repository()
-        .load(&es_core::StreamId::new(format!("transfer-{transfer}")).unwrap())
-        .await
-        .unwrap()
-        .state
-        .outcome
+    load::<Transfer>(db, transfer).await.outcome
 }
 
 /// Drives the saga until every transfer in `ids` has an outcome and no command waits. Reads

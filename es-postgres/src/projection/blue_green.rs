@@ -5,7 +5,6 @@
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 
-use es_core::Position;
 use sqlx::{AssertSqlSafe, Executor};
 
 use super::runner::{Progress, ProjectionRunner};
@@ -100,12 +99,7 @@ impl<P: PgProjection> ProjectionRunner<P> {
             .await
             .map_err(|e| self.store_error(e))?;
         self.setup_in(&mut tx).await?;
-        sqlx::query(AssertSqlSafe(self.sql.delete_parked.clone()))
-            .bind(&self.key)
-            .execute(&mut *tx)
-            .await
-            .map_err(|e| self.store_error(e))?;
-        self.save_checkpoint(&mut tx, Position::START).await?;
+        self.start_over(&mut tx).await?;
         tx.commit().await.map_err(|e| self.store_error(e))
     }
 
@@ -121,25 +115,12 @@ impl<P: PgProjection> ProjectionRunner<P> {
         // Both checkpoint rows first, the build's then the live one's (a live runner only ever
         // locks its own): the live runner's batch in flight commits before the swap, and its
         // next batch waits for the swap, then finds the checkpoint moved.
-        let built: Option<(i64, i64)> =
-            sqlx::query_as(AssertSqlSafe(self.sql.lock_checkpoint.clone()))
-                .bind(&builder.key)
-                .fetch_optional(&mut *tx)
-                .await
-                .map_err(|e| self.store_error(e))?;
-        let Some((transaction, sequence)) = built else {
+        let Some(built) = builder.lock_checkpoint(&mut tx).await? else {
             return Err(self.store_error("the build's checkpoint vanished during the build"));
         };
-        sqlx::query(AssertSqlSafe(self.sql.init_checkpoint.clone()))
-            .bind(&self.key)
-            .execute(&mut *tx)
-            .await
-            .map_err(|e| self.store_error(e))?;
-        sqlx::query(AssertSqlSafe(self.sql.lock_checkpoint.clone()))
-            .bind(&self.key)
-            .execute(&mut *tx)
-            .await
-            .map_err(|e| self.store_error(e))?;
+        self.execute_keyed(&mut tx, &self.sql.init_checkpoint)
+            .await?;
+        self.lock_checkpoint(&mut tx).await?;
 
         let mut ddl = format!("DROP TABLE IF EXISTS {};", live.qualified_list());
         for table in next.tables() {
@@ -153,27 +134,17 @@ impl<P: PgProjection> ProjectionRunner<P> {
             .await
             .map_err(|e| self.store_error(e))?;
 
-        self.save_checkpoint(
-            &mut tx,
-            crate::convert::position_from_columns(transaction, sequence),
-        )
-        .await?;
-        sqlx::query(AssertSqlSafe(self.sql.delete_parked.clone()))
-            .bind(&self.key)
-            .execute(&mut *tx)
-            .await
-            .map_err(|e| self.store_error(e))?;
+        self.save_checkpoint(&mut tx, built).await?;
+        self.execute_keyed(&mut tx, &self.sql.delete_parked).await?;
         sqlx::query(AssertSqlSafe(self.sql.move_parked.clone()))
             .bind(&builder.key)
             .bind(&self.key)
             .execute(&mut *tx)
             .await
             .map_err(|e| self.store_error(e))?;
-        sqlx::query(AssertSqlSafe(self.sql.delete_checkpoint.clone()))
-            .bind(&builder.key)
-            .execute(&mut *tx)
-            .await
-            .map_err(|e| self.store_error(e))?;
+        builder
+            .execute_keyed(&mut tx, &self.sql.delete_checkpoint)
+            .await?;
         tx.commit().await.map_err(|e| self.store_error(e))?;
         tracing::info!(
             projection = %self.key,

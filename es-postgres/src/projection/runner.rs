@@ -237,12 +237,7 @@ impl<P: PgProjection> ProjectionRunner<P> {
                 .reset(&mut tx)
                 .await
                 .map_err(|e| self.failed_setup(e))?;
-            sqlx::query(AssertSqlSafe(self.sql.delete_parked.clone()))
-                .bind(&self.key)
-                .execute(&mut *tx)
-                .await
-                .map_err(|e| self.store_error(e))?;
-            self.save_checkpoint(&mut tx, Position::START).await?;
+            self.start_over(&mut tx).await?;
             tx.commit().await.map_err(|e| self.store_error(e))?;
             self.catch_up_locked(policy, &mut progress).await
         }
@@ -576,7 +571,16 @@ impl<P: PgProjection> ProjectionRunner<P> {
             .setup(&mut *conn)
             .await
             .map_err(|e| self.failed_setup(e))?;
-        sqlx::query(AssertSqlSafe(self.sql.init_checkpoint.clone()))
+        self.execute_keyed(conn, &self.sql.init_checkpoint).await
+    }
+
+    /// Runs one of the runner's statements whose only parameter is this runner's key.
+    pub(super) async fn execute_keyed(
+        &self,
+        conn: &mut PgConnection,
+        statement: &Arc<str>,
+    ) -> Result<(), ProjectionError> {
+        sqlx::query(AssertSqlSafe(Arc::clone(statement)))
             .bind(&self.key)
             .execute(&mut *conn)
             .await
@@ -584,17 +588,32 @@ impl<P: PgProjection> ProjectionRunner<P> {
         Ok(())
     }
 
-    /// Locks the checkpoint row for this transaction and checks it is still at `from`. Another
-    /// transaction applying from the same checkpoint waits here until it ends, then finds it
-    /// moved: two instances can never both commit the same events.
-    async fn fence(&self, tx: &mut PgConnection, from: Position) -> Result<bool, ProjectionError> {
+    /// Forgets the parked events and puts the checkpoint back at the start, within `conn`.
+    pub(super) async fn start_over(&self, conn: &mut PgConnection) -> Result<(), ProjectionError> {
+        self.execute_keyed(conn, &self.sql.delete_parked).await?;
+        self.save_checkpoint(conn, Position::START).await
+    }
+
+    /// Locks this runner's checkpoint row until the transaction ends; its position, when the
+    /// row exists.
+    pub(super) async fn lock_checkpoint(
+        &self,
+        tx: &mut PgConnection,
+    ) -> Result<Option<Position>, ProjectionError> {
         let row: Option<(i64, i64)> =
             sqlx::query_as(AssertSqlSafe(self.sql.lock_checkpoint.clone()))
                 .bind(&self.key)
                 .fetch_optional(&mut *tx)
                 .await
                 .map_err(|e| self.store_error(e))?;
-        let current = row.map_or(Position::START, |(t, p)| position_from_columns(t, p));
+        Ok(row.map(|(t, p)| position_from_columns(t, p)))
+    }
+
+    /// Locks the checkpoint row for this transaction and checks it is still at `from`. Another
+    /// transaction applying from the same checkpoint waits here until it ends, then finds it
+    /// moved: two instances can never both commit the same events.
+    async fn fence(&self, tx: &mut PgConnection, from: Position) -> Result<bool, ProjectionError> {
+        let current = self.lock_checkpoint(tx).await?.unwrap_or(Position::START);
         if current != from {
             tracing::warn!(
                 projection = %self.key,
