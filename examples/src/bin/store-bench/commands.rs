@@ -16,7 +16,7 @@ use uuid::Uuid;
 
 use crate::appends::raw_append;
 use crate::harness::{
-    BoxError, Figure, Rep, Side, alternate, compare_rates, fresh_store, metadata,
+    BoxError, Figure, Rep, Side, alternate, compare_rates, fresh_store, metadata, stream_rows,
 };
 
 /// Add a line to an order.
@@ -104,6 +104,11 @@ pub fn line(order_id: Uuid, command: &AddLine) -> OrderEvent {
     }
 }
 
+/// Line `n` of order `order_id`, as an event to append, with the benchmark's metadata.
+pub fn line_event(order_id: Uuid, n: usize) -> Result<NewEvent, BoxError> {
+    Ok(NewEvent::from_event(&line(order_id, &add_line(n)))?.with_metadata(metadata()))
+}
+
 pub fn add_line(n: usize) -> AddLine {
     AddLine {
         customer: format!("customer-{:08}", n % 10_000),
@@ -169,7 +174,7 @@ async fn new_stream_commands(
                     }
                     Side::Raw => {
                         // The same read (finding the stream empty), then the same append.
-                        let rows = read_stream_rows(&pool, "bench_raw", &stream, 1).await?;
+                        let rows = stream_rows(&pool, "bench_raw", &stream, 1).await?.len();
                         assert!(rows == 0);
                         raw_append(
                             &pool,
@@ -189,26 +194,6 @@ async fn new_stream_commands(
         task.await??;
     }
     Ok(start.elapsed())
-}
-
-/// Reads a stream's rows from `from` on, as the store does, and returns how many.
-async fn read_stream_rows(
-    pool: &PgPool,
-    schema: &str,
-    stream: &str,
-    from: i64,
-) -> Result<usize, BoxError> {
-    let rows = sqlx::query(AssertSqlSafe(format!(
-        "SELECT transaction_id, position, event_id, stream_id, stream_version, event_type, \
-         schema_version, recorded_at, correlation_id, causation_id, metadata::text, \
-         payload::text FROM {schema}.events WHERE stream_id = $1 AND stream_version >= $2 \
-         ORDER BY stream_version"
-    )))
-    .bind(stream)
-    .bind(from)
-    .fetch_all(pool)
-    .await?;
-    Ok(rows.len())
 }
 
 /// 100 commands, one client, on an order whose stream already holds `length - 100` events, so it
@@ -254,9 +239,7 @@ async fn long_stream_commands(
     let order_id = Uuid::now_v7();
     let seeded = length - 100;
     let history = (0..seeded)
-        .map(|n| {
-            NewEvent::from_event(&line(order_id, &add_line(n))).map(|e| e.with_metadata(metadata()))
-        })
+        .map(|n| line_event(order_id, n))
         .collect::<Result<Vec<_>, _>>()?;
     store.import(&[(stream.clone(), history)]).await?;
     let mut state = Order::default();
@@ -332,7 +315,9 @@ async fn raw_command(
     } else {
         1
     };
-    let read = read_stream_rows(pool, schema, stream.as_str(), from).await?;
+    let read = stream_rows(pool, schema, stream.as_str(), from)
+        .await?
+        .len();
     assert_eq!(from as usize + read - 1, version);
     let event = line(order_id, command);
     es_core::Aggregate::apply(state, &event);

@@ -7,7 +7,8 @@ use std::time::Duration;
 use es_core::{Metadata, NewEvent};
 use es_postgres::PgEventStore;
 use serde_json::value::RawValue;
-use sqlx::{AssertSqlSafe, PgPool};
+use sqlx::postgres::PgRow;
+use sqlx::{AssertSqlSafe, PgExecutor, PgPool};
 use uuid::Uuid;
 
 /// Repetitions of each measurement; figures are their medians.
@@ -165,4 +166,45 @@ pub fn print_table(title: &str, unit: &str, figures: &[Figure]) {
             f.note
         );
     }
+}
+
+/// The columns the store selects for every event read: what raw reads fetch too.
+const COLUMNS: &str = "transaction_id, position, event_id, stream_id, stream_version, \
+    event_type, schema_version, recorded_at, correlation_id, causation_id, metadata::text, \
+    payload::text";
+
+/// A stream's rows from version `from` on, read by hand as the store reads them.
+pub async fn stream_rows(
+    pool: &PgPool,
+    schema: &str,
+    stream: &str,
+    from: i64,
+) -> Result<Vec<PgRow>, BoxError> {
+    Ok(sqlx::query(AssertSqlSafe(format!(
+        "SELECT {COLUMNS} FROM {schema}.events WHERE stream_id = $1 AND stream_version >= $2 \
+         ORDER BY stream_version"
+    )))
+    .bind(stream)
+    .bind(from)
+    .fetch_all(pool)
+    .await?)
+}
+
+/// Up to `limit` rows of the global log after `(transaction_id, position)`: the store's index
+/// walk, without its transaction horizon.
+pub async fn log_page<'c>(
+    executor: impl PgExecutor<'c>,
+    schema: &str,
+    after: (i64, i64),
+    limit: i64,
+) -> Result<Vec<PgRow>, BoxError> {
+    Ok(sqlx::query(AssertSqlSafe(format!(
+        "SELECT {COLUMNS} FROM {schema}.events WHERE (transaction_id, position) > ($1, $2) \
+         ORDER BY transaction_id, position LIMIT $3"
+    )))
+    .bind(after.0)
+    .bind(after.1)
+    .bind(limit)
+    .fetch_all(executor)
+    .await?)
 }

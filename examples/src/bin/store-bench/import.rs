@@ -7,8 +7,8 @@ use es_core::{NewEvent, StreamId};
 use sqlx::{AssertSqlSafe, Connection, PgPool};
 use uuid::Uuid;
 
-use crate::commands::{add_line, line};
-use crate::harness::{BoxError, Figure, Rep, Side, compare_rates, fresh_store, metadata};
+use crate::commands::line_event;
+use crate::harness::{BoxError, Figure, Rep, Side, compare_rates, fresh_store};
 
 pub const STREAMS: usize = 10_000;
 pub const PER_STREAM: usize = 100;
@@ -31,10 +31,7 @@ fn chunk(first: usize) -> Result<Vec<(StreamId, Vec<NewEvent>)>, BoxError> {
         .map(|s| {
             let order_id = Uuid::now_v7();
             let events = (0..PER_STREAM)
-                .map(|n| {
-                    NewEvent::from_event(&line(order_id, &add_line(s * PER_STREAM + n)))
-                        .map(|e| e.with_metadata(metadata()))
-                })
+                .map(|n| line_event(order_id, s * PER_STREAM + n))
                 .collect::<Result<Vec<_>, _>>()?;
             Ok((StreamId::new(format!("order-{s}"))?, events))
         })

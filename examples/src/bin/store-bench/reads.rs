@@ -5,25 +5,22 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use es_core::{
-    Aggregate, EventStore, ExpectedVersion, NewEvent, Position, Repository, Snapshot,
-    SnapshotPolicy, SnapshotStore, StreamId,
+    Aggregate, EventStore, ExpectedVersion, Position, Repository, Snapshot, SnapshotPolicy,
+    SnapshotStore, StreamId,
 };
 use es_postgres::{PgEventStore, PgSnapshotStore};
 use serde::Deserialize;
-use sqlx::{AssertSqlSafe, PgPool, Row};
+use sqlx::{PgPool, Row};
 use uuid::Uuid;
 
-use crate::commands::{Order, add_line, line};
+use crate::commands::{Order, add_line, line, line_event};
 use crate::harness::{
-    BoxError, Figure, Rep, Side, alternate, compare_rates, event, fresh_store, metadata, vacuum,
+    BoxError, Figure, Rep, Side, alternate, compare_rates, event, fresh_store, log_page,
+    stream_rows, vacuum,
 };
 
 /// Loads timed per repetition.
 const LOADS: usize = 20;
-
-const COLUMNS: &str = "transaction_id, position, event_id, stream_id, stream_version, \
-    event_type, schema_version, recorded_at, correlation_id, causation_id, metadata::text, \
-    payload::text";
 
 pub async fn run(pool: &PgPool) -> Result<Vec<Figure>, BoxError> {
     let store = seed(pool).await?;
@@ -68,14 +65,9 @@ async fn read_stream(pool: &PgPool, store: &PgEventStore, rep: Rep) -> Result<Du
     let start = Instant::now();
     let count = match rep.side {
         Side::Framework => store.read_stream_to_vec(&stream, 1).await?.len(),
-        Side::Raw => sqlx::query(AssertSqlSafe(format!(
-            "SELECT {COLUMNS} FROM bench_read.events WHERE stream_id = $1 \
-             AND stream_version >= 1 ORDER BY stream_version"
-        )))
-        .bind(stream.as_str())
-        .fetch_all(pool)
-        .await?
-        .len(),
+        Side::Raw => stream_rows(pool, "bench_read", stream.as_str(), 1)
+            .await?
+            .len(),
     };
     assert_eq!(count, 10_000);
     Ok(start.elapsed())
@@ -97,15 +89,7 @@ async fn read_log(pool: &PgPool, store: &PgEventStore, rep: Rep) -> Result<Durat
         Side::Raw => {
             let mut after = (0i64, 0i64);
             while count < 20_000 {
-                let rows = sqlx::query(AssertSqlSafe(format!(
-                    "SELECT {COLUMNS} FROM bench_read.events \
-                     WHERE (transaction_id, position) > ($1, $2) \
-                     ORDER BY transaction_id, position LIMIT 1000"
-                )))
-                .bind(after.0)
-                .bind(after.1)
-                .fetch_all(pool)
-                .await?;
+                let rows = log_page(pool, "bench_read", after, 1000).await?;
                 let last = rows.last().ok_or("log too short")?;
                 after = (last.try_get(0)?, last.try_get(1)?);
                 count += rows.len();
@@ -136,9 +120,7 @@ pub async fn loads(pool: &PgPool) -> Result<Vec<Figure>, BoxError> {
     let stream = StreamId::new("order-big")?;
     let order_id = Uuid::now_v7();
     let events = (0..10_000)
-        .map(|n| {
-            NewEvent::from_event(&line(order_id, &add_line(n))).map(|e| e.with_metadata(metadata()))
-        })
+        .map(|n| line_event(order_id, n))
         .collect::<Result<Vec<_>, _>>()?;
     for chunk in events.chunks(100) {
         store
@@ -244,13 +226,7 @@ async fn raw_load(pool: &PgPool, snapshot: bool, decode: bool) -> Result<Order, 
     } else {
         (Order::default(), 1)
     };
-    let rows = sqlx::query(AssertSqlSafe(format!(
-        "SELECT {COLUMNS} FROM bench_load.events WHERE stream_id = 'order-big' \
-         AND stream_version >= $1 ORDER BY stream_version"
-    )))
-    .bind(from)
-    .fetch_all(pool)
-    .await?;
+    let rows = stream_rows(pool, "bench_load", "order-big", from).await?;
     assert_eq!(rows.len() as i64, 10_001 - from);
     if decode {
         for row in &rows {

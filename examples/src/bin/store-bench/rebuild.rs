@@ -221,16 +221,7 @@ struct Line<'a> {
 async fn raw_rebuild(conn: &mut PgConnection) -> Result<(), BoxError> {
     let mut after = (0i64, 0i64);
     loop {
-        let rows = sqlx::query(
-            "SELECT transaction_id, position, event_id, stream_id, stream_version, event_type, \
-             schema_version, recorded_at, correlation_id, causation_id, metadata::text, \
-             payload::text FROM bench_fw.events WHERE (transaction_id, position) > ($1, $2) \
-             ORDER BY transaction_id, position LIMIT 500",
-        )
-        .bind(after.0)
-        .bind(after.1)
-        .fetch_all(&mut *conn)
-        .await?;
+        let rows = crate::harness::log_page(&mut *conn, "bench_fw", after, BATCH as i64).await?;
         let Some(last) = rows.last() else {
             return Ok(());
         };
