@@ -165,6 +165,21 @@ impl EventStore for InMemoryEventStore {
         Ok(inner.ids.get(&event_id).map(|&i| inner.log[i].clone()))
     }
 
+    async fn read_correlated(
+        &self,
+        correlation_id: uuid::Uuid,
+        limit: usize,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        let inner = self.read();
+        Ok(inner
+            .log
+            .iter()
+            .filter(|e| e.correlation_id == correlation_id)
+            .take(limit)
+            .cloned()
+            .collect())
+    }
+
     async fn stream_version(&self, stream: &StreamId) -> Result<Option<u64>, StoreError> {
         Ok(self.read().streams.get(stream).map(|s| s.len() as u64))
     }

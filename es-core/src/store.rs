@@ -65,6 +65,16 @@ pub trait EventStore: Send + Sync {
     /// The stored event with id `event_id`, if any.
     async fn read_event(&self, event_id: Uuid) -> Result<Option<RecordedEvent>, StoreError>;
 
+    /// Up to `limit` events carrying `correlation_id`, in global order: one piece of work
+    /// (a request, a saga's workflow) across every stream it touched. Unlike `read_all`, it
+    /// may include events a global-log reader cannot see yet; it is for tracing, not for
+    /// following.
+    async fn read_correlated(
+        &self,
+        correlation_id: Uuid,
+        limit: usize,
+    ) -> Result<Vec<RecordedEvent>, StoreError>;
+
     /// The stream's current version, `None` when it does not exist.
     async fn stream_version(&self, stream: &StreamId) -> Result<Option<u64>, StoreError>;
 

@@ -366,6 +366,13 @@ impl EventStore for LosesFirstAck {
     async fn read_event(&self, id: uuid::Uuid) -> Result<Option<RecordedEvent>, StoreError> {
         self.inner.read_event(id).await
     }
+    async fn read_correlated(
+        &self,
+        id: uuid::Uuid,
+        limit: usize,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        self.inner.read_correlated(id, limit).await
+    }
     async fn stream_version(&self, stream: &StreamId) -> Result<Option<u64>, StoreError> {
         self.inner.stream_version(stream).await
     }

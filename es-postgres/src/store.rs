@@ -48,6 +48,7 @@ struct Statements {
     read_stream: Arc<str>,
     read_all: Arc<str>,
     events_by_id: Arc<str>,
+    events_by_correlation: Arc<str>,
     stream_version: Arc<str>,
     head: Arc<str>,
     horizon: Arc<str>,
@@ -104,6 +105,11 @@ impl Statements {
             .into(),
             events_by_id: format!(
                 "SELECT {EVENT_COLUMNS} FROM {s}.events WHERE event_id = ANY($1)"
+            )
+            .into(),
+            events_by_correlation: format!(
+                "SELECT {EVENT_COLUMNS} FROM {s}.events WHERE correlation_id = $1 \
+                 ORDER BY transaction_id, position LIMIT $2"
             )
             .into(),
             stream_version: format!("SELECT version FROM {s}.streams WHERE stream_id = $1").into(),
@@ -449,6 +455,22 @@ impl EventStore for PgEventStore {
             .await
             .map_err(store_error)?;
         rows.first().map(decode_event).transpose()
+    }
+
+    async fn read_correlated(
+        &self,
+        correlation_id: Uuid,
+        limit: usize,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        sqlx::query(AssertSqlSafe(self.inner.sql.events_by_correlation.clone()))
+            .bind(correlation_id)
+            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+            .fetch_all(&self.inner.pool)
+            .await
+            .map_err(store_error)?
+            .iter()
+            .map(decode_event)
+            .collect()
     }
 
     async fn stream_version(&self, stream: &StreamId) -> Result<Option<u64>, StoreError> {

@@ -560,6 +560,71 @@ pub async fn read_all_until(
     all
 }
 
+/// An event reads back by its id; the events of one correlation id read back across streams,
+/// in global order, and no others.
+pub async fn events_read_by_id_and_correlation(store: Arc<dyn EventStore>) {
+    let workflow = Uuid::now_v7();
+    let first = unique_stream("corr-a");
+    let second = unique_stream("corr-b");
+    let cause = test_event(1).correlated_with(workflow);
+    let cause_id = cause.event_id;
+    store
+        .append(&first, ExpectedVersion::NoStream, vec![cause])
+        .await
+        .expect("append the cause");
+    store
+        .append(&second, ExpectedVersion::Any, vec![test_event(99)])
+        .await
+        .expect("append an unrelated event");
+    store
+        .append(
+            &second,
+            ExpectedVersion::Any,
+            vec![
+                test_event(2).correlated_with(workflow).caused_by(cause_id),
+                test_event(3).correlated_with(workflow).caused_by(cause_id),
+            ],
+        )
+        .await
+        .expect("append the effects");
+
+    let by_id = store
+        .read_event(cause_id)
+        .await
+        .expect("read_event")
+        .expect("the cause is found by its id");
+    assert_eq!((&by_id.stream_id, n_of(&by_id)), (&first, 1));
+    assert!(
+        store
+            .read_event(Uuid::now_v7())
+            .await
+            .expect("read_event")
+            .is_none(),
+        "an unknown id reads as none"
+    );
+
+    let chain = store
+        .read_correlated(workflow, 100)
+        .await
+        .expect("read_correlated");
+    let seen: Vec<_> = chain.iter().map(|e| (e.stream_id.clone(), n_of(e))).collect();
+    assert_eq!(
+        seen,
+        vec![(first, 1), (second.clone(), 2), (second, 3)],
+        "the correlated events, in global order, and nothing else"
+    );
+    assert!(
+        chain.windows(2).all(|w| w[0].position < w[1].position),
+        "global order"
+    );
+    assert!(chain[1..].iter().all(|e| e.causation_id == Some(cause_id)));
+    let limited = store
+        .read_correlated(workflow, 2)
+        .await
+        .expect("read_correlated");
+    assert_eq!(limited.len(), 2, "the limit holds");
+}
+
 /// Generates one `#[tokio::test]` per conformance check for a store made by `$make`, an
 /// expression evaluating to a future of `Arc<dyn EventStore>` (called once per test).
 ///
@@ -579,6 +644,7 @@ macro_rules! event_store_conformance_tests {
             reused_event_ids_are_refused,
             invalid_events_are_refused,
             global_log_is_ordered_and_resumable,
+            events_read_by_id_and_correlation,
         );
 
         #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
