@@ -79,6 +79,25 @@ impl CommandContext {
         self
     }
 
+    /// The context of a further command run on behalf of this one, such as recording on a
+    /// saga's own aggregate that the domain refused this command. `index` tells such commands
+    /// apart. Same correlation, causation and metadata; when this command is idempotent, so is
+    /// the follow-up, under an id derived from this one's, so a redelivery repeats it
+    /// harmlessly too.
+    pub fn follow_up(&self, index: u32) -> CommandContext {
+        // Counted down from the top so the id never equals one of this command's event ids,
+        // which are derived from the same command id counting up from 0.
+        let command_id = derived_event_id(self.command_id, u32::MAX - index);
+        CommandContext {
+            command_id,
+            correlation_id: Some(self.effective_correlation_id()),
+            causation_id: Some(self.effective_causation_id()),
+            metadata: self.metadata.clone(),
+            expected_version: None,
+            idempotent: self.idempotent,
+        }
+    }
+
     /// Decides only against this version; see [`CommandContext::expected_version`].
     pub fn expecting(mut self, expected: ExpectedVersion) -> Self {
         self.expected_version = Some(expected);
@@ -209,6 +228,20 @@ impl<A: Aggregate> CommandHandler<A> {
         self.execute_with(id, command, CommandContext::new()).await
     }
 
+    /// Whether the idempotent command of `context` already took effect (its first event is
+    /// stored). A dispatcher uses it to ask whether an outcome it records on refusal (see
+    /// [`CommandContext::follow_up`]) is already recorded, so a redelivered step that was
+    /// refused before is not tried again against a state that has changed since.
+    pub async fn was_executed(&self, context: &CommandContext) -> Result<bool, StoreError> {
+        Ok(context.idempotent
+            && self
+                .repository
+                .store()
+                .read_event(derived_event_id(context.command_id, 0))
+                .await?
+                .is_some())
+    }
+
     /// Executes `command` on the aggregate `id` within `context`.
     pub async fn execute_with(
         &self,
@@ -237,14 +270,7 @@ impl<A: Aggregate> CommandHandler<A> {
     ) -> Result<Executed<A>, CommandError<A::Error>> {
         let mut conflicts = 0;
         loop {
-            if context.idempotent
-                && self
-                    .repository
-                    .store()
-                    .read_event(derived_event_id(context.command_id, 0))
-                    .await?
-                    .is_some()
-            {
+            if self.was_executed(context).await? {
                 let loaded = self.repository.load(stream).await?;
                 tracing::debug!("idempotent command already executed");
                 return Ok(Executed {

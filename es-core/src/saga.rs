@@ -140,7 +140,10 @@ impl<S: Saga, D: CommandDispatcher<S::Command>> SagaRunner<S, D> {
                 if current_version::<S::Event>(&recorded.event_type).is_some()
                     || self.upcasters.lifts(&recorded.event_type)
                 {
-                    for event in self.upcasters.decode::<S::Event>(recorded)? {
+                    let mut events = Vec::with_capacity(1);
+                    self.upcasters
+                        .select_ref_into::<S::Event>(&recorded, &mut events)?;
+                    for event in events {
                         self.handle(&event).await?;
                     }
                 }

@@ -198,7 +198,7 @@ impl Upcasters {
             out.push(recorded.map(|_| event));
             return Ok(());
         }
-        self.lift(recorded, out)
+        self.lift_selecting(recorded, out, false)
     }
 
     /// As [`decode_into`](Self::decode_into), from a borrowed event: copies the envelope but
@@ -213,7 +213,27 @@ impl Upcasters {
             out.push(recorded.with_payload(event));
             return Ok(());
         }
-        self.lift(recorded.clone(), out)
+        self.lift_selecting(recorded.clone(), out, false)
+    }
+
+    /// As [`decode_ref_into`](Self::decode_ref_into), for readers of the global log that
+    /// take only the types of `E` (a projection, a saga) while sharing a registry written for
+    /// all of an application's events: an event that is not of a type of `E` once lifted is
+    /// left out instead of failing. Everything else fails as in `decode_ref_into`.
+    pub fn select_ref_into<E: DomainEvent>(
+        &self,
+        recorded: &RecordedEvent,
+        out: &mut Vec<Envelope<E>>,
+    ) -> Result<(), EventDecodeError> {
+        if !self.needs_lifting(recorded) {
+            if current_version::<E>(&recorded.event_type).is_none() {
+                return Ok(());
+            }
+            let event = decode_current::<E>(recorded)?;
+            out.push(recorded.with_payload(event));
+            return Ok(());
+        }
+        self.lift_selecting(recorded.clone(), out, true)
     }
 
     fn needs_lifting(&self, recorded: &RecordedEvent) -> bool {
@@ -223,10 +243,13 @@ impl Upcasters {
                 .contains_key(&(recorded.event_type.clone(), recorded.schema_version))
     }
 
-    fn lift<E: DomainEvent>(
+    /// Lifts `recorded` step by step; with `select`, results of types `E` does not know are
+    /// left out.
+    fn lift_selecting<E: DomainEvent>(
         &self,
         recorded: RecordedEvent,
         out: &mut Vec<Envelope<E>>,
+        select: bool,
     ) -> Result<(), EventDecodeError> {
         let fail = |recorded: &RecordedEvent, source| EventDecodeError {
             event: Box::new(recorded.event_ref()),
@@ -263,6 +286,7 @@ impl Upcasters {
                         pending.push_front(next);
                     }
                 }
+                None if select && current_version::<E>(&item.event_type).is_none() => {}
                 None => {
                     check_current::<E>(&item.event_type, item.schema_version)
                         .map_err(|e| fail(&recorded, e))?;

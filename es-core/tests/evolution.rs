@@ -146,3 +146,91 @@ proptest! {
         ));
     }
 }
+
+/// A reader that takes only debits: a projection sharing the application's upcasters.
+#[derive(Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+enum DebitsOnly {
+    Debited { cents: u64 },
+}
+
+impl es_core::DomainEvent for DebitsOnly {
+    const TYPES: &'static [es_core::EventType] = &[es_core::EventType {
+        name: "Debited",
+        version: 1,
+    }];
+    fn event_type(&self) -> &'static str {
+        "Debited"
+    }
+    fn encode(&self) -> Result<Box<serde_json::value::RawValue>, serde_json::Error> {
+        es_core::encode_tagged(self)
+    }
+    fn decode(
+        event_type: &str,
+        payload: &serde_json::value::RawValue,
+    ) -> Result<Self, DecodeError> {
+        if es_core::current_version::<Self>(event_type).is_none() {
+            return Err(DecodeError::UnknownType(event_type.to_owned()));
+        }
+        Ok(es_core::decode_tagged(event_type, payload)?)
+    }
+}
+
+#[tokio::test]
+async fn a_narrow_reader_selects_its_types_from_lifted_events() {
+    let store = Arc::new(InMemoryEventStore::new());
+    let stream = StreamId::new("ledger-select").unwrap();
+    let raw = |v: serde_json::Value| serde_json::value::to_raw_value(&v).unwrap();
+    store
+        .append(
+            &stream,
+            ExpectedVersion::NoStream,
+            vec![
+                // Lifted to a type the reader does not take.
+                NewEvent::new("Credited", 1, raw(json!({ "amount": 2 }))),
+                // Split into a debit (taken) and a note (left out).
+                NewEvent::new("Transferred", 1, raw(json!({ "cents": 7, "to": "bob" }))),
+                // Current, of a type some upcaster starts from, not the reader's.
+                NewEvent::new("Credited", 3, raw(json!({ "cents": 1, "memo": "" }))),
+                NewEvent::new("Debited", 1, raw(json!({ "cents": 3 }))),
+            ],
+        )
+        .await
+        .unwrap();
+    let upcasters = ledger_upcasters();
+    let mut selected = Vec::new();
+    for recorded in store.read_stream_to_vec(&stream, 1).await.unwrap() {
+        upcasters
+            .select_ref_into::<DebitsOnly>(&recorded, &mut selected)
+            .unwrap();
+    }
+    let payloads: Vec<_> = selected.iter().map(|e| &e.payload).collect();
+    assert_eq!(
+        payloads,
+        [
+            &DebitsOnly::Debited { cents: 7 },
+            &DebitsOnly::Debited { cents: 3 }
+        ]
+    );
+    assert_eq!(
+        selected[0].stream_version, 2,
+        "the split keeps its envelope"
+    );
+
+    // What the reader does take must still decode: a broken debit is an error, not skipped.
+    let broken = store
+        .append(
+            &stream,
+            ExpectedVersion::Any,
+            vec![NewEvent::new("Debited", 1, raw(json!({ "cents": "x" })))],
+        )
+        .await
+        .unwrap();
+    let recorded = store
+        .read_stream_to_vec(&stream, broken.first_version)
+        .await
+        .unwrap();
+    let err = upcasters
+        .select_ref_into::<DebitsOnly>(&recorded[0], &mut selected)
+        .unwrap_err();
+    assert_eq!(err.event.stream_version, broken.first_version);
+}

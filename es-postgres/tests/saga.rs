@@ -11,7 +11,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use es_core::{
     Aggregate, BoxError, CommandContext, CommandDispatcher, CommandError, CommandHandler, Envelope,
-    EventStore, Repository, Saga, StreamId, derived_event_id,
+    EventStore, Repository, Saga, StreamId,
 };
 use es_macros::{Aggregate, DomainEvent};
 use es_postgres::PgSagaRunner;
@@ -304,10 +304,7 @@ impl CommandDispatcher<(String, Step)> for Bank {
             Ok(_) => {}
             Err(CommandError::Domain(_)) => {
                 // A refusal is an outcome: recorded, idempotently, for the saga to react to.
-                let record = CommandContext::new()
-                    .idempotent(derived_event_id(context.command_id, 1_000))
-                    .correlated_with(context.effective_correlation_id())
-                    .caused_by(context.effective_causation_id());
+                let record = context.follow_up(0);
                 self.transfers
                     .execute_with(
                         &transfer,

@@ -2,11 +2,23 @@
 //! example; `bank-admin` lists, rebuilds and repairs its projections; `store-bench` measures the
 //! PostgreSQL store beside raw SQL.
 //!
-//! - `account.rs`: a bank account aggregate with derived events.
-//! - `projections.rs`: its read models in PostgreSQL; `bank-admin` operates them.
+//! - `account.rs`: the bank account aggregate, with an upcaster for its version-1 events.
+//! - `transfer.rs`: the transfer aggregate, the record of one transfer.
+//! - `transfer_saga.rs`: orchestration: the saga that moves a transfer's money, compensating
+//!   with a refund when the credit is refused.
+//! - `welcome_bonus.rs`: choreography: a policy paying a bonus into every new account.
+//! - `bank.rs`: the command handlers and the dispatcher that runs what the saga and the
+//!   policy issue.
+//! - `projections.rs`: the read models in PostgreSQL; `bank-admin` operates them.
+//! - `trace.rs`: one correlation id's events as a tree of causes and effects.
 
 pub mod account;
+pub mod bank;
 pub mod projections;
+pub mod trace;
+pub mod transfer;
+pub mod transfer_saga;
+pub mod welcome_bonus;
 
 /// The README's example, compiled and run as a doctest so it stays true.
 #[doc = include_str!("../../README.md")]

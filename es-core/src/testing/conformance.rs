@@ -607,7 +607,10 @@ pub async fn events_read_by_id_and_correlation(store: Arc<dyn EventStore>) {
         .read_correlated(workflow, 100)
         .await
         .expect("read_correlated");
-    let seen: Vec<_> = chain.iter().map(|e| (e.stream_id.clone(), n_of(e))).collect();
+    let seen: Vec<_> = chain
+        .iter()
+        .map(|e| (e.stream_id.clone(), n_of(e)))
+        .collect();
     assert_eq!(
         seen,
         vec![(first, 1), (second.clone(), 2), (second, 3)],

@@ -479,7 +479,7 @@ impl<P: PgProjection> ProjectionRunner<P> {
     ) -> Result<(), BoxError> {
         let mut envelopes = Vec::with_capacity(batch.len());
         for event in batch.iter().filter(|e| self.wants(e)) {
-            self.upcasters.decode_ref_into(event, &mut envelopes)?;
+            self.upcasters.select_ref_into(event, &mut envelopes)?;
         }
         if envelopes.is_empty() {
             return Ok(());
@@ -505,7 +505,7 @@ impl<P: PgProjection> ProjectionRunner<P> {
         async {
             let mut envelopes = Vec::with_capacity(1);
             self.upcasters
-                .decode_ref_into::<P::Event>(event, &mut envelopes)?;
+                .select_ref_into::<P::Event>(event, &mut envelopes)?;
             for envelope in &envelopes {
                 self.projection.apply(conn, envelope).await?;
             }

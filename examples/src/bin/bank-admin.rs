@@ -274,6 +274,7 @@ async fn main() -> Result<(), BoxError> {
                             let event = if written == 0 && i == 0 {
                                 AccountEvent::Opened {
                                     owner: format!("owner {account}"),
+                                    currency: "EUR".into(),
                                 }
                             } else {
                                 AccountEvent::Deposited { amount: 100 }

@@ -1,0 +1,156 @@
+//! The bank's command side: one command handler per aggregate, and the dispatcher that runs
+//! the commands the transfer saga and the welcome-bonus policy issue.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use es_core::{
+    BoxError, CommandContext, CommandDispatcher, CommandError, CommandHandler, EventStore,
+    Repository, SnapshotStore,
+};
+use uuid::Uuid;
+
+use crate::account::{self, Account, AccountCommand};
+use crate::transfer::{Transfer, TransferCommand, TransferError};
+use crate::transfer_saga::{TransferAction, TransferStep};
+use crate::welcome_bonus::PayBonus;
+
+/// The command handlers of the bank's aggregates.
+#[derive(Clone)]
+pub struct Bank {
+    /// Accounts: read through the upcasters, snapshotted every 100 events.
+    pub accounts: CommandHandler<Account>,
+    /// Transfers.
+    pub transfers: CommandHandler<Transfer>,
+}
+
+impl Bank {
+    /// The bank over `store`, with account snapshots in `snapshots`.
+    pub fn new(store: Arc<dyn EventStore>, snapshots: Arc<dyn SnapshotStore>) -> Self {
+        let accounts = Repository::new(Arc::clone(&store))
+            .with_upcasters(Arc::new(account::upcasters()))
+            .with_snapshot_store(snapshots);
+        Self {
+            accounts: CommandHandler::with_repository(accounts),
+            transfers: CommandHandler::new(store),
+        }
+    }
+
+    /// Asks for a transfer, which the transfer saga then carries out, and returns its
+    /// correlation id: the request's command id, which every event the saga causes carries on.
+    pub async fn request_transfer(
+        &self,
+        transfer: &str,
+        from: &str,
+        to: &str,
+        amount: u64,
+    ) -> Result<Uuid, CommandError<TransferError>> {
+        let request = TransferCommand::Request {
+            from: from.into(),
+            to: to.into(),
+            amount,
+        };
+        let context = CommandContext::new();
+        let correlation_id = context.effective_correlation_id();
+        self.transfers
+            .execute_with(transfer, request, context)
+            .await?;
+        Ok(correlation_id)
+    }
+
+    /// Runs `command` on `account`; when the account refuses, records `on_refusal` on the
+    /// transfer instead, for the saga to react to. The refusal is recorded as a follow-up of
+    /// the step, so a redelivered step finds it and is not tried again (the account's state may
+    /// have changed since, and the step must keep its first outcome).
+    async fn step_or_refusal(
+        &self,
+        transfer: &str,
+        account: &str,
+        command: AccountCommand,
+        on_refusal: fn(String) -> TransferCommand,
+        context: CommandContext,
+    ) -> Result<(), BoxError> {
+        let refusal = context.follow_up(0);
+        if self.transfers.was_executed(&refusal).await? {
+            return Ok(());
+        }
+        match self.accounts.execute_with(account, command, context).await {
+            Ok(_) => Ok(()),
+            Err(CommandError::Domain(refused)) => {
+                let reason = format!("account {account}: {refused}");
+                self.transfers
+                    .execute_with(transfer, on_refusal(reason), refusal)
+                    .await?;
+                Ok(())
+            }
+            Err(other) => Err(other.into()),
+        }
+    }
+}
+
+#[async_trait]
+impl CommandDispatcher<TransferStep> for Bank {
+    async fn dispatch(&self, step: TransferStep, context: CommandContext) -> Result<(), BoxError> {
+        let transfer = step.transfer;
+        match step.action {
+            TransferAction::Debit { account, amount } => {
+                let debit = AccountCommand::Debit {
+                    transfer: transfer.clone(),
+                    amount,
+                };
+                let reject = |reason| TransferCommand::Reject { reason };
+                self.step_or_refusal(&transfer, &account, debit, reject, context)
+                    .await
+            }
+            TransferAction::Credit { account, amount } => {
+                let credit = AccountCommand::Credit {
+                    transfer: transfer.clone(),
+                    amount,
+                };
+                let refuse = |reason| TransferCommand::RefuseCredit { reason };
+                self.step_or_refusal(&transfer, &account, credit, refuse, context)
+                    .await
+            }
+            // A refused refund is a defect, not an outcome: it fails the dispatch, which
+            // keeps the command pending and visible to operators.
+            TransferAction::Refund { account, amount } => {
+                let refund = AccountCommand::Refund { transfer, amount };
+                self.accounts
+                    .execute_with(&account, refund, context)
+                    .await?;
+                Ok(())
+            }
+            TransferAction::Complete => {
+                self.transfers
+                    .execute_with(&transfer, TransferCommand::Complete, context)
+                    .await?;
+                Ok(())
+            }
+            TransferAction::Cancel { reason } => {
+                self.transfers
+                    .execute_with(&transfer, TransferCommand::Cancel { reason }, context)
+                    .await?;
+                Ok(())
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl CommandDispatcher<PayBonus> for Bank {
+    async fn dispatch(&self, bonus: PayBonus, context: CommandContext) -> Result<(), BoxError> {
+        let deposit = AccountCommand::Deposit {
+            amount: bonus.amount,
+        };
+        let context = context.with_metadata("reason", "welcome bonus".into());
+        match self
+            .accounts
+            .execute_with(&bonus.account, deposit, context)
+            .await
+        {
+            // Closed before the bonus arrived: no bonus, nothing to retry.
+            Ok(_) | Err(CommandError::Domain(_)) => Ok(()),
+            Err(other) => Err(other.into()),
+        }
+    }
+}

@@ -1,0 +1,57 @@
+//! Choreography: a policy that reacts to one event with one command, with no workflow to
+//! orchestrate. Every newly opened account receives a welcome bonus.
+//!
+//! It runs on the same runners as the transfer saga (a saga whose state is `()`), so it gets
+//! the same guarantees: durable checkpoint, idempotent commands under redelivery, and the
+//! opening's correlation id on the bonus deposit.
+
+use es_core::{Envelope, Saga};
+use serde::{Deserialize, Serialize};
+
+/// The only event the policy reads: an account opening (schema version 2; version 1 events
+/// are lifted by [`crate::account::upcasters`], which the runner must be given).
+#[derive(Clone, Debug, PartialEq, es_macros::DomainEvent, Serialize, Deserialize)]
+#[event(name = "Opened", version = 2)]
+pub struct AccountOpened {
+    /// Who owns it.
+    pub owner: String,
+    /// ISO 4217 code.
+    pub currency: String,
+}
+
+/// Deposit a bonus into a new account.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PayBonus {
+    /// The account's id.
+    pub account: String,
+    /// In cents.
+    pub amount: u64,
+}
+
+/// The policy: `amount` cents for every account opened.
+#[derive(Clone, Copy, Debug)]
+pub struct WelcomeBonus {
+    /// In cents.
+    pub amount: u64,
+}
+
+impl Saga for WelcomeBonus {
+    type Event = AccountOpened;
+    type State = ();
+    type Command = PayBonus;
+
+    fn name(&self) -> &str {
+        "welcome_bonus"
+    }
+
+    fn instance_of(&self, event: &Envelope<AccountOpened>) -> Option<String> {
+        Some(event.stream_id.id().to_owned())
+    }
+
+    fn react(&self, _: &mut (), event: &Envelope<AccountOpened>) -> Vec<PayBonus> {
+        vec![PayBonus {
+            account: event.stream_id.id().to_owned(),
+            amount: self.amount,
+        }]
+    }
+}
