@@ -154,3 +154,82 @@ impl CommandDispatcher<PayBonus> for Bank {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::transfer::TransferStatus;
+    use es_core::{InMemoryEventStore, InMemorySnapshotStore};
+
+    async fn bank_with(accounts: &[(&str, u64)]) -> Bank {
+        let bank = Bank::new(
+            Arc::new(InMemoryEventStore::new()),
+            Arc::new(InMemorySnapshotStore::new()),
+        );
+        for (id, balance) in accounts {
+            let open = AccountCommand::Open {
+                owner: id.to_string(),
+                currency: "EUR".into(),
+            };
+            bank.accounts.execute(id, open).await.unwrap();
+            if *balance > 0 {
+                let deposit = AccountCommand::Deposit { amount: *balance };
+                bank.accounts.execute(id, deposit).await.unwrap();
+            }
+        }
+        bank
+    }
+
+    /// A redelivered step keeps its first outcome: a debit refused, then redelivered after the
+    /// account was funded, must not take the money of a transfer already rejected.
+    #[tokio::test]
+    async fn a_refused_step_stays_refused_when_redelivered() {
+        let bank = bank_with(&[("alice", 0), ("bob", 0)]).await;
+        bank.request_transfer("t1", "alice", "bob", 10)
+            .await
+            .unwrap();
+        let debit = TransferStep {
+            transfer: "t1".into(),
+            action: TransferAction::Debit {
+                account: "alice".into(),
+                amount: 10,
+            },
+        };
+        let context = CommandContext::new().idempotent(uuid::Uuid::now_v7());
+        bank.dispatch(debit.clone(), context.clone()).await.unwrap();
+        let rejected = bank.transfers.load("t1").await.unwrap().state;
+        assert_eq!(rejected.status, TransferStatus::Rejected);
+
+        let deposit = AccountCommand::Deposit { amount: 100 };
+        bank.accounts.execute("alice", deposit).await.unwrap();
+        bank.dispatch(debit, context).await.unwrap();
+        let alice = bank.accounts.load("alice").await.unwrap();
+        assert_eq!(
+            alice.state.balance, 100,
+            "the redelivered debit did not run"
+        );
+        let transfer = bank.transfers.load("t1").await.unwrap();
+        assert_eq!(transfer.version, 2, "the refusal was recorded once");
+    }
+
+    /// A redelivered step that succeeded does nothing the second time.
+    #[tokio::test]
+    async fn a_successful_step_runs_once_when_redelivered() {
+        let bank = bank_with(&[("alice", 50), ("bob", 0)]).await;
+        bank.request_transfer("t1", "alice", "bob", 10)
+            .await
+            .unwrap();
+        let debit = TransferStep {
+            transfer: "t1".into(),
+            action: TransferAction::Debit {
+                account: "alice".into(),
+                amount: 10,
+            },
+        };
+        let context = CommandContext::new().idempotent(uuid::Uuid::now_v7());
+        for _ in 0..3 {
+            bank.dispatch(debit.clone(), context.clone()).await.unwrap();
+        }
+        assert_eq!(bank.accounts.load("alice").await.unwrap().state.balance, 40);
+    }
+}

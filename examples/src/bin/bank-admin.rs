@@ -1,12 +1,14 @@
 //! Operates the bank's projections: status and lag, rebuilds with progress, parked events.
 //!
 //! ```text
-//! bank-admin status                 every projection: checkpoint, head, lag, parked events
+//! bank-admin status                 every projection and saga: checkpoint, head, lag, parked
+//!                                   events, commands waiting
 //! bank-admin rebuild <projection>   rebuild in place, with a progress bar
 //! bank-admin rebuild --blue-green <projection>
 //!                                   build beside the live version, then swap it in
 //! bank-admin parked <projection>    list parked events
 //! bank-admin replay <projection>    replay parked events
+//! bank-admin trace <correlation-id>  one piece of work across streams, as causes and effects
 //! bank-admin run                    keep every projection live until Ctrl-C
 //! bank-admin seed --events N        append N deposits across accounts (for trying the above)
 //! ```
@@ -19,11 +21,15 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use clap::{Parser, Subcommand};
 use es_core::{EventStore, ExpectedVersion, NewEvent, StreamId};
-use es_examples::account::AccountEvent;
-use es_examples::projections::{AccountBalances, ActivityByType};
+use es_examples::account::{self, AccountEvent};
+use es_examples::bank::Bank;
+use es_examples::projections::{AccountBalances, ActivityByType, TransferHistory};
+use es_examples::trace::trace;
+use es_examples::transfer_saga::TransferSaga;
+use es_examples::welcome_bonus::WelcomeBonus;
 use es_postgres::{
-    ErrorPolicy, ParkedEvent, PgEventStore, PgProjection, Progress, ProjectionError,
-    ProjectionRunner, ProjectionStatus, ReplayReport, SchemaName,
+    ErrorPolicy, ParkedEvent, PgEventStore, PgProjection, PgSagaRunner, PgSnapshotStore, Progress,
+    ProjectionError, ProjectionRunner, ProjectionStatus, ReplayReport, SchemaName,
 };
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -71,6 +77,11 @@ enum Command {
     },
     /// Keep every projection live (catch up, then follow) until Ctrl-C.
     Run,
+    /// Show every event of one correlation id (a transfer, say), each under its cause.
+    Trace {
+        /// The correlation id, as `bank` prints it or `transfer_history.correlation_id` holds.
+        correlation_id: uuid::Uuid,
+    },
     /// Append deposits across 100 accounts, for trying the other commands.
     Seed {
         /// How many events.
@@ -104,7 +115,8 @@ struct Managed<P> {
 impl<P: PgProjection> Managed<P> {
     fn new(store: &PgEventStore, build_in: fn(&SchemaName) -> P) -> Result<Self, BoxError> {
         Ok(Self {
-            runner: ProjectionRunner::new(store.clone(), build_in(store.schema())),
+            runner: ProjectionRunner::new(store.clone(), build_in(store.schema()))
+                .with_upcasters(Arc::new(account::upcasters())),
             build_in,
             next_schema: SchemaName::new(format!("{}_next", store.schema()))?,
         })
@@ -164,6 +176,7 @@ async fn main() -> Result<(), BoxError> {
     let projections: Vec<Arc<dyn Operate>> = vec![
         Arc::new(Managed::new(&store, AccountBalances::new)?),
         Arc::new(Managed::new(&store, ActivityByType::new)?),
+        Arc::new(Managed::new(&store, TransferHistory::new)?),
     ];
     let find = |name: &str| {
         projections
@@ -194,7 +207,34 @@ async fn main() -> Result<(), BoxError> {
                     s.parked
                 );
             }
+            let bank = Bank::new(
+                Arc::new(store.clone()),
+                Arc::new(PgSnapshotStore::new(&store)),
+            );
+            let transfers = PgSagaRunner::new(store.clone(), TransferSaga, bank.clone());
+            let bonuses = PgSagaRunner::new(store.clone(), WelcomeBonus { amount: 0 }, bank);
+            println!(
+                "\n{:<18} {:>14} {:>10} {:>10} {:>9}",
+                "saga", "checkpoint", "lag", "lag (s)", "commands"
+            );
+            for (status, pending) in [
+                (transfers.feed().status().await?, transfers.pending().await?),
+                (bonuses.feed().status().await?, bonuses.pending().await?),
+            ] {
+                println!(
+                    "{:<18} {:>14} {:>10} {:>10.1} {:>9}",
+                    status.name,
+                    status.checkpoint.to_string(),
+                    status.lag_events,
+                    status.lag.map_or(0.0, |d| d.as_secs_f64()),
+                    pending
+                );
+            }
         }
+        Command::Trace { correlation_id } => match trace(&store, correlation_id).await? {
+            Some(drawn) => print!("{drawn}"),
+            None => println!("no event carries correlation id {correlation_id}"),
+        },
         Command::Rebuild {
             projection,
             blue_green,

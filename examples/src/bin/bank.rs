@@ -3,7 +3,7 @@
 //! models follow the log; one correlation id traces a transfer through every stream.
 //!
 //! Runs on the in-memory store when `DATABASE_URL` is unset, and on PostgreSQL (schema
-//! `bank_example`, recreated each run) when it is set.
+//! `bank_example` unless `--schema` names another, recreated each run) when it is set.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -25,12 +25,21 @@ use tokio::sync::watch;
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 const BONUS: u64 = euros(5);
-const SCHEMA: &str = "bank_example";
+
+/// The bank example, end to end.
+#[derive(clap::Parser)]
+#[command(name = "bank")]
+struct Cli {
+    /// The PostgreSQL schema to (re)create and use when DATABASE_URL is set.
+    #[arg(long, default_value = "bank_example")]
+    schema: String,
+}
 
 #[tokio::main]
 async fn main() -> Result<(), BoxError> {
     let started = Instant::now();
-    let backend = Backend::open().await?;
+    let cli = <Cli as clap::Parser>::parse();
+    let backend = Backend::open(&cli.schema).await?;
     let bank = Bank::new(backend.store(), backend.snapshots());
     let workflows = Workflows::start(&backend, &bank);
 
@@ -228,9 +237,13 @@ async fn main() -> Result<(), BoxError> {
 
     workflows.stop().await?;
     println!("\nDone in {:.1} s.", started.elapsed().as_secs_f64());
-    if let Backend::Postgres { .. } = backend {
+    if let Backend::Postgres { store, .. } = backend {
+        let schema = match store.schema().to_string() {
+            default if default == "bank_example" => String::new(),
+            other => format!("--schema {other} "),
+        };
         println!(
-            "Try: cargo run -p es-examples --bin bank-admin -- trace {}",
+            "Try: cargo run -p es-examples --bin bank-admin -- {schema}trace {}",
             correlations[2]
         );
     }
@@ -268,7 +281,7 @@ enum Backend {
 }
 
 impl Backend {
-    async fn open() -> Result<Self, BoxError> {
+    async fn open(schema: &str) -> Result<Self, BoxError> {
         let Ok(url) = std::env::var("DATABASE_URL") else {
             println!(
                 "Running on the in-memory store (set DATABASE_URL to run the same on PostgreSQL)."
@@ -283,14 +296,15 @@ impl Backend {
             .connect(&url)
             .await
             .map_err(|e| format!("cannot connect to DATABASE_URL={url}: {e}"))?;
+        let store = PgEventStore::with_schema(pool, schema)?;
         sqlx::query(sqlx::AssertSqlSafe(format!(
-            "DROP SCHEMA IF EXISTS {SCHEMA} CASCADE"
+            "DROP SCHEMA IF EXISTS \"{}\" CASCADE",
+            store.schema()
         )))
-        .execute(&pool)
+        .execute(store.pool())
         .await?;
-        let store = PgEventStore::with_schema(pool, SCHEMA)?;
         store.migrate().await?;
-        println!("Running on PostgreSQL ({url}), schema {SCHEMA} (recreated).");
+        println!("Running on PostgreSQL ({url}), schema {schema} (recreated).");
         let snapshots = Arc::new(PgSnapshotStore::new(&store));
         Ok(Self::Postgres { store, snapshots })
     }
