@@ -121,3 +121,10 @@ pub use store::{AppendResult, EventStore, judge_repeat, validate_append};
 pub use stream::{InvalidStreamId, MAX_STREAM_ID_LEN, StreamId};
 pub use upcast::{Upcasted, UpcasterError, Upcasters};
 pub use version::{ConflictError, ExpectedVersion};
+
+/// What `es-macros` expands to, so a crate using the derives needs no dependency on these
+/// itself. Not part of the API.
+#[doc(hidden)]
+pub mod __private {
+    pub use serde_json;
+}

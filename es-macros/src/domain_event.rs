@@ -195,15 +195,15 @@ fn expand_enum(input: &DeriveInput, defs: &[EventDef]) -> TokenStream {
             }
 
             fn encode(&self) -> ::core::result::Result<
-                ::std::boxed::Box<::serde_json::value::RawValue>,
-                ::serde_json::Error,
+                ::std::boxed::Box<::es_core::__private::serde_json::value::RawValue>,
+                ::es_core::__private::serde_json::Error,
             > {
                 ::es_core::encode_tagged(self)
             }
 
             fn decode(
                 event_type: &str,
-                payload: &::serde_json::value::RawValue,
+                payload: &::es_core::__private::serde_json::value::RawValue,
             ) -> ::core::result::Result<Self, ::es_core::DecodeError> {
                 match event_type {
                     #(#decode_arms,)*
@@ -229,22 +229,22 @@ fn expand_struct(input: &DeriveInput, name: &str, version: u32) -> TokenStream {
             }
 
             fn encode(&self) -> ::core::result::Result<
-                ::std::boxed::Box<::serde_json::value::RawValue>,
-                ::serde_json::Error,
+                ::std::boxed::Box<::es_core::__private::serde_json::value::RawValue>,
+                ::es_core::__private::serde_json::Error,
             > {
-                ::serde_json::value::to_raw_value(self)
+                ::es_core::__private::serde_json::value::to_raw_value(self)
             }
 
             fn decode(
                 event_type: &str,
-                payload: &::serde_json::value::RawValue,
+                payload: &::es_core::__private::serde_json::value::RawValue,
             ) -> ::core::result::Result<Self, ::es_core::DecodeError> {
                 if event_type != #name {
                     return ::core::result::Result::Err(
                         ::es_core::DecodeError::UnknownType(event_type.to_owned()),
                     );
                 }
-                ::serde_json::from_str(payload.get()).map_err(::es_core::DecodeError::Payload)
+                ::es_core::__private::serde_json::from_str(payload.get()).map_err(::es_core::DecodeError::Payload)
             }
         }
     }

@@ -20,7 +20,12 @@ pub mod transfer;
 pub mod transfer_saga;
 pub mod welcome_bonus;
 
-/// The README's example, compiled and run as a doctest so it stays true.
-#[doc = include_str!("../../README.md")]
+/// The README and the guides in `docs/`: every Rust block in them is compiled and run as a
+/// doctest, so they stay true.
 #[cfg(doctest)]
-pub struct ReadmeDoctests;
+pub mod docs {
+    #[doc = include_str!("../../README.md")]
+    pub struct Readme;
+    #[doc = include_str!("../../docs/getting-started.md")]
+    pub struct GettingStarted;
+}
