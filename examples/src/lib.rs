@@ -28,4 +28,20 @@ pub mod docs {
     pub struct Readme;
     #[doc = include_str!("../../docs/getting-started.md")]
     pub struct GettingStarted;
+    #[doc = include_str!("../../docs/concepts.md")]
+    pub struct Concepts;
+    #[doc = include_str!("../../docs/schema-evolution.md")]
+    pub struct SchemaEvolution;
+    #[doc = include_str!("../../docs/snapshots.md")]
+    pub struct Snapshots;
+    #[doc = include_str!("../../docs/projections.md")]
+    pub struct Projections;
+    #[doc = include_str!("../../docs/sagas.md")]
+    pub struct Sagas;
+    #[doc = include_str!("../../docs/operations.md")]
+    pub struct Operations;
+    #[doc = include_str!("../../docs/comparison.md")]
+    pub struct Comparison;
+    #[doc = include_str!("../../docs/benchmarks.md")]
+    pub struct Benchmarks;
 }

@@ -1,0 +1,22 @@
+//! Every guide is compiled as doctests: `src/lib.rs` must include each file of `docs/`.
+
+#![allow(clippy::unwrap_used)]
+
+#[test]
+fn every_guide_is_included_as_doctests() {
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
+    let lib = std::fs::read_to_string(format!("{root}/examples/src/lib.rs")).unwrap();
+    let mut guides: Vec<String> = std::fs::read_dir(format!("{root}/docs"))
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().into_string().unwrap())
+        .filter(|name| name.ends_with(".md") && name != "README.md")
+        .collect();
+    guides.sort();
+    assert!(guides.len() >= 9, "{guides:?}");
+    for guide in guides {
+        assert!(
+            lib.contains(&format!("include_str!(\"../../docs/{guide}\")")),
+            "docs/{guide} is not included as doctests in examples/src/lib.rs"
+        );
+    }
+}
