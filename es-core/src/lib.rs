@@ -127,4 +127,62 @@ pub use version::{ConflictError, ExpectedVersion};
 #[doc(hidden)]
 pub mod __private {
     pub use serde_json;
+
+    use crate::EventType;
+
+    /// How many event types `parts` hold together.
+    pub const fn count_event_types(parts: &[&[EventType]]) -> usize {
+        let mut n = 0;
+        let mut i = 0;
+        while i < parts.len() {
+            n += parts[i].len();
+            i += 1;
+        }
+        n
+    }
+
+    /// `parts` joined into one list, for an event enum that flattens other event types into
+    /// its own. Fails compilation (a panic in const evaluation) when two share a name, since a
+    /// stored type name must decode to one variant.
+    pub const fn join_event_types<const N: usize>(parts: &[&[EventType]]) -> [EventType; N] {
+        let mut out = [EventType {
+            name: "",
+            version: 0,
+        }; N];
+        let mut n = 0;
+        let mut i = 0;
+        while i < parts.len() {
+            let mut j = 0;
+            while j < parts[i].len() {
+                let next = parts[i][j];
+                let mut k = 0;
+                while k < n {
+                    if same_name(out[k].name, next.name) {
+                        panic!("two event types of this DomainEvent enum share a type name");
+                    }
+                    k += 1;
+                }
+                out[n] = next;
+                n += 1;
+                j += 1;
+            }
+            i += 1;
+        }
+        out
+    }
+
+    const fn same_name(a: &str, b: &str) -> bool {
+        let (a, b) = (a.as_bytes(), b.as_bytes());
+        if a.len() != b.len() {
+            return false;
+        }
+        let mut i = 0;
+        while i < a.len() {
+            if a[i] != b[i] {
+                return false;
+            }
+            i += 1;
+        }
+        true
+    }
 }

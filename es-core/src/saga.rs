@@ -95,7 +95,7 @@ pub struct SagaRunner<S: Saga, D> {
     store: Arc<dyn EventStore>,
     saga: S,
     dispatcher: D,
-    upcasters: Upcasters,
+    upcasters: Arc<Upcasters>,
     progress: Mutex<Progress<S::State>>,
 }
 
@@ -111,7 +111,7 @@ impl<S: Saga, D: CommandDispatcher<S::Command>> SagaRunner<S, D> {
             store,
             saga,
             dispatcher,
-            upcasters: Upcasters::new(),
+            upcasters: Arc::new(Upcasters::new()),
             progress: Mutex::new(Progress {
                 checkpoint: Position::START,
                 states: HashMap::new(),
@@ -120,7 +120,7 @@ impl<S: Saga, D: CommandDispatcher<S::Command>> SagaRunner<S, D> {
     }
 
     /// Lifts old events through `upcasters` before the saga sees them.
-    pub fn with_upcasters(mut self, upcasters: Upcasters) -> Self {
+    pub fn with_upcasters(mut self, upcasters: Arc<Upcasters>) -> Self {
         self.upcasters = upcasters;
         self
     }

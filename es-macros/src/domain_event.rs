@@ -5,12 +5,23 @@ use quote::quote;
 use syn::spanned::Spanned;
 use syn::{Attribute, Data, DeriveInput, Fields, Ident, LitInt, LitStr, Meta, Token};
 
-/// One event type: the Rust name it comes from, its stored name and version.
+/// One variant: the Rust name, and either the one event type it is (stored name and version)
+/// or, with `#[event(flatten)]`, the event enum whose every type it holds.
 struct EventDef {
     ident: Ident,
     fields: Fields,
     name: String,
     version: u32,
+    flatten: Option<syn::Type>,
+}
+
+/// What `#[event(...)]` says of a variant or struct.
+struct EventAttrs {
+    name: (String, Span),
+    version: u32,
+    flatten: Option<Span>,
+    /// Whether `name` or `version` was given (they do not combine with `flatten`).
+    named_or_versioned: Option<Span>,
 }
 
 pub(crate) fn expand(input: DeriveInput) -> syn::Result<TokenStream> {
@@ -33,8 +44,17 @@ pub(crate) fn expand(input: DeriveInput) -> syn::Result<TokenStream> {
             let mut defs: Vec<EventDef> = Vec::new();
             for variant in &data.variants {
                 refuse_serde_renames(&variant.attrs, &["rename", "untagged"], "a variant")?;
-                let (name, version) = parse_event_attrs(&variant.attrs, &variant.ident)?;
-                if let Some(first) = defs.iter().find(|d| d.name == name.0) {
+                let attrs = parse_event_attrs(&variant.attrs, &variant.ident)?;
+                let flatten = match attrs.flatten {
+                    Some(span) => Some(flattened_type(&input, variant, &attrs, span)?),
+                    None => None,
+                };
+                let name = attrs.name;
+                if flatten.is_none()
+                    && let Some(first) = defs
+                        .iter()
+                        .find(|d| d.flatten.is_none() && d.name == name.0)
+                {
                     return Err(syn::Error::new(
                         name.1,
                         format!(
@@ -47,7 +67,8 @@ pub(crate) fn expand(input: DeriveInput) -> syn::Result<TokenStream> {
                     ident: variant.ident.clone(),
                     fields: variant.fields.clone(),
                     name: name.0,
-                    version,
+                    version: attrs.version,
+                    flatten,
                 });
             }
             let mut tokens = expand_enum(&input, &defs);
@@ -57,8 +78,14 @@ pub(crate) fn expand(input: DeriveInput) -> syn::Result<TokenStream> {
             Ok(tokens)
         }
         Data::Struct(_) => {
-            let (name, version) = parse_event_attrs(&input.attrs, &input.ident)?;
-            Ok(expand_struct(&input, &name.0, version))
+            let attrs = parse_event_attrs(&input.attrs, &input.ident)?;
+            if let Some(span) = attrs.flatten {
+                return Err(syn::Error::new(
+                    span,
+                    "`flatten` goes on a variant of an event enum, not on a struct",
+                ));
+            }
+            Ok(expand_struct(&input, &attrs.name.0, attrs.version))
         }
         Data::Union(data) => Err(syn::Error::new(
             data.union_token.span,
@@ -115,14 +142,53 @@ fn parse_enum_attrs(attrs: &[Attribute]) -> syn::Result<Option<Ident>> {
     Ok(apply_trait)
 }
 
-fn parse_event_attrs(attrs: &[Attribute], ident: &Ident) -> syn::Result<((String, Span), u32)> {
+/// The inner event type of a `#[event(flatten)]` variant, which must be a one-field tuple
+/// variant of a non-generic enum, with no name or version of its own.
+fn flattened_type(
+    input: &DeriveInput,
+    variant: &syn::Variant,
+    attrs: &EventAttrs,
+    span: Span,
+) -> syn::Result<syn::Type> {
+    if let Some(span) = attrs.named_or_versioned {
+        return Err(syn::Error::new(
+            span,
+            "a `flatten` variant takes its type names and versions from the event type it \
+             holds; `name` and `version` do not apply",
+        ));
+    }
+    if !input.generics.params.is_empty() {
+        return Err(syn::Error::new(
+            span,
+            "`flatten` needs an enum without generic parameters",
+        ));
+    }
+    match &variant.fields {
+        Fields::Unnamed(fields) if fields.unnamed.len() == 1 => Ok(fields.unnamed[0].ty.clone()),
+        _ => Err(syn::Error::new(
+            variant.ident.span(),
+            "a `flatten` variant holds one event type, as in `Account(AccountEvent)`",
+        )),
+    }
+}
+
+fn parse_event_attrs(attrs: &[Attribute], ident: &Ident) -> syn::Result<EventAttrs> {
     let mut name = (ident.to_string(), ident.span());
     let mut version = 1;
     let mut seen_name = false;
     let mut seen_version = false;
+    let mut flatten = None;
+    let mut named_or_versioned = None;
     for attr in attrs.iter().filter(|a| a.path().is_ident("event")) {
         attr.parse_nested_meta(|meta| {
-            if meta.path.is_ident("name") {
+            if meta.path.is_ident("flatten") {
+                if flatten.is_some() {
+                    return Err(meta.error("`flatten` is given twice"));
+                }
+                flatten = Some(meta.path.span());
+                Ok(())
+            } else if meta.path.is_ident("name") {
+                named_or_versioned.get_or_insert(meta.path.span());
                 if seen_name {
                     return Err(meta.error("`name` is given twice"));
                 }
@@ -141,6 +207,7 @@ fn parse_event_attrs(attrs: &[Attribute], ident: &Ident) -> syn::Result<((String
                 name = (value, lit.span());
                 Ok(())
             } else if meta.path.is_ident("version") {
+                named_or_versioned.get_or_insert(meta.path.span());
                 if seen_version {
                     return Err(meta.error("`version` is given twice"));
                 }
@@ -156,23 +223,52 @@ fn parse_event_attrs(attrs: &[Attribute], ident: &Ident) -> syn::Result<((String
                 version = value;
                 Ok(())
             } else {
-                Err(meta
-                    .error("unknown event attribute; expected `name = \"...\"` or `version = N`"))
+                Err(meta.error(
+                    "unknown event attribute; expected `name = \"...\"`, `version = N` or \
+                     `flatten`",
+                ))
             }
         })?;
     }
-    Ok((name, version))
+    Ok(EventAttrs {
+        name,
+        version,
+        flatten,
+        named_or_versioned,
+    })
 }
 
 fn expand_enum(input: &DeriveInput, defs: &[EventDef]) -> TokenStream {
     let ident = &input.ident;
     let (impl_generics, ty_generics, where_clause) = input.generics.split_for_impl();
-    let types = defs.iter().map(|d| {
+    let event_type = |d: &EventDef| {
         let (name, version) = (&d.name, d.version);
         quote!(::es_core::EventType { name: #name, version: #version })
-    });
+    };
+    let types = if defs.iter().any(|d| d.flatten.is_some()) {
+        // Joined at compile time; two types sharing a name fail the build there.
+        let parts = defs.iter().map(|d| match &d.flatten {
+            Some(inner) => quote!(<#inner as ::es_core::DomainEvent>::TYPES),
+            None => {
+                let one = event_type(d);
+                quote!(&[#one])
+            }
+        });
+        quote! {{
+            const PARTS: &[&[::es_core::EventType]] = &[#(#parts),*];
+            const ALL: [::es_core::EventType; ::es_core::__private::count_event_types(PARTS)] =
+                ::es_core::__private::join_event_types(PARTS);
+            &ALL
+        }}
+    } else {
+        let types = defs.iter().map(event_type);
+        quote!(&[#(#types),*])
+    };
     let type_arms = defs.iter().map(|d| {
         let (variant, name) = (&d.ident, &d.name);
+        if d.flatten.is_some() {
+            return quote!(Self::#variant(inner) => ::es_core::DomainEvent::event_type(inner));
+        }
         let pattern = match d.fields {
             Fields::Named(_) => quote!(Self::#variant { .. }),
             Fields::Unnamed(_) => quote!(Self::#variant(..)),
@@ -180,15 +276,34 @@ fn expand_enum(input: &DeriveInput, defs: &[EventDef]) -> TokenStream {
         };
         quote!(#pattern => #name)
     });
-    let decode_arms = defs.iter().map(|d| {
+    let flattened = defs.iter().filter(|d| d.flatten.is_some());
+    let encode_arms = flattened.clone().map(|d| {
+        let variant = &d.ident;
+        quote!(Self::#variant(inner) => ::es_core::DomainEvent::encode(inner))
+    });
+    // The variants that are one event type each encode through serde's tagging; without any,
+    // the enum needs no `Serialize`.
+    let encode_rest = defs
+        .iter()
+        .any(|d| d.flatten.is_none())
+        .then(|| quote!(_ => ::es_core::encode_tagged(self)));
+    let decode_arms = defs.iter().filter(|d| d.flatten.is_none()).map(|d| {
         let name = &d.name;
         let serde_name = d.ident.to_string();
         quote!(#name => ::es_core::decode_tagged(#serde_name, payload)
             .map_err(::es_core::DecodeError::Payload))
     });
+    let decode_flattened = flattened.map(|d| {
+        let variant = &d.ident;
+        let inner = d.flatten.as_ref().map(|t| quote!(#t)).unwrap_or_default();
+        quote! {
+            other if ::es_core::current_version::<#inner>(other).is_some() =>
+                <#inner as ::es_core::DomainEvent>::decode(other, payload).map(Self::#variant)
+        }
+    });
     quote! {
         impl #impl_generics ::es_core::DomainEvent for #ident #ty_generics #where_clause {
-            const TYPES: &'static [::es_core::EventType] = &[#(#types),*];
+            const TYPES: &'static [::es_core::EventType] = #types;
 
             fn event_type(&self) -> &'static str {
                 match self { #(#type_arms,)* }
@@ -198,7 +313,10 @@ fn expand_enum(input: &DeriveInput, defs: &[EventDef]) -> TokenStream {
                 ::std::boxed::Box<::es_core::__private::serde_json::value::RawValue>,
                 ::es_core::__private::serde_json::Error,
             > {
-                ::es_core::encode_tagged(self)
+                match self {
+                    #(#encode_arms,)*
+                    #encode_rest
+                }
             }
 
             fn decode(
@@ -207,6 +325,7 @@ fn expand_enum(input: &DeriveInput, defs: &[EventDef]) -> TokenStream {
             ) -> ::core::result::Result<Self, ::es_core::DecodeError> {
                 match event_type {
                     #(#decode_arms,)*
+                    #(#decode_flattened,)*
                     other => ::core::result::Result::Err(
                         ::es_core::DecodeError::UnknownType(other.to_owned()),
                     ),

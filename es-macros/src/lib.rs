@@ -46,6 +46,13 @@ mod domain_event;
 /// - `#[event(version = N)]`: the current schema version, from 1 (the default). Raise it with
 ///   each payload change that needs an upcaster.
 ///
+/// - `#[event(flatten)]`, on a one-field tuple variant such as `Account(AccountEvent)`: the
+///   variant holds every event type of another `DomainEvent` type, stored under that type's
+///   names, versions and payloads. For readers of several aggregates' events (a saga, a
+///   projection): `enum Flow { #[event(flatten)] Account(AccountEvent), #[event(flatten)]
+///   Transfer(TransferEvent) }`. Only variants that are one event type each need serde; two
+///   types sharing a name fail compilation where `TYPES` is used.
+///
 /// On an enum, `#[event(apply_trait = ApplyMyEvent)]` also generates a trait `ApplyMyEvent`
 /// with one method per variant (`on_<variant in snake_case>`, taking the variant's fields by
 /// reference) and `MyEvent::apply_to(&self, &mut impl ApplyMyEvent)`, which calls the one that

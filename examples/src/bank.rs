@@ -180,6 +180,21 @@ mod tests {
         bank
     }
 
+    /// Transfer t1's debit of 10 from alice, with the context its every delivery carries.
+    fn alice_debits_10() -> (TransferStep, CommandContext) {
+        let debit = TransferStep {
+            transfer: "t1".into(),
+            action: TransferAction::Debit {
+                account: "alice".into(),
+                amount: 10,
+            },
+        };
+        (
+            debit,
+            CommandContext::new().idempotent(uuid::Uuid::now_v7()),
+        )
+    }
+
     /// A redelivered step keeps its first outcome: a debit refused, then redelivered after the
     /// account was funded, must not take the money of a transfer already rejected.
     #[tokio::test]
@@ -188,14 +203,7 @@ mod tests {
         bank.request_transfer("t1", "alice", "bob", 10)
             .await
             .unwrap();
-        let debit = TransferStep {
-            transfer: "t1".into(),
-            action: TransferAction::Debit {
-                account: "alice".into(),
-                amount: 10,
-            },
-        };
-        let context = CommandContext::new().idempotent(uuid::Uuid::now_v7());
+        let (debit, context) = alice_debits_10();
         bank.dispatch(debit.clone(), context.clone()).await.unwrap();
         let rejected = bank.transfers.load("t1").await.unwrap().state;
         assert_eq!(rejected.status, TransferStatus::Rejected);
@@ -219,14 +227,7 @@ mod tests {
         bank.request_transfer("t1", "alice", "bob", 10)
             .await
             .unwrap();
-        let debit = TransferStep {
-            transfer: "t1".into(),
-            action: TransferAction::Debit {
-                account: "alice".into(),
-                amount: 10,
-            },
-        };
-        let context = CommandContext::new().idempotent(uuid::Uuid::now_v7());
+        let (debit, context) = alice_debits_10();
         for _ in 0..3 {
             bank.dispatch(debit.clone(), context.clone()).await.unwrap();
         }

@@ -8,19 +8,59 @@ use sqlx::{AssertSqlSafe, PgConnection};
 use crate::account::AccountEvent;
 use crate::transfer::TransferEvent;
 
+/// One schema-qualified read-model table: what each projection here writes, in the schema it
+/// was built for (the live one, or the next one during a blue/green rebuild).
+struct Table {
+    schema: SchemaName,
+    name: &'static str,
+    qualified: String,
+}
+
+impl Table {
+    fn new(schema: &SchemaName, name: &'static str) -> Self {
+        Self {
+            schema: schema.clone(),
+            name,
+            qualified: format!("\"{schema}\".{name}"),
+        }
+    }
+
+    fn read_model(&self) -> Option<ReadModel> {
+        ReadModel::new(self.schema.clone(), [self.name]).ok()
+    }
+
+    /// Creates the table with `columns` (SQL text written here, never user input).
+    async fn create(&self, conn: &mut PgConnection, columns: &str) -> Result<(), BoxError> {
+        let create = format!("CREATE TABLE IF NOT EXISTS {self} ({columns})");
+        sqlx::query(AssertSqlSafe(create)).execute(conn).await?;
+        Ok(())
+    }
+
+    async fn clear(&self, conn: &mut PgConnection) -> Result<(), BoxError> {
+        sqlx::query(AssertSqlSafe(format!("DELETE FROM {self}")))
+            .execute(conn)
+            .await?;
+        Ok(())
+    }
+}
+
+impl std::fmt::Display for Table {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.qualified)
+    }
+}
+
 /// One row per account: owner, currency, balance, whether closed, and the last version
 /// applied.
 pub struct AccountBalances {
-    schema: SchemaName,
-    table: String,
+    table: Table,
 }
 
 impl AccountBalances {
     /// The read model in `schema`.
     pub fn new(schema: &SchemaName) -> Self {
         Self {
-            schema: schema.clone(),
-            table: format!("\"{schema}\".account_balances"),
+            table: Table::new(schema, "account_balances"),
         }
     }
 }
@@ -34,7 +74,7 @@ impl PgProjection for AccountBalances {
     }
 
     fn read_model(&self) -> Option<ReadModel> {
-        ReadModel::new(self.schema.clone(), ["account_balances"]).ok()
+        self.table.read_model()
     }
 
     fn wants_category(&self, category: &str) -> bool {
@@ -42,22 +82,14 @@ impl PgProjection for AccountBalances {
     }
 
     async fn setup(&self, conn: &mut PgConnection) -> Result<(), BoxError> {
-        sqlx::query(AssertSqlSafe(format!(
-            "CREATE TABLE IF NOT EXISTS {} (account text PRIMARY KEY, owner text, \
-             currency text, balance bigint NOT NULL DEFAULT 0, closed boolean NOT NULL DEFAULT false, \
-             version bigint NOT NULL)",
-            self.table
-        )))
-        .execute(conn)
-        .await?;
-        Ok(())
+        let columns = "account text PRIMARY KEY, owner text, currency text, \
+             balance bigint NOT NULL DEFAULT 0, closed boolean NOT NULL DEFAULT false, \
+             version bigint NOT NULL";
+        self.table.create(conn, columns).await
     }
 
     async fn reset(&self, conn: &mut PgConnection) -> Result<(), BoxError> {
-        sqlx::query(AssertSqlSafe(format!("DELETE FROM {}", self.table)))
-            .execute(conn)
-            .await?;
-        Ok(())
+        self.table.clear(conn).await
     }
 
     async fn apply(
@@ -98,16 +130,14 @@ impl PgProjection for AccountBalances {
 
 /// How many events of each type the bank has recorded.
 pub struct ActivityByType {
-    schema: SchemaName,
-    table: String,
+    table: Table,
 }
 
 impl ActivityByType {
     /// The read model in `schema`.
     pub fn new(schema: &SchemaName) -> Self {
         Self {
-            schema: schema.clone(),
-            table: format!("\"{schema}\".activity_by_type"),
+            table: Table::new(schema, "activity_by_type"),
         }
     }
 }
@@ -121,24 +151,17 @@ impl PgProjection for ActivityByType {
     }
 
     fn read_model(&self) -> Option<ReadModel> {
-        ReadModel::new(self.schema.clone(), ["activity_by_type"]).ok()
+        self.table.read_model()
     }
 
     async fn setup(&self, conn: &mut PgConnection) -> Result<(), BoxError> {
-        sqlx::query(AssertSqlSafe(format!(
-            "CREATE TABLE IF NOT EXISTS {} (event_type text PRIMARY KEY, events bigint NOT NULL)",
-            self.table
-        )))
-        .execute(conn)
-        .await?;
-        Ok(())
+        self.table
+            .create(conn, "event_type text PRIMARY KEY, events bigint NOT NULL")
+            .await
     }
 
     async fn reset(&self, conn: &mut PgConnection) -> Result<(), BoxError> {
-        sqlx::query(AssertSqlSafe(format!("DELETE FROM {}", self.table)))
-            .execute(conn)
-            .await?;
-        Ok(())
+        self.table.clear(conn).await
     }
 
     async fn apply(
@@ -184,16 +207,14 @@ impl PgProjection for ActivityByType {
 /// One row per transfer: who paid whom how much, where it stands and why it failed. What a
 /// "my transfers" screen would read.
 pub struct TransferHistory {
-    schema: SchemaName,
-    table: String,
+    table: Table,
 }
 
 impl TransferHistory {
     /// The read model in `schema`.
     pub fn new(schema: &SchemaName) -> Self {
         Self {
-            schema: schema.clone(),
-            table: format!("\"{schema}\".transfer_history"),
+            table: Table::new(schema, "transfer_history"),
         }
     }
 }
@@ -207,7 +228,7 @@ impl PgProjection for TransferHistory {
     }
 
     fn read_model(&self) -> Option<ReadModel> {
-        ReadModel::new(self.schema.clone(), ["transfer_history"]).ok()
+        self.table.read_model()
     }
 
     fn wants_category(&self, category: &str) -> bool {
@@ -215,22 +236,18 @@ impl PgProjection for TransferHistory {
     }
 
     async fn setup(&self, conn: &mut PgConnection) -> Result<(), BoxError> {
-        sqlx::query(AssertSqlSafe(format!(
-            "CREATE TABLE IF NOT EXISTS {} (transfer text PRIMARY KEY, from_account text, \
+        self.table
+            .create(
+                conn,
+                "transfer text PRIMARY KEY, from_account text, \
              to_account text, amount bigint, status text NOT NULL, reason text, \
-             correlation_id uuid NOT NULL, requested_at timestamptz, updated_at timestamptz)",
-            self.table
-        )))
-        .execute(conn)
-        .await?;
-        Ok(())
+             correlation_id uuid NOT NULL, requested_at timestamptz, updated_at timestamptz",
+            )
+            .await
     }
 
     async fn reset(&self, conn: &mut PgConnection) -> Result<(), BoxError> {
-        sqlx::query(AssertSqlSafe(format!("DELETE FROM {}", self.table)))
-            .execute(conn)
-            .await?;
-        Ok(())
+        self.table.clear(conn).await
     }
 
     async fn apply(

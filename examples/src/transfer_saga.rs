@@ -2,70 +2,32 @@
 //! undoes the debit when the credit is refused.
 //!
 //! ```text
-//! TransferRequested ──> Debit(from) ──> TransferDebited ──> Credit(to) ──> TransferCredited ──> Complete
-//!                            │                                   │
-//!                         refused                             refused
-//!                            ▼                                   ▼
-//!                   TransferRejected (end)       CreditRefused ──> Refund(from) ──> TransferRefunded ──> Cancel
+//! TransferRequested -> Debit(from) -> TransferDebited -> Credit(to) -> TransferCredited -> Complete
+//!                           |                                |
+//!                        refused                          refused
+//!                           v                                v
+//!                  TransferRejected (end)     CreditRefused -> Refund(from)
+//!                                                            -> TransferRefunded -> Cancel
 //! ```
 //!
-//! The saga is pure ([`TransferSaga::react`]); [`crate::bank::Bank`] executes its steps. A
-//! runner (`es_core::SagaRunner` in memory, `es_postgres::PgSagaRunner` durably) feeds it.
+//! The saga is pure ([`Saga::react`]); [`crate::bank::Bank`] executes its steps. A runner
+//! (`es_core::SagaRunner` in memory, `es_postgres::PgSagaRunner` durably) feeds it.
 
 use es_core::{Envelope, Saga};
 use serde::{Deserialize, Serialize};
 
-/// The events the saga follows: the transfer's own and the accounts' transfer steps. Variant
-/// names are the stored event types, so one enum reads events of both aggregates.
-#[derive(Clone, Debug, PartialEq, es_macros::DomainEvent, Serialize, Deserialize)]
+use crate::account::AccountEvent;
+use crate::transfer::TransferEvent;
+
+/// The events the saga follows: every event of both aggregates, under their stored names.
+#[derive(Clone, Debug, PartialEq, es_macros::DomainEvent)]
 pub enum TransferFlow {
-    /// A transfer was asked for: start.
-    TransferRequested {
-        /// The account debited.
-        from: String,
-        /// The account credited.
-        to: String,
-        /// In cents.
-        amount: u64,
-    },
-    /// The source account paid.
-    TransferDebited {
-        /// The transfer's id.
-        transfer: String,
-        /// In cents.
-        amount: u64,
-    },
-    /// The target account received.
-    TransferCredited {
-        /// The transfer's id.
-        transfer: String,
-        /// In cents.
-        amount: u64,
-    },
-    /// The source account got its money back.
-    TransferRefunded {
-        /// The transfer's id.
-        transfer: String,
-        /// In cents.
-        amount: u64,
-    },
-    /// The source refused the debit.
-    TransferRejected {
-        /// The refusal.
-        reason: String,
-    },
-    /// The target refused the credit.
-    CreditRefused {
-        /// The refusal.
-        reason: String,
-    },
-    /// The transfer ended well.
-    TransferCompleted,
-    /// The transfer ended refunded.
-    TransferCancelled {
-        /// Why.
-        reason: String,
-    },
+    /// An account's event.
+    #[event(flatten)]
+    Account(AccountEvent),
+    /// A transfer's event.
+    #[event(flatten)]
+    Transfer(TransferEvent),
 }
 
 /// One command the saga issues, for the transfer `transfer`.
@@ -157,12 +119,16 @@ impl Saga for TransferSaga {
     }
 
     fn instance_of(&self, event: &Envelope<TransferFlow>) -> Option<String> {
-        use TransferFlow::*;
+        use AccountEvent::*;
         match &event.payload {
-            TransferDebited { transfer, .. }
-            | TransferCredited { transfer, .. }
-            | TransferRefunded { transfer, .. } => Some(transfer.clone()),
-            _ => Some(event.stream_id.id().to_owned()),
+            TransferFlow::Transfer(_) => Some(event.stream_id.id().to_owned()),
+            TransferFlow::Account(
+                TransferDebited { transfer, .. }
+                | TransferCredited { transfer, .. }
+                | TransferRefunded { transfer, .. },
+            ) => Some(transfer.clone()),
+            // Deposits, withdrawals...: not part of any transfer.
+            TransferFlow::Account(_) => None,
         }
     }
 
@@ -171,14 +137,14 @@ impl Saga for TransferSaga {
         state: &mut TransferProcess,
         event: &Envelope<TransferFlow>,
     ) -> Vec<TransferStep> {
-        use TransferFlow::*;
+        use TransferFlow::{Account, Transfer};
         let Some(transfer) = self.instance_of(event) else {
             return Vec::new();
         };
         // Each outcome moves the workflow on only from the stage that waits for it, so an
         // event seen out of place (an operator's manual fix, say) changes nothing.
         let action = match (&event.payload, state.stage) {
-            (TransferRequested { from, to, amount }, Stage::New) => {
+            (Transfer(TransferEvent::TransferRequested { from, to, amount }), Stage::New) => {
                 state.from = from.clone();
                 state.to = to.clone();
                 state.amount = *amount;
@@ -188,18 +154,18 @@ impl Saga for TransferSaga {
                     amount: *amount,
                 }
             }
-            (TransferDebited { .. }, Stage::Debiting) => {
+            (Account(AccountEvent::TransferDebited { .. }), Stage::Debiting) => {
                 state.stage = Stage::Crediting;
                 TransferAction::Credit {
                     account: state.to.clone(),
                     amount: state.amount,
                 }
             }
-            (TransferCredited { .. }, Stage::Crediting) => {
+            (Account(AccountEvent::TransferCredited { .. }), Stage::Crediting) => {
                 state.stage = Stage::Finishing;
                 TransferAction::Complete
             }
-            (CreditRefused { reason }, Stage::Crediting) => {
+            (Transfer(TransferEvent::CreditRefused { reason }), Stage::Crediting) => {
                 state.stage = Stage::Refunding;
                 state.reason = Some(reason.clone());
                 TransferAction::Refund {
@@ -207,13 +173,20 @@ impl Saga for TransferSaga {
                     amount: state.amount,
                 }
             }
-            (TransferRefunded { .. }, Stage::Refunding) => {
+            (Account(AccountEvent::TransferRefunded { .. }), Stage::Refunding) => {
                 state.stage = Stage::Finishing;
                 TransferAction::Cancel {
                     reason: state.reason.clone().unwrap_or_default(),
                 }
             }
-            (TransferRejected { .. } | TransferCompleted | TransferCancelled { .. }, _) => {
+            (
+                Transfer(
+                    TransferEvent::TransferRejected { .. }
+                    | TransferEvent::TransferCompleted
+                    | TransferEvent::TransferCancelled { .. },
+                ),
+                _,
+            ) => {
                 state.stage = Stage::Done;
                 return Vec::new();
             }
@@ -258,36 +231,39 @@ mod tests {
     fn requested() -> Envelope<TransferFlow> {
         envelope(
             "transfer-t1",
-            TransferFlow::TransferRequested {
+            TransferFlow::Transfer(TransferEvent::TransferRequested {
                 from: "alice".into(),
                 to: "bob".into(),
                 amount: 7,
-            },
+            }),
         )
     }
 
     fn account_step(
         account: &str,
-        make: fn(String, u64) -> TransferFlow,
+        make: fn(String, u64) -> AccountEvent,
     ) -> Envelope<TransferFlow> {
-        envelope(&format!("account-{account}"), make("t1".into(), 7))
+        envelope(
+            &format!("account-{account}"),
+            TransferFlow::Account(make("t1".into(), 7)),
+        )
     }
 
     #[test]
     fn a_refused_credit_is_compensated_by_a_refund() {
         let (state, actions) = steps(vec![
             requested(),
-            account_step("alice", |transfer, amount| TransferFlow::TransferDebited {
+            account_step("alice", |transfer, amount| AccountEvent::TransferDebited {
                 transfer,
                 amount,
             }),
             envelope(
                 "transfer-t1",
-                TransferFlow::CreditRefused {
+                TransferFlow::Transfer(TransferEvent::CreditRefused {
                     reason: "closed".into(),
-                },
+                }),
             ),
-            account_step("alice", |transfer, amount| TransferFlow::TransferRefunded {
+            account_step("alice", |transfer, amount| AccountEvent::TransferRefunded {
                 transfer,
                 amount,
             }),
@@ -319,7 +295,7 @@ mod tests {
     #[test]
     fn outcomes_out_of_place_change_nothing() {
         let credited = || {
-            account_step("bob", |transfer, amount| TransferFlow::TransferCredited {
+            account_step("bob", |transfer, amount| AccountEvent::TransferCredited {
                 transfer,
                 amount,
             })

@@ -8,16 +8,7 @@
 use es_core::{Envelope, Saga};
 use serde::{Deserialize, Serialize};
 
-/// The only event the policy reads: an account opening (schema version 2; version 1 events
-/// are lifted by [`crate::account::upcasters`], which the runner must be given).
-#[derive(Clone, Debug, PartialEq, es_macros::DomainEvent, Serialize, Deserialize)]
-#[event(name = "Opened", version = 2)]
-pub struct AccountOpened {
-    /// Who owns it.
-    pub owner: String,
-    /// ISO 4217 code.
-    pub currency: String,
-}
+use crate::account::AccountEvent;
 
 /// Deposit a bonus into a new account.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -36,7 +27,9 @@ pub struct WelcomeBonus {
 }
 
 impl Saga for WelcomeBonus {
-    type Event = AccountOpened;
+    // All account events (version-1 openings lifted by `crate::account::upcasters`, which the
+    // runner must be given); it reacts to openings only.
+    type Event = AccountEvent;
     type State = ();
     type Command = PayBonus;
 
@@ -44,11 +37,12 @@ impl Saga for WelcomeBonus {
         "welcome_bonus"
     }
 
-    fn instance_of(&self, event: &Envelope<AccountOpened>) -> Option<String> {
-        Some(event.stream_id.id().to_owned())
+    fn instance_of(&self, event: &Envelope<AccountEvent>) -> Option<String> {
+        matches!(event.payload, AccountEvent::Opened { .. })
+            .then(|| event.stream_id.id().to_owned())
     }
 
-    fn react(&self, _: &mut (), event: &Envelope<AccountOpened>) -> Vec<PayBonus> {
+    fn react(&self, _: &mut (), event: &Envelope<AccountEvent>) -> Vec<PayBonus> {
         vec![PayBonus {
             account: event.stream_id.id().to_owned(),
             amount: self.amount,

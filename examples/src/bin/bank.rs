@@ -379,7 +379,8 @@ impl Backend {
             );
         }
         let rows: Vec<(String, i64)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-            "SELECT event_type, events FROM {schema}.activity_by_type ORDER BY events DESC, event_type"
+            "SELECT event_type, events FROM {schema}.activity_by_type \
+             ORDER BY events DESC, event_type"
         )))
         .fetch_all(store.pool())
         .await?;
@@ -422,10 +423,13 @@ impl Workflows {
         let bonus = WelcomeBonus { amount: BONUS };
         match backend {
             Backend::Memory { store, .. } => Self::Memory {
-                transfers: Box::new(SagaRunner::new(store.clone(), TransferSaga, bank.clone())),
+                transfers: Box::new(
+                    SagaRunner::new(store.clone(), TransferSaga, bank.clone())
+                        .with_upcasters(Arc::new(account::upcasters())),
+                ),
                 bonuses: Box::new(
                     SagaRunner::new(store.clone(), bonus, bank.clone())
-                        .with_upcasters(account::upcasters()),
+                        .with_upcasters(Arc::new(account::upcasters())),
                 ),
             },
             Backend::Postgres { store, .. } => {
