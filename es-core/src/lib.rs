@@ -115,7 +115,10 @@ pub use memory::InMemoryEventStore;
 pub use metadata::{InvalidMetadata, Metadata};
 pub use position::Position;
 pub use repository::{Loaded, Repository};
-pub use saga::{CommandDispatcher, Issued, Saga, SagaRunner, issue};
+pub use saga::{
+    CommandDispatcher, Deadline, Issued, Saga, SagaRunner, ScheduledDeadline, issue,
+    issue_on_deadline, still_due, wanted_deadlines,
+};
 pub use snapshot::{InMemorySnapshotStore, Snapshot, SnapshotDue, SnapshotPolicy, SnapshotStore};
 pub use store::{AppendResult, EventStore, judge_repeat, validate_append};
 pub use stream::{InvalidStreamId, MAX_STREAM_ID_LEN, StreamId};

@@ -9,15 +9,21 @@
 //! already ran does nothing. Its events carry the causing event's correlation id, so a whole
 //! workflow can be traced from its first command.
 //!
+//! A saga that must not wait forever lists [`Deadline`]s for an instance, derived from its state
+//! ([`Saga::deadlines`]); when one passes while still listed, the runner calls
+//! [`Saga::on_deadline`], whose commands get the same treatment as those of `react`.
+//!
 //! [`SagaRunner`] keeps its state in memory, for tests and the quickstart; the PostgreSQL runner
-//! in `es-postgres` keeps state, outbox and checkpoint durable.
+//! in `es-postgres` keeps state, outbox, deadlines and checkpoint durable.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use async_trait::async_trait;
+use chrono::{DateTime, SubsecRound, Utc};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use uuid::Uuid;
 
 use crate::{
     BoxError, CommandContext, DomainEvent, Envelope, EventStore, Position, Upcasters,
@@ -43,6 +49,124 @@ pub trait Saga: Send + Sync + 'static {
     /// Updates the instance's state for `event` and returns the commands to issue, in order.
     /// Must be deterministic: a redelivered event must issue the same commands.
     fn react(&self, state: &mut Self::State, event: &Envelope<Self::Event>) -> Vec<Self::Command>;
+
+    /// The deadlines an instance in `state` waits on; none by default. After every reaction the
+    /// runner keeps exactly these scheduled: new names are added, a changed due time replaces
+    /// the old one, names no longer listed are cancelled.
+    ///
+    /// Derive due times from the state (for example from an event's `recorded_at` kept there),
+    /// never from the clock: the list must be the same each time it is asked for.
+    fn deadlines(&self, state: &Self::State) -> Vec<Deadline> {
+        let _ = state;
+        Vec::new()
+    }
+
+    /// Reacts to `deadline` passing while `instance` still listed it: updates the state and
+    /// returns the commands to issue, as `react` does. A deadline fires once; one still listed
+    /// afterwards with the same due time does not fire again.
+    fn on_deadline(
+        &self,
+        instance: &str,
+        state: &mut Self::State,
+        deadline: &Deadline,
+    ) -> Vec<Self::Command> {
+        let _ = (instance, state, deadline);
+        Vec::new()
+    }
+}
+
+/// A named point in time at which a saga instance wants to act if nothing else happened first
+/// (a payment that never came, a reply that timed out).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Deadline {
+    name: String,
+    due: DateTime<Utc>,
+}
+
+impl Deadline {
+    /// The deadline `name` of an instance, due at `due` (kept to the microsecond, the precision
+    /// stores keep).
+    pub fn new(name: impl Into<String>, due: DateTime<Utc>) -> Self {
+        Self {
+            name: name.into(),
+            due: due.trunc_subsecs(6),
+        }
+    }
+
+    /// Its name, unique within the instance.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// When it falls due.
+    pub fn due(&self) -> DateTime<Utc> {
+        self.due
+    }
+}
+
+/// A deadline as a runner keeps it: what fires it and what its commands carry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ScheduledDeadline {
+    /// The instance it belongs to.
+    pub instance: String,
+    /// The deadline.
+    pub deadline: Deadline,
+    /// The id its commands derive theirs from: derived from the event (or deadline) whose
+    /// reaction scheduled it, so a redelivery schedules the same one.
+    pub fire_id: Uuid,
+    /// The correlation id of the event that scheduled it.
+    pub correlation_id: Uuid,
+    /// The event that scheduled it: the cause of its commands.
+    pub causation_id: Uuid,
+}
+
+/// Where the ids of scheduled deadlines start among the ids derived from their cause, far from
+/// the command ids (which count up from 0).
+const DEADLINE_IDS: u32 = 1 << 30;
+
+/// The deadlines `saga` wants for an instance in `state` after a reaction to the event (or
+/// deadline) `cause_id`, as the runner should schedule them when they are new or changed.
+pub fn wanted_deadlines<S: Saga>(
+    saga: &S,
+    instance: &str,
+    state: &S::State,
+    cause_id: Uuid,
+    correlation_id: Uuid,
+    causation_id: Uuid,
+) -> Vec<ScheduledDeadline> {
+    saga.deadlines(state)
+        .into_iter()
+        .enumerate()
+        .map(|(index, deadline)| ScheduledDeadline {
+            instance: instance.to_owned(),
+            deadline,
+            fire_id: derived_event_id(cause_id, DEADLINE_IDS + index as u32),
+            correlation_id,
+            causation_id,
+        })
+        .collect()
+}
+
+/// Whether `saga`, with the instance in `state`, still waits on `deadline` (same name, same due
+/// time): what a runner checks before firing it.
+pub fn still_due<S: Saga>(saga: &S, state: &S::State, deadline: &Deadline) -> bool {
+    saga.deadlines(state).contains(deadline)
+}
+
+/// Runs `saga`'s reaction to the passing of `scheduled` and gives each command its context: id
+/// derived from the deadline's fire id, idempotent, with the correlation and cause of the event
+/// that scheduled it.
+pub fn issue_on_deadline<S: Saga>(
+    saga: &S,
+    state: &mut S::State,
+    scheduled: &ScheduledDeadline,
+) -> Vec<Issued<S::Command>> {
+    with_contexts(
+        saga.on_deadline(&scheduled.instance, state, &scheduled.deadline),
+        scheduled.fire_id,
+        scheduled.correlation_id,
+        scheduled.causation_id,
+    )
 }
 
 /// Executes a saga's commands, usually by calling the command handlers of their aggregates
@@ -75,22 +199,38 @@ pub fn issue<S: Saga>(
     state: &mut S::State,
     event: &Envelope<S::Event>,
 ) -> Vec<Issued<S::Command>> {
-    saga.react(state, event)
+    with_contexts(
+        saga.react(state, event),
+        event.event_id,
+        event.correlation_id,
+        event.event_id,
+    )
+}
+
+fn with_contexts<C>(
+    commands: Vec<C>,
+    base_id: Uuid,
+    correlation_id: Uuid,
+    causation_id: Uuid,
+) -> Vec<Issued<C>> {
+    commands
         .into_iter()
         .enumerate()
         .map(|(index, command)| Issued {
             command,
             context: CommandContext::new()
-                .idempotent(derived_event_id(event.event_id, index as u32))
-                .correlated_with(event.correlation_id)
-                .caused_by(event.event_id),
+                .idempotent(derived_event_id(base_id, index as u32))
+                .correlated_with(correlation_id)
+                .caused_by(causation_id),
         })
         .collect()
 }
 
-/// Runs a saga over any [`EventStore`], keeping instance states and its checkpoint in memory:
-/// for unit tests and the in-memory quickstart. Commands are dispatched as soon as an event
-/// issues them; a failed dispatch stops the round, and the next round redelivers the event.
+/// Runs a saga over any [`EventStore`], keeping instance states, deadlines and its checkpoint in
+/// memory: for unit tests and the in-memory quickstart. Commands are dispatched as soon as an
+/// event issues them; a failed dispatch stops the round, and the next round redelivers the
+/// event. Deadlines fire when [`fire_deadlines`](Self::fire_deadlines) is called with a time
+/// past them, so tests choose the clock.
 pub struct SagaRunner<S: Saga, D> {
     store: Arc<dyn EventStore>,
     saga: S,
@@ -102,6 +242,24 @@ pub struct SagaRunner<S: Saga, D> {
 struct Progress<T> {
     checkpoint: Position,
     states: HashMap<String, T>,
+    /// Per instance, the deadlines it waits on and whether each has fired.
+    deadlines: HashMap<String, Vec<(ScheduledDeadline, bool)>>,
+}
+
+/// Keeps exactly `wanted` for the instance: unchanged ones (same name and due time) keep
+/// their fire id and fired mark, changed and new ones are scheduled afresh.
+fn reconcile(kept: &mut Vec<(ScheduledDeadline, bool)>, wanted: Vec<ScheduledDeadline>) {
+    let mut next = Vec::with_capacity(wanted.len());
+    for scheduled in wanted {
+        match kept
+            .iter()
+            .position(|(k, _)| k.deadline == scheduled.deadline)
+        {
+            Some(i) => next.push(kept.swap_remove(i)),
+            None => next.push((scheduled, false)),
+        }
+    }
+    *kept = next;
 }
 
 impl<S: Saga, D: CommandDispatcher<S::Command>> SagaRunner<S, D> {
@@ -115,6 +273,7 @@ impl<S: Saga, D: CommandDispatcher<S::Command>> SagaRunner<S, D> {
             progress: Mutex::new(Progress {
                 checkpoint: Position::START,
                 states: HashMap::new(),
+                deadlines: HashMap::new(),
             }),
         }
     }
@@ -171,8 +330,89 @@ impl<S: Saga, D: CommandDispatcher<S::Command>> SagaRunner<S, D> {
         for Issued { command, context } in issued {
             self.dispatcher.dispatch(command, context).await?;
         }
-        std::mem::swap(self.lock().states.entry(instance).or_default(), &mut state);
+        let wanted = wanted_deadlines(
+            &self.saga,
+            &instance,
+            &state,
+            event.event_id,
+            event.correlation_id,
+            event.event_id,
+        );
+        let mut progress = self.lock();
+        reconcile(
+            progress.deadlines.entry(instance.clone()).or_default(),
+            wanted,
+        );
+        std::mem::swap(progress.states.entry(instance).or_default(), &mut state);
         Ok(())
+    }
+
+    /// Fires every deadline due at or before `now` that has not fired: runs
+    /// [`Saga::on_deadline`] and dispatches its commands. Returns how many fired; a failed
+    /// dispatch stops the round, and the deadline fires again at the next call.
+    pub async fn fire_deadlines(&self, now: DateTime<Utc>) -> Result<u64, BoxError> {
+        let due: Vec<ScheduledDeadline> = self
+            .lock()
+            .deadlines
+            .values()
+            .flatten()
+            .filter(|(s, fired)| !fired && s.deadline.due() <= now)
+            .map(|(s, _)| s.clone())
+            .collect();
+        let mut fired = 0;
+        for scheduled in due {
+            let (mut state, issued) = {
+                let progress = self.lock();
+                let mut state = match progress.states.get(&scheduled.instance) {
+                    Some(state) => clone_state::<S>(state)?,
+                    None => S::State::default(),
+                };
+                let issued = if still_due(&self.saga, &state, &scheduled.deadline) {
+                    issue_on_deadline(&self.saga, &mut state, &scheduled)
+                } else {
+                    Vec::new()
+                };
+                (state, issued)
+            };
+            for Issued { command, context } in issued {
+                self.dispatcher.dispatch(command, context).await?;
+            }
+            let wanted = wanted_deadlines(
+                &self.saga,
+                &scheduled.instance,
+                &state,
+                scheduled.fire_id,
+                scheduled.correlation_id,
+                scheduled.causation_id,
+            );
+            let mut progress = self.lock();
+            let kept = progress
+                .deadlines
+                .entry(scheduled.instance.clone())
+                .or_default();
+            if let Some(entry) = kept.iter_mut().find(|(k, _)| *k == scheduled) {
+                entry.1 = true;
+            }
+            reconcile(kept, wanted);
+            std::mem::swap(
+                progress.states.entry(scheduled.instance).or_default(),
+                &mut state,
+            );
+            fired += 1;
+        }
+        Ok(fired)
+    }
+
+    /// The deadlines `instance` waits on that have not fired yet.
+    pub fn deadlines(&self, instance: &str) -> Vec<Deadline> {
+        self.lock()
+            .deadlines
+            .get(instance)
+            .into_iter()
+            .flatten()
+            .filter(|(_, fired)| !fired)
+            .map(|(s, _)| s.deadline.clone())
+            .collect()
     }
 
     /// The state of `instance`, if the saga has seen it.
@@ -198,4 +438,53 @@ impl<S: Saga, D: CommandDispatcher<S::Command>> SagaRunner<S, D> {
 /// goes through JSON.
 fn clone_state<S: Saga>(state: &S::State) -> Result<S::State, BoxError> {
     Ok(serde_json::from_value(serde_json::to_value(state)?)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scheduled(name: &str, minute: i64, fire: u128) -> ScheduledDeadline {
+        ScheduledDeadline {
+            instance: "i".into(),
+            deadline: Deadline::new(
+                name,
+                DateTime::UNIX_EPOCH + chrono::Duration::minutes(minute),
+            ),
+            fire_id: Uuid::from_u128(fire),
+            correlation_id: Uuid::nil(),
+            causation_id: Uuid::nil(),
+        }
+    }
+
+    #[test]
+    fn reconciling_keeps_unchanged_deadlines_rearms_moved_ones_and_drops_the_rest() {
+        let mut kept = vec![
+            (scheduled("pay", 10, 1), true),
+            (scheduled("ship", 20, 2), false),
+            (scheduled("remind", 5, 3), true),
+        ];
+        reconcile(
+            &mut kept,
+            vec![scheduled("pay", 10, 9), scheduled("ship", 30, 9)],
+        );
+        assert_eq!(
+            kept,
+            vec![
+                // Unchanged: keeps its fire id and stays fired.
+                (scheduled("pay", 10, 1), true),
+                // Moved: scheduled afresh, not fired.
+                (scheduled("ship", 30, 9), false),
+            ]
+        );
+    }
+
+    #[test]
+    fn deadlines_keep_the_precision_stores_keep() {
+        let due = DateTime::UNIX_EPOCH + chrono::Duration::nanoseconds(1_234_567);
+        assert_eq!(
+            Deadline::new("d", due).due(),
+            DateTime::UNIX_EPOCH + chrono::Duration::microseconds(1_234)
+        );
+    }
 }

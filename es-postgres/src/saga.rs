@@ -1,12 +1,17 @@
-//! Sagas on PostgreSQL: instance states, the commands they issue and the checkpoint commit in
-//! one transaction; a dispatcher then executes the commands from that outbox.
+//! Sagas on PostgreSQL: instance states, the commands they issue, their deadlines and the
+//! checkpoint commit in one transaction; a dispatcher then executes the commands from that
+//! outbox, and a firing loop runs deadlines that fall due.
 
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use es_core::{BoxError, CommandContext, CommandDispatcher, Envelope, Issued, Saga, issue};
+use chrono::{DateTime, Utc};
+use es_core::{
+    BoxError, CommandContext, CommandDispatcher, Deadline, Envelope, Issued, Saga,
+    ScheduledDeadline, issue, issue_on_deadline, still_due, wanted_deadlines,
+};
 use sqlx::{AssertSqlSafe, PgConnection, Row};
 use uuid::Uuid;
 
@@ -39,6 +44,13 @@ struct Statements {
     pending: String,
     reset_states: String,
     reset_outbox: String,
+    reset_deadlines: String,
+    drop_deadlines: String,
+    upsert_deadlines: String,
+    due_deadlines: String,
+    lock_deadline: String,
+    mark_fired: String,
+    pending_deadlines: String,
 }
 
 impl Statements {
@@ -72,6 +84,40 @@ impl Statements {
             pending: format!("SELECT count(*) FROM {s}.saga_outbox WHERE saga = $1"),
             reset_states: format!("DELETE FROM {s}.saga_states WHERE saga = $1"),
             reset_outbox: format!("DELETE FROM {s}.saga_outbox WHERE saga = $1"),
+            reset_deadlines: format!("DELETE FROM {s}.saga_deadlines WHERE saga = $1"),
+            drop_deadlines: format!(
+                "DELETE FROM {s}.saga_deadlines \
+                 WHERE saga = $1 AND instance = $2 AND NOT (name = ANY($3))"
+            ),
+            // An unchanged deadline keeps its fire id and fired mark; a new due time re-arms it.
+            upsert_deadlines: format!(
+                "INSERT INTO {s}.saga_deadlines AS d (saga, instance, name, due, fire_id, \
+                     correlation_id, causation_id) \
+                 SELECT $1, $2, w.name, w.due, w.fire_id, w.correlation_id, w.causation_id \
+                 FROM UNNEST($3::text[], $4::timestamptz[], $5::uuid[], $6::uuid[], $7::uuid[]) \
+                     AS w(name, due, fire_id, correlation_id, causation_id) \
+                 ON CONFLICT (saga, instance, name) DO UPDATE SET due = EXCLUDED.due, \
+                     fire_id = EXCLUDED.fire_id, correlation_id = EXCLUDED.correlation_id, \
+                     causation_id = EXCLUDED.causation_id, fired_at = NULL \
+                 WHERE d.due <> EXCLUDED.due"
+            ),
+            due_deadlines: format!(
+                "SELECT instance, name FROM {s}.saga_deadlines \
+                 WHERE saga = $1 AND fired_at IS NULL AND due <= $2 ORDER BY due LIMIT $3"
+            ),
+            lock_deadline: format!(
+                "SELECT due, fire_id, correlation_id, causation_id FROM {s}.saga_deadlines \
+                 WHERE saga = $1 AND instance = $2 AND name = $3 AND fired_at IS NULL \
+                   AND due <= $4 FOR UPDATE"
+            ),
+            mark_fired: format!(
+                "UPDATE {s}.saga_deadlines SET fired_at = now() \
+                 WHERE saga = $1 AND instance = $2 AND name = $3"
+            ),
+            pending_deadlines: format!(
+                "SELECT name, due FROM {s}.saga_deadlines \
+                 WHERE saga = $1 AND instance = $2 AND fired_at IS NULL ORDER BY due, name"
+            ),
         }
     }
 }
@@ -97,7 +143,11 @@ impl<S: Saga> PgProjection for SagaProjection<S> {
     }
 
     async fn reset(&self, conn: &mut PgConnection) -> Result<(), BoxError> {
-        for statement in [&self.sql.reset_states, &self.sql.reset_outbox] {
+        for statement in [
+            &self.sql.reset_states,
+            &self.sql.reset_outbox,
+            &self.sql.reset_deadlines,
+        ] {
             sqlx::query(AssertSqlSafe(statement.clone()))
                 .bind(self.saga.name())
                 .execute(&mut *conn)
@@ -114,37 +164,146 @@ impl<S: Saga> PgProjection for SagaProjection<S> {
         let Some(instance) = self.saga.instance_of(event) else {
             return Ok(());
         };
+        let mut state = self.lock_state(conn, &instance).await?;
+        let issued = issue(&self.saga, &mut state, event);
+        let wanted = wanted_deadlines(
+            &self.saga,
+            &instance,
+            &state,
+            event.event_id,
+            event.correlation_id,
+            event.event_id,
+        );
+        self.save(conn, &instance, &state, issued, wanted).await
+    }
+}
+
+impl<S: Saga> SagaProjection<S> {
+    /// The instance's state, its row locked until the transaction ends (the feed and the
+    /// deadline loop both take this lock first, so they never deadlock on each other).
+    async fn lock_state(
+        &self,
+        conn: &mut PgConnection,
+        instance: &str,
+    ) -> Result<S::State, BoxError> {
         let name = self.saga.name();
         let stored: Option<String> = sqlx::query_scalar(AssertSqlSafe(self.sql.lock_state.clone()))
             .bind(name)
-            .bind(&instance)
+            .bind(instance)
             .fetch_optional(&mut *conn)
             .await?;
-        let mut state: S::State = match stored {
+        Ok(match stored {
             Some(text) => serde_json::from_str(&text).map_err(|e| {
                 format!("the state of saga {name} instance {instance} does not deserialize: {e}")
             })?,
             None => S::State::default(),
-        };
-        let issued = issue(&self.saga, &mut state, event);
+        })
+    }
+
+    /// Writes the instance's new state, the commands it issued and the deadlines it now waits
+    /// on, within the caller's transaction.
+    async fn save(
+        &self,
+        conn: &mut PgConnection,
+        instance: &str,
+        state: &S::State,
+        issued: Vec<Issued<S::Command>>,
+        wanted: Vec<ScheduledDeadline>,
+    ) -> Result<(), BoxError> {
+        let name = self.saga.name();
         sqlx::query(AssertSqlSafe(self.sql.save_state.clone()))
             .bind(name)
-            .bind(&instance)
-            .bind(serde_json::to_string(&state)?)
+            .bind(instance)
+            .bind(serde_json::to_string(state)?)
             .execute(&mut *conn)
             .await?;
         for Issued { command, context } in issued {
             sqlx::query(AssertSqlSafe(self.sql.enqueue.clone()))
                 .bind(name)
                 .bind(context.command_id)
-                .bind(&instance)
+                .bind(instance)
                 .bind(serde_json::to_string(&command)?)
                 .bind(context.effective_correlation_id())
                 .bind(context.effective_causation_id())
                 .execute(&mut *conn)
                 .await?;
         }
+        let names: Vec<&str> = wanted.iter().map(|w| w.deadline.name()).collect();
+        sqlx::query(AssertSqlSafe(self.sql.drop_deadlines.clone()))
+            .bind(name)
+            .bind(instance)
+            .bind(&names)
+            .execute(&mut *conn)
+            .await?;
+        if !wanted.is_empty() {
+            let dues: Vec<DateTime<Utc>> = wanted.iter().map(|w| w.deadline.due()).collect();
+            let fire_ids: Vec<Uuid> = wanted.iter().map(|w| w.fire_id).collect();
+            let correlations: Vec<Uuid> = wanted.iter().map(|w| w.correlation_id).collect();
+            let causations: Vec<Uuid> = wanted.iter().map(|w| w.causation_id).collect();
+            sqlx::query(AssertSqlSafe(self.sql.upsert_deadlines.clone()))
+                .bind(name)
+                .bind(instance)
+                .bind(&names)
+                .bind(&dues)
+                .bind(&fire_ids)
+                .bind(&correlations)
+                .bind(&causations)
+                .execute(&mut *conn)
+                .await?;
+        }
         Ok(())
+    }
+
+    /// Fires `instance`'s deadline `name` if it is still unfired and due by `at`, in `conn`'s
+    /// transaction: runs the saga's reaction, marks it fired, saves what the reaction changed.
+    /// Returns whether it fired.
+    async fn fire(
+        &self,
+        conn: &mut PgConnection,
+        instance: &str,
+        name: &str,
+        at: DateTime<Utc>,
+    ) -> Result<bool, BoxError> {
+        let mut state = self.lock_state(conn, instance).await?;
+        let saga = self.saga.name();
+        let Some(row) = sqlx::query(AssertSqlSafe(self.sql.lock_deadline.clone()))
+            .bind(saga)
+            .bind(instance)
+            .bind(name)
+            .bind(at)
+            .fetch_optional(&mut *conn)
+            .await?
+        else {
+            return Ok(false); // fired or rescheduled by someone else meanwhile
+        };
+        let scheduled = ScheduledDeadline {
+            instance: instance.to_owned(),
+            deadline: Deadline::new(name, row.try_get(0)?),
+            fire_id: row.try_get(1)?,
+            correlation_id: row.try_get(2)?,
+            causation_id: row.try_get(3)?,
+        };
+        let issued = if still_due(&self.saga, &state, &scheduled.deadline) {
+            issue_on_deadline(&self.saga, &mut state, &scheduled)
+        } else {
+            Vec::new()
+        };
+        sqlx::query(AssertSqlSafe(self.sql.mark_fired.clone()))
+            .bind(saga)
+            .bind(instance)
+            .bind(name)
+            .execute(&mut *conn)
+            .await?;
+        let wanted = wanted_deadlines(
+            &self.saga,
+            instance,
+            &state,
+            scheduled.fire_id,
+            scheduled.correlation_id,
+            scheduled.causation_id,
+        );
+        self.save(conn, instance, &state, issued, wanted).await?;
+        Ok(true)
     }
 }
 
@@ -176,13 +335,15 @@ impl<S: Saga, D: CommandDispatcher<S::Command>> PgSagaRunner<S, D> {
         self
     }
 
-    /// How often the dispatcher looks for issued commands when it found none (default 100 ms).
+    /// How often the dispatcher looks for issued commands and due deadlines when it found none
+    /// (default 100 ms): also how late a deadline may fire.
     pub fn dispatch_interval(mut self, interval: Duration) -> Self {
         self.dispatch_interval = interval;
         self
     }
 
-    /// Runs until `shutdown` completes: feeds the saga live and dispatches its commands.
+    /// Runs until `shutdown` completes: feeds the saga live, fires deadlines as they fall due
+    /// and dispatches the commands issued.
     pub async fn run(&self, shutdown: impl Future<Output = ()>) -> Result<(), ProjectionError> {
         let (stop, stopped) = tokio::sync::watch::channel(false);
         let feed = self.runner.run(async {
@@ -195,8 +356,12 @@ impl<S: Saga, D: CommandDispatcher<S::Command>> PgSagaRunner<S, D> {
                 if *stopped.borrow() {
                     return Ok(());
                 }
+                let fired = self.fire_due_deadlines().await.unwrap_or_else(|error| {
+                    tracing::warn!(saga = self.name(), %error, "firing deadlines failed; retrying");
+                    0
+                });
                 match self.dispatch_pending().await {
-                    Ok(0) => {}
+                    Ok(0) if fired == 0 => {}
                     Ok(_) => continue,
                     Err(error) => {
                         tracing::warn!(saga = self.name(), %error, "dispatch failed; retrying")
@@ -273,6 +438,63 @@ impl<S: Saga, D: CommandDispatcher<S::Command>> PgSagaRunner<S, D> {
                 }
             }
         }
+    }
+
+    /// Fires every deadline due now that has not fired; see
+    /// [`fire_deadlines_due_by`](Self::fire_deadlines_due_by).
+    pub async fn fire_due_deadlines(&self) -> Result<u64, ProjectionError> {
+        self.fire_deadlines_due_by(Utc::now()).await
+    }
+
+    /// Fires every deadline due by `at` that has not fired, each in a transaction of its own:
+    /// the saga's [`on_deadline`](Saga::on_deadline) runs on the locked instance state, and the
+    /// new state, the commands it issued (to the outbox, for `dispatch_pending`) and the
+    /// deadline's fired mark commit together. Several processes may fire at once; each deadline
+    /// fires once. Returns how many fired.
+    pub async fn fire_deadlines_due_by(&self, at: DateTime<Utc>) -> Result<u64, ProjectionError> {
+        const PAGE: i64 = 100;
+        let projection = self.runner.projection();
+        let mut fired = 0;
+        loop {
+            let due: Vec<(String, String)> =
+                sqlx::query_as(AssertSqlSafe(self.sql.due_deadlines.clone()))
+                    .bind(self.name())
+                    .bind(at)
+                    .bind(PAGE)
+                    .fetch_all(self.store.pool())
+                    .await
+                    .map_err(|e| self.error(e))?;
+            let full_page = due.len() as i64 == PAGE;
+            for (instance, name) in due {
+                let mut tx = self.store.pool().begin().await.map_err(|e| self.error(e))?;
+                if projection
+                    .fire(&mut tx, &instance, &name, at)
+                    .await
+                    .map_err(|e| self.error(format!("deadline {name} of {instance}: {e}")))?
+                {
+                    tx.commit().await.map_err(|e| self.error(e))?;
+                    fired += 1;
+                }
+            }
+            if !full_page {
+                return Ok(fired);
+            }
+        }
+    }
+
+    /// The deadlines `instance` waits on that have not fired, soonest first.
+    pub async fn deadlines(&self, instance: &str) -> Result<Vec<Deadline>, ProjectionError> {
+        let rows: Vec<(String, DateTime<Utc>)> =
+            sqlx::query_as(AssertSqlSafe(self.sql.pending_deadlines.clone()))
+                .bind(self.name())
+                .bind(instance)
+                .fetch_all(self.store.pool())
+                .await
+                .map_err(|e| self.error(e))?;
+        Ok(rows
+            .into_iter()
+            .map(|(name, due)| Deadline::new(name, due))
+            .collect())
     }
 
     /// The state of `instance`, if the saga has seen it.
