@@ -26,6 +26,13 @@ pub struct WelcomeBonus {
     pub amount: u64,
 }
 
+impl Default for WelcomeBonus {
+    /// The bank's bonus: 5.00.
+    fn default() -> Self {
+        Self { amount: 500 }
+    }
+}
+
 impl Saga for WelcomeBonus {
     // All account events (version-1 openings lifted by `crate::account::upcasters`, which the
     // runner must be given); it reacts to openings only.

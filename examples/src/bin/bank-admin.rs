@@ -9,7 +9,7 @@
 //! bank-admin parked <projection>    list parked events
 //! bank-admin replay <projection>    replay parked events
 //! bank-admin trace <correlation-id>  one piece of work across streams, as causes and effects
-//! bank-admin run                    keep every projection live until Ctrl-C
+//! bank-admin run                    keep every projection and saga live until Ctrl-C
 //! bank-admin seed --events N        append N deposits across accounts (for trying the above)
 //! ```
 //!
@@ -75,7 +75,7 @@ enum Command {
         /// The projection's name.
         projection: String,
     },
-    /// Keep every projection live (catch up, then follow) until Ctrl-C.
+    /// Keep every projection and saga live (catch up, then follow) until Ctrl-C.
     Run,
     /// Show every event of one correlation id (a transfer, say), each under its cause.
     Trace {
@@ -178,6 +178,20 @@ async fn main() -> Result<(), BoxError> {
         Arc::new(Managed::new(&store, ActivityByType::new)?),
         Arc::new(Managed::new(&store, TransferHistory::new)?),
     ];
+    // The bank's sagas, run by `run` beside the projections, and reported by `status`.
+    let bank = Bank::new(
+        Arc::new(store.clone()),
+        Arc::new(PgSnapshotStore::new(&store)),
+    );
+    let upcasters = Arc::new(account::upcasters());
+    let transfers = Arc::new(
+        PgSagaRunner::new(store.clone(), TransferSaga, bank.clone())
+            .configure(|r| r.with_upcasters(Arc::clone(&upcasters))),
+    );
+    let bonuses = Arc::new(
+        PgSagaRunner::new(store.clone(), WelcomeBonus::default(), bank)
+            .configure(|r| r.with_upcasters(Arc::clone(&upcasters))),
+    );
     let find = |name: &str| {
         projections
             .iter()
@@ -207,12 +221,6 @@ async fn main() -> Result<(), BoxError> {
                     s.parked
                 );
             }
-            let bank = Bank::new(
-                Arc::new(store.clone()),
-                Arc::new(PgSnapshotStore::new(&store)),
-            );
-            let transfers = PgSagaRunner::new(store.clone(), TransferSaga, bank.clone());
-            let bonuses = PgSagaRunner::new(store.clone(), WelcomeBonus { amount: 0 }, bank);
             println!(
                 "\n{:<18} {:>14} {:>10} {:>10} {:>9}",
                 "saga", "checkpoint", "lag", "lag (s)", "commands"
@@ -294,10 +302,26 @@ async fn main() -> Result<(), BoxError> {
                 let stopped = stopped.clone();
                 tasks.push(tokio::spawn(async move { projection.run(stopped).await }));
             }
-            println!("projections running; Ctrl-C stops them after their current batch");
+            let until_stopped = |mut stopped: tokio::sync::watch::Receiver<bool>| async move {
+                let _ = stopped.wait_for(|stop| *stop).await;
+            };
+            let saga_tasks = [
+                tokio::spawn({
+                    let (saga, stopped) = (Arc::clone(&transfers), until_stopped(stopped.clone()));
+                    async move { saga.run(stopped).await }
+                }),
+                tokio::spawn({
+                    let (saga, stopped) = (Arc::clone(&bonuses), until_stopped(stopped.clone()));
+                    async move { saga.run(stopped).await }
+                }),
+            ];
+            println!("projections and sagas running; Ctrl-C stops them after their current batch");
             tokio::signal::ctrl_c().await?;
             stop.send(true)?;
             for task in tasks {
+                task.await??;
+            }
+            for task in saga_tasks {
                 task.await??;
             }
         }

@@ -24,8 +24,6 @@ use tokio::sync::watch;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-const BONUS: u64 = euros(5);
-
 /// The bank example, end to end.
 #[derive(clap::Parser)]
 #[command(name = "bank")]
@@ -74,7 +72,7 @@ async fn main() -> Result<(), BoxError> {
         let account = bank.accounts.load(id).await?;
         println!(
             "   the welcome-bonus policy saw {id}'s opening and deposited {}: balance {}",
-            cents(BONUS),
+            cents(WelcomeBonus::default().amount),
             cents(account.state.balance)
         );
     }
@@ -420,7 +418,7 @@ enum Workflows {
 
 impl Workflows {
     fn start(backend: &Backend, bank: &Bank) -> Self {
-        let bonus = WelcomeBonus { amount: BONUS };
+        let bonus = WelcomeBonus::default();
         match backend {
             Backend::Memory { store, .. } => Self::Memory {
                 transfers: Box::new(
