@@ -81,6 +81,22 @@ impl TestDatabase {
         }
     }
 
+    /// A store on this test's schema through a pool of its own, as another process would
+    /// have. Crash tests kill such a "process" by aborting its tasks and then closing this
+    /// pool: its connections end and the server rolls back whatever they had open, as when a
+    /// process dies. (Aborting tasks alone is not a crash: sqlx 0.9 can return a connection
+    /// whose `BEGIN` was cut short to the pool still inside that transaction, and later
+    /// statements on it are lost when it rolls back; see transact-rs/sqlx#4393.)
+    pub async fn another_process(&self, connections: u32) -> PgEventStore {
+        let pool = PgPoolOptions::new()
+            .max_connections(connections)
+            .acquire_timeout(Duration::from_secs(30))
+            .connect(&database_url())
+            .await
+            .unwrap_or_else(|err| panic!("cannot reach PostgreSQL at {}: {err}", database_url()));
+        PgEventStore::in_schema(pool, self.schema.clone())
+    }
+
     /// Drops the test's schema. Tests that pass call this; a failed test's schema stays for
     /// inspection until a later run removes it as stale.
     pub async fn drop(self) {

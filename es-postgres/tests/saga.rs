@@ -14,8 +14,8 @@ use es_core::{
     EventStore, Repository, Saga, StreamId,
 };
 use es_macros::{Aggregate, DomainEvent};
-use es_postgres::PgSagaRunner;
 use es_postgres::testing::TestDatabase;
+use es_postgres::{PgEventStore, PgSagaRunner};
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 
@@ -186,6 +186,8 @@ struct TransferState {
     to: String,
     amount: i64,
     finished: bool,
+    #[serde(default)]
+    seen: Vec<String>,
 }
 
 /// Debit the source, credit the target; if the credit is refused, refund the source.
@@ -213,6 +215,7 @@ impl Saga for TransferSaga {
 
     fn react(&self, state: &mut TransferState, event: &Envelope<Flow>) -> Vec<(String, Step)> {
         let transfer = self.instance_of(event).unwrap_or_default();
+        let seen = format!("{} {}", event.event_type, event.event_id);
         let step = match &event.payload {
             Flow::Requested { from, to, amount } => {
                 *state = TransferState {
@@ -220,6 +223,7 @@ impl Saga for TransferSaga {
                     to: to.clone(),
                     amount: *amount,
                     finished: false,
+                    seen: Vec::new(),
                 };
                 Step::Debit {
                     account: from.clone(),
@@ -249,6 +253,7 @@ impl Saga for TransferSaga {
         if let Step::Finish { .. } = step {
             state.finished = true;
         }
+        state.seen.push(seen);
         vec![(transfer, step)]
     }
 }
@@ -332,7 +337,11 @@ impl Bank {
 }
 
 fn bank(db: &TestDatabase, lose_acks: u32) -> Bank {
-    let store: Arc<dyn EventStore> = Arc::new(db.store.clone());
+    bank_on(&db.store, lose_acks)
+}
+
+fn bank_on(store: &PgEventStore, lose_acks: u32) -> Bank {
+    let store: Arc<dyn EventStore> = Arc::new(store.clone());
     Bank {
         accounts: CommandHandler::new(Arc::clone(&store)),
         transfers: CommandHandler::new(store),
@@ -342,7 +351,11 @@ fn bank(db: &TestDatabase, lose_acks: u32) -> Bank {
 }
 
 fn runner(db: &TestDatabase, lose_acks: u32) -> PgSagaRunner<TransferSaga, Bank> {
-    PgSagaRunner::new(db.store.clone(), TransferSaga, bank(db, lose_acks))
+    runner_on(&db.store, lose_acks)
+}
+
+fn runner_on(store: &PgEventStore, lose_acks: u32) -> PgSagaRunner<TransferSaga, Bank> {
+    PgSagaRunner::new(store.clone(), TransferSaga, bank_on(store, lose_acks))
         .configure(|r| {
             r.poll_interval(Duration::from_millis(20))
                 .lock_retry_interval(Duration::from_millis(20))
@@ -382,10 +395,59 @@ async fn settle(db: &TestDatabase, runner: &PgSagaRunner<TransferSaga, Bank>, id
         if done {
             return;
         }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the saga did not settle"
-        );
+        if std::time::Instant::now() > deadline {
+            let mut missing = Vec::new();
+            for id in ids {
+                if outcome(db, id).await.is_none() {
+                    let stream = StreamId::for_aggregate("transfer", id).unwrap();
+                    let first = db.store.read_stream_to_vec(&stream, 1).await.unwrap();
+                    let chain: Vec<String> = match first.first() {
+                        Some(e) => db
+                            .store
+                            .read_correlated(e.correlation_id, 100)
+                            .await
+                            .unwrap()
+                            .iter()
+                            .map(|e| format!("{} {} {}", e.stream_id, e.event_type, e.event_id))
+                            .collect(),
+                        None => Vec::new(),
+                    };
+                    let state = runner.state(id).await.unwrap();
+                    let mentions: Vec<(String, String, String, uuid::Uuid)> =
+                        sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                            "SELECT stream_id, event_type, payload::text, correlation_id \
+                             FROM \"{}\".events WHERE payload::text LIKE $1",
+                            db.schema
+                        )))
+                        .bind(format!("%\"{id}\"%"))
+                        .fetch_all(&db.pool)
+                        .await
+                        .unwrap();
+                    missing.push(format!("{id}: mentioned by {mentions:?}"));
+                    missing.push(format!("{id}: state {state:?}, events {chain:?}"));
+                }
+            }
+            let outbox: Vec<(String, i32, Option<String>)> =
+                sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                    "SELECT command::text, attempts, last_error FROM \"{}\".saga_outbox",
+                    db.schema
+                )))
+                .fetch_all(&db.pool)
+                .await
+                .unwrap();
+            let activity: Vec<(Option<String>, Option<String>, Option<String>)> = sqlx::query_as(
+                "SELECT state, backend_xid::text, left(query, 120) FROM pg_stat_activity \
+                 WHERE backend_xid IS NOT NULL OR state = 'idle in transaction'",
+            )
+            .fetch_all(&db.pool)
+            .await
+            .unwrap();
+            panic!(
+                "the saga did not settle: no outcome for {missing:?}; status {:?}; outbox \
+                 {outbox:?}; transactions {activity:?}",
+                runner.feed().status().await
+            );
+        }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
@@ -488,7 +550,9 @@ async fn transfers_settle_exactly_once_through_crashes_and_lost_acknowledgements
     // its acknowledgements after the command ran.
     let mut kills = 0;
     for _ in 0..40 {
-        let runner = Arc::new(runner(&db, 25));
+        // Each run is a process of its own, with its own connections, which die with it.
+        let process = db.another_process(8).await;
+        let runner = Arc::new(runner_on(&process, 25));
         let task = {
             let runner = Arc::clone(&runner);
             tokio::spawn(async move { runner.run(std::future::pending()).await })
@@ -497,6 +561,7 @@ async fn transfers_settle_exactly_once_through_crashes_and_lost_acknowledgements
         tokio::time::sleep(Duration::from_millis(wait)).await;
         task.abort();
         let _ = task.await;
+        process.pool().close().await;
         kills += 1;
         let mut done = true;
         for t in 0..transfers {
