@@ -165,15 +165,18 @@ impl<S: Saga> PgProjection for SagaProjection<S> {
             return Ok(());
         };
         let mut state = self.lock_state(conn, &instance).await?;
+        let before = self.saga.deadlines(&state);
         let issued = issue(&self.saga, &mut state, event);
-        let wanted = wanted_deadlines(
-            &self.saga,
-            &instance,
-            &state,
-            event.event_id,
-            event.correlation_id,
-            event.event_id,
-        );
+        let wanted = (self.saga.deadlines(&state) != before).then(|| {
+            wanted_deadlines(
+                &self.saga,
+                &instance,
+                &state,
+                event.event_id,
+                event.correlation_id,
+                event.event_id,
+            )
+        });
         self.save(conn, &instance, &state, issued, wanted).await
     }
 }
@@ -200,15 +203,16 @@ impl<S: Saga> SagaProjection<S> {
         })
     }
 
-    /// Writes the instance's new state, the commands it issued and the deadlines it now waits
-    /// on, within the caller's transaction.
+    /// Writes the instance's new state, the commands it issued and, when they changed, the
+    /// deadlines it now waits on (the rows always match what the saved state lists, so an
+    /// unchanged list needs no statement), within the caller's transaction.
     async fn save(
         &self,
         conn: &mut PgConnection,
         instance: &str,
         state: &S::State,
         issued: Vec<Issued<S::Command>>,
-        wanted: Vec<ScheduledDeadline>,
+        wanted: Option<Vec<ScheduledDeadline>>,
     ) -> Result<(), BoxError> {
         let name = self.saga.name();
         sqlx::query(AssertSqlSafe(self.sql.save_state.clone()))
@@ -228,6 +232,9 @@ impl<S: Saga> SagaProjection<S> {
                 .execute(&mut *conn)
                 .await?;
         }
+        let Some(wanted) = wanted else {
+            return Ok(());
+        };
         let names: Vec<&str> = wanted.iter().map(|w| w.deadline.name()).collect();
         sqlx::query(AssertSqlSafe(self.sql.drop_deadlines.clone()))
             .bind(name)
@@ -302,7 +309,7 @@ impl<S: Saga> SagaProjection<S> {
             scheduled.correlation_id,
             scheduled.causation_id,
         );
-        self.save(conn, instance, &state, issued, wanted).await?;
+        self.save(conn, instance, &state, issued, Some(wanted)).await?;
         Ok(true)
     }
 }
