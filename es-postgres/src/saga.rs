@@ -309,7 +309,8 @@ impl<S: Saga> SagaProjection<S> {
             scheduled.correlation_id,
             scheduled.causation_id,
         );
-        self.save(conn, instance, &state, issued, Some(wanted)).await?;
+        self.save(conn, instance, &state, issued, Some(wanted))
+            .await?;
         Ok(true)
     }
 }
