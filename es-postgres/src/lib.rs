@@ -65,7 +65,7 @@ pub use projection::{
     ErrorPolicy, OnFailure, ParkedEvent, PgProjection, Progress, ProjectionError, ProjectionRunner,
     ProjectionStatus, ReadModel, ReplayReport,
 };
-pub use saga::{PgSagaRunner, SagaProjection};
+pub use saga::{DeadlineStatus, PgSagaRunner, SagaProjection};
 pub use schema::{MAX_SCHEMA_NAME_LEN, SchemaName};
 pub use snapshot::PgSnapshotStore;
 pub use store::{Horizon, PgEventStore};

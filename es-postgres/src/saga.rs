@@ -51,6 +51,7 @@ struct Statements {
     lock_deadline: String,
     mark_fired: String,
     pending_deadlines: String,
+    deadline_status: String,
 }
 
 impl Statements {
@@ -114,12 +115,27 @@ impl Statements {
                 "UPDATE {s}.saga_deadlines SET fired_at = now() \
                  WHERE saga = $1 AND instance = $2 AND name = $3"
             ),
+            deadline_status: format!(
+                "SELECT count(*), count(*) FILTER (WHERE due <= $2), min(due) \
+                 FROM {s}.saga_deadlines WHERE saga = $1 AND fired_at IS NULL"
+            ),
             pending_deadlines: format!(
                 "SELECT name, due FROM {s}.saga_deadlines \
                  WHERE saga = $1 AND instance = $2 AND fired_at IS NULL ORDER BY due, name"
             ),
         }
     }
+}
+
+/// A saga's deadlines that have not fired, for monitoring.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DeadlineStatus {
+    /// Deadlines waiting to fire.
+    pub waiting: u64,
+    /// Of those, the ones already due.
+    pub due: u64,
+    /// When the next one falls due.
+    pub next: Option<DateTime<Utc>>,
 }
 
 /// A saga seen as a projection whose read model is its instance states and outbox: what
@@ -488,6 +504,23 @@ impl<S: Saga, D: CommandDispatcher<S::Command>> PgSagaRunner<S, D> {
                 return Ok(fired);
             }
         }
+    }
+
+    /// How many deadlines wait to fire, how many of them are due already (more than a few
+    /// dispatch intervals' worth means nothing is firing them), and the next due time.
+    pub async fn deadline_status(&self) -> Result<DeadlineStatus, ProjectionError> {
+        let (waiting, overdue, next): (i64, i64, Option<DateTime<Utc>>) =
+            sqlx::query_as(AssertSqlSafe(self.sql.deadline_status.clone()))
+                .bind(self.name())
+                .bind(Utc::now())
+                .fetch_one(self.store.pool())
+                .await
+                .map_err(|e| self.error(e))?;
+        Ok(DeadlineStatus {
+            waiting: waiting.max(0) as u64,
+            due: overdue.max(0) as u64,
+            next,
+        })
     }
 
     /// The deadlines `instance` waits on that have not fired, soonest first.

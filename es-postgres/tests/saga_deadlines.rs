@@ -189,6 +189,11 @@ async fn a_deadline_fires_once_when_due_unless_an_event_cancelled_it() {
         first.deadlines("paid").await.unwrap().is_empty(),
         "paying cancelled it"
     );
+    let waiting = first.deadline_status().await.unwrap();
+    assert_eq!(
+        (waiting.waiting, waiting.due, waiting.next),
+        (1, 0, Some(due))
+    );
 
     assert_eq!(
         first
@@ -215,6 +220,7 @@ async fn a_deadline_fires_once_when_due_unless_an_event_cancelled_it() {
         "its command waits in the outbox"
     );
     assert!(first.deadlines("late").await.unwrap().is_empty());
+    assert_eq!(first.deadline_status().await.unwrap().waiting, 0);
 
     assert_eq!(first.dispatch_pending().await.unwrap(), 1);
     assert_eq!(status(&db, "late").await, "cancelled");

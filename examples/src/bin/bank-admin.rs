@@ -222,20 +222,29 @@ async fn main() -> Result<(), BoxError> {
                 );
             }
             println!(
-                "\n{:<18} {:>14} {:>10} {:>10} {:>9}",
-                "saga", "checkpoint", "lag", "lag (s)", "commands"
+                "\n{:<18} {:>14} {:>10} {:>10} {:>9} {:>14}",
+                "saga", "checkpoint", "lag", "lag (s)", "commands", "deadlines"
             );
-            for (status, pending) in [
-                (transfers.feed().status().await?, transfers.pending().await?),
-                (bonuses.feed().status().await?, bonuses.pending().await?),
+            for (status, pending, deadlines) in [
+                (
+                    transfers.feed().status().await?,
+                    transfers.pending().await?,
+                    transfers.deadline_status().await?,
+                ),
+                (
+                    bonuses.feed().status().await?,
+                    bonuses.pending().await?,
+                    bonuses.deadline_status().await?,
+                ),
             ] {
                 println!(
-                    "{:<18} {:>14} {:>10} {:>10.1} {:>9}",
+                    "{:<18} {:>14} {:>10} {:>10.1} {:>9} {:>14}",
                     status.name,
                     status.checkpoint.to_string(),
                     status.lag_events,
                     status.lag.map_or(0.0, |d| d.as_secs_f64()),
-                    pending
+                    pending,
+                    format!("{} ({} due)", deadlines.waiting, deadlines.due),
                 );
             }
         }
