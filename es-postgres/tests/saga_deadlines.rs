@@ -14,8 +14,9 @@ use es_core::{
     Repository, Saga, StreamId,
 };
 use es_macros::{Aggregate, DomainEvent};
-use es_postgres::PgSagaRunner;
 use es_postgres::testing::TestDatabase;
+use es_postgres::{PgEventStore, PgSagaRunner};
+use rand::Rng;
 use serde::{Deserialize, Serialize};
 
 #[derive(Clone, Debug)]
@@ -126,11 +127,18 @@ impl CommandDispatcher<String> for Orders {
 }
 
 fn runner(db: &TestDatabase, after: chrono::Duration) -> PgSagaRunner<PaymentTimeout, Orders> {
-    let store: Arc<dyn EventStore> = Arc::new(db.store.clone());
+    runner_on(&db.store, after)
+}
+
+fn runner_on(
+    store: &PgEventStore,
+    after: chrono::Duration,
+) -> PgSagaRunner<PaymentTimeout, Orders> {
+    let handler_store: Arc<dyn EventStore> = Arc::new(store.clone());
     PgSagaRunner::new(
-        db.store.clone(),
+        store.clone(),
         PaymentTimeout { after },
-        Orders(CommandHandler::new(store)),
+        Orders(CommandHandler::new(handler_store)),
     )
     .configure(|r| r.poll_interval(Duration::from_millis(20)))
     .dispatch_interval(Duration::from_millis(10))
@@ -280,5 +288,93 @@ async fn a_live_runner_fires_deadlines_as_they_fall_due() {
     assert_eq!(status(&db, "quick").await, "paid");
     stop.send(true).unwrap();
     task.await.unwrap().unwrap();
+    db.drop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn deadlines_fire_once_through_crashes() {
+    let db = TestDatabase::new().await;
+    let orders = CommandHandler::<Order>::new(Arc::new(db.store.clone()));
+    let count = 40;
+    for n in 0..count {
+        orders
+            .execute(&format!("o{n}"), OrderCommand::Place)
+            .await
+            .unwrap();
+        // Every fourth order is paid: its deadline is cancelled.
+        if n % 4 == 0 {
+            orders
+                .execute(&format!("o{n}"), OrderCommand::Pay)
+                .await
+                .unwrap();
+        }
+    }
+    // Already due once read: the runner fires them as soon as it has seen the orders.
+    let after = chrono::Duration::zero();
+    let mut kills = 0;
+    for _ in 0..40 {
+        // Each run is a process of its own, with its own connections, which die with it.
+        let process = db.another_process(6).await;
+        let runner = Arc::new(runner_on(&process, after));
+        let task = {
+            let runner = Arc::clone(&runner);
+            tokio::spawn(async move { runner.run(std::future::pending()).await })
+        };
+        tokio::time::sleep(Duration::from_millis(rand::rng().random_range(5..60))).await;
+        task.abort();
+        let _ = task.await;
+        process.pool().close().await;
+        kills += 1;
+        let mut open = 0;
+        for n in 0..count {
+            open += u32::from(status(&db, &format!("o{n}")).await == "placed");
+        }
+        if open == 0 && kills > 1 {
+            break;
+        }
+    }
+    // Finish the work with a runner that is not killed.
+    let last = runner(&db, after);
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        last.catch_up().await.unwrap();
+        last.fire_due_deadlines().await.unwrap();
+        last.dispatch_pending().await.unwrap();
+        let mut open = 0;
+        for n in 0..count {
+            open += u32::from(status(&db, &format!("o{n}")).await == "placed");
+        }
+        if open == 0 && last.pending().await.unwrap() == 0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{open} orders never cancelled"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
+    for n in 0..count {
+        let events = db
+            .store
+            .read_stream_to_vec(&StreamId::new(format!("order-o{n}")).unwrap(), 1)
+            .await
+            .unwrap();
+        let types: Vec<&str> = events.iter().map(|e| e.event_type.as_str()).collect();
+        let expected: &[&str] = if n % 4 == 0 {
+            &["Placed", "Paid"]
+        } else {
+            &["Placed", "Cancelled"]
+        };
+        assert_eq!(types, expected, "order o{n} after {kills} kills");
+    }
+    let fired: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "SELECT count(*) FROM \"{}\".saga_deadlines WHERE fired_at IS NULL",
+        db.schema
+    )))
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(fired, 0, "no deadline left unfired");
     db.drop().await;
 }
