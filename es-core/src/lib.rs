@@ -116,8 +116,8 @@ pub use metadata::{InvalidMetadata, Metadata};
 pub use position::Position;
 pub use repository::{Loaded, Repository};
 pub use saga::{
-    CommandDispatcher, Deadline, Issued, Saga, SagaRunner, ScheduledDeadline, issue,
-    issue_on_deadline, still_due, wanted_deadlines,
+    Cause, CommandDispatcher, Deadline, Issued, Saga, SagaRunner, ScheduledDeadline, issue,
+    issue_on_deadline, rescheduled_deadlines, still_due,
 };
 pub use snapshot::{InMemorySnapshotStore, Snapshot, SnapshotDue, SnapshotPolicy, SnapshotStore};
 pub use store::{AppendResult, EventStore, judge_repeat, validate_append};

@@ -120,31 +120,67 @@ pub struct ScheduledDeadline {
     pub causation_id: Uuid,
 }
 
+/// What a saga reaction answered: an event, or a deadline that passed. The commands and
+/// deadlines the reaction produces derive their ids from it and carry its correlation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Cause {
+    /// The id the produced ids derive from.
+    pub id: Uuid,
+    /// The correlation id the produced commands carry.
+    pub correlation_id: Uuid,
+    /// The cause the produced commands name.
+    pub causation_id: Uuid,
+}
+
+impl Cause {
+    /// A reaction to `event`: it is the cause of what the reaction issues.
+    pub fn event<E>(event: &Envelope<E>) -> Self {
+        Self {
+            id: event.event_id,
+            correlation_id: event.correlation_id,
+            causation_id: event.event_id,
+        }
+    }
+
+    /// A reaction to `deadline` passing: what it issues descends from the deadline's fire id
+    /// and names the event that scheduled it as its cause.
+    pub fn deadline(deadline: &ScheduledDeadline) -> Self {
+        Self {
+            id: deadline.fire_id,
+            correlation_id: deadline.correlation_id,
+            causation_id: deadline.causation_id,
+        }
+    }
+}
+
 /// Where the ids of scheduled deadlines start among the ids derived from their cause, far from
 /// the command ids (which count up from 0).
 const DEADLINE_IDS: u32 = 1 << 30;
 
-/// The deadlines `saga` wants for an instance in `state` after a reaction to the event (or
-/// deadline) `cause_id`, as the runner should schedule them when they are new or changed.
-pub fn wanted_deadlines<S: Saga>(
+/// The deadlines to keep for `instance` after a reaction to `cause` took its state from one
+/// listing `before` to `state`: `None` when the list did not change (what is kept stays as it
+/// is, fired marks included), otherwise every deadline now listed, for the runner to keep
+/// exactly these (unchanged ones keep their fire id).
+pub fn rescheduled_deadlines<S: Saga>(
     saga: &S,
     instance: &str,
+    before: &[Deadline],
     state: &S::State,
-    cause_id: Uuid,
-    correlation_id: Uuid,
-    causation_id: Uuid,
-) -> Vec<ScheduledDeadline> {
-    saga.deadlines(state)
-        .into_iter()
-        .enumerate()
-        .map(|(index, deadline)| ScheduledDeadline {
-            instance: instance.to_owned(),
-            deadline,
-            fire_id: derived_event_id(cause_id, DEADLINE_IDS + index as u32),
-            correlation_id,
-            causation_id,
-        })
-        .collect()
+    cause: Cause,
+) -> Option<Vec<ScheduledDeadline>> {
+    let now = saga.deadlines(state);
+    (now != before).then(|| {
+        now.into_iter()
+            .enumerate()
+            .map(|(index, deadline)| ScheduledDeadline {
+                instance: instance.to_owned(),
+                deadline,
+                fire_id: derived_event_id(cause.id, DEADLINE_IDS + index as u32),
+                correlation_id: cause.correlation_id,
+                causation_id: cause.causation_id,
+            })
+            .collect()
+    })
 }
 
 /// Whether `saga`, with the instance in `state`, still waits on `deadline` (same name, same due
@@ -163,9 +199,7 @@ pub fn issue_on_deadline<S: Saga>(
 ) -> Vec<Issued<S::Command>> {
     with_contexts(
         saga.on_deadline(&scheduled.instance, state, &scheduled.deadline),
-        scheduled.fire_id,
-        scheduled.correlation_id,
-        scheduled.causation_id,
+        Cause::deadline(scheduled),
     )
 }
 
@@ -199,29 +233,19 @@ pub fn issue<S: Saga>(
     state: &mut S::State,
     event: &Envelope<S::Event>,
 ) -> Vec<Issued<S::Command>> {
-    with_contexts(
-        saga.react(state, event),
-        event.event_id,
-        event.correlation_id,
-        event.event_id,
-    )
+    with_contexts(saga.react(state, event), Cause::event(event))
 }
 
-fn with_contexts<C>(
-    commands: Vec<C>,
-    base_id: Uuid,
-    correlation_id: Uuid,
-    causation_id: Uuid,
-) -> Vec<Issued<C>> {
+fn with_contexts<C>(commands: Vec<C>, cause: Cause) -> Vec<Issued<C>> {
     commands
         .into_iter()
         .enumerate()
         .map(|(index, command)| Issued {
             command,
             context: CommandContext::new()
-                .idempotent(derived_event_id(base_id, index as u32))
-                .correlated_with(correlation_id)
-                .caused_by(causation_id),
+                .idempotent(derived_event_id(cause.id, index as u32))
+                .correlated_with(cause.correlation_id)
+                .caused_by(cause.causation_id),
         })
         .collect()
 }
@@ -316,35 +340,10 @@ impl<S: Saga, D: CommandDispatcher<S::Command>> SagaRunner<S, D> {
         let Some(instance) = self.saga.instance_of(event) else {
             return Ok(());
         };
-        // React on a copy: the state changes only once every command is dispatched, so a
-        // failed round redelivers the event to the state it first saw.
-        let (mut state, issued) = {
-            let progress = self.lock();
-            let mut state = match progress.states.get(&instance) {
-                Some(state) => clone_state::<S>(state)?,
-                None => S::State::default(),
-            };
-            let issued = issue(&self.saga, &mut state, event);
-            (state, issued)
-        };
-        for Issued { command, context } in issued {
-            self.dispatcher.dispatch(command, context).await?;
-        }
-        let wanted = wanted_deadlines(
-            &self.saga,
-            &instance,
-            &state,
-            event.event_id,
-            event.correlation_id,
-            event.event_id,
-        );
-        let mut progress = self.lock();
-        reconcile(
-            progress.deadlines.entry(instance.clone()).or_default(),
-            wanted,
-        );
-        std::mem::swap(progress.states.entry(instance).or_default(), &mut state);
-        Ok(())
+        self.step(&instance, Cause::event(event), None, |state| {
+            issue(&self.saga, state, event)
+        })
+        .await
     }
 
     /// Fires every deadline due at or before `now` that has not fired: runs
@@ -361,46 +360,57 @@ impl<S: Saga, D: CommandDispatcher<S::Command>> SagaRunner<S, D> {
             .collect();
         let mut fired = 0;
         for scheduled in due {
-            let (mut state, issued) = {
-                let progress = self.lock();
-                let mut state = match progress.states.get(&scheduled.instance) {
-                    Some(state) => clone_state::<S>(state)?,
-                    None => S::State::default(),
-                };
-                let issued = if still_due(&self.saga, &state, &scheduled.deadline) {
-                    issue_on_deadline(&self.saga, &mut state, &scheduled)
+            let cause = Cause::deadline(&scheduled);
+            self.step(&scheduled.instance, cause, Some(&scheduled), |state| {
+                if still_due(&self.saga, state, &scheduled.deadline) {
+                    issue_on_deadline(&self.saga, state, &scheduled)
                 } else {
                     Vec::new()
-                };
-                (state, issued)
-            };
-            for Issued { command, context } in issued {
-                self.dispatcher.dispatch(command, context).await?;
-            }
-            let wanted = wanted_deadlines(
-                &self.saga,
-                &scheduled.instance,
-                &state,
-                scheduled.fire_id,
-                scheduled.correlation_id,
-                scheduled.causation_id,
-            );
-            let mut progress = self.lock();
-            let kept = progress
-                .deadlines
-                .entry(scheduled.instance.clone())
-                .or_default();
-            if let Some(entry) = kept.iter_mut().find(|(k, _)| *k == scheduled) {
-                entry.1 = true;
-            }
-            reconcile(kept, wanted);
-            std::mem::swap(
-                progress.states.entry(scheduled.instance).or_default(),
-                &mut state,
-            );
+                }
+            })
+            .await?;
             fired += 1;
         }
         Ok(fired)
+    }
+
+    /// Runs `react` on a copy of `instance`'s state and dispatches what it issues; only then
+    /// keeps the new state and deadlines (and marks `firing` fired), so a failed round delivers
+    /// the same input again to the state it first saw.
+    async fn step(
+        &self,
+        instance: &str,
+        cause: Cause,
+        firing: Option<&ScheduledDeadline>,
+        react: impl FnOnce(&mut S::State) -> Vec<Issued<S::Command>>,
+    ) -> Result<(), BoxError> {
+        let (mut state, before, issued) = {
+            let progress = self.lock();
+            let mut state = match progress.states.get(instance) {
+                Some(state) => clone_state::<S>(state)?,
+                None => S::State::default(),
+            };
+            let before = self.saga.deadlines(&state);
+            let issued = react(&mut state);
+            (state, before, issued)
+        };
+        for Issued { command, context } in issued {
+            self.dispatcher.dispatch(command, context).await?;
+        }
+        let rescheduled = rescheduled_deadlines(&self.saga, instance, &before, &state, cause);
+        let mut progress = self.lock();
+        let kept = progress.deadlines.entry(instance.to_owned()).or_default();
+        if let Some(entry) = kept.iter_mut().find(|(k, _)| Some(k) == firing) {
+            entry.1 = true;
+        }
+        if let Some(wanted) = rescheduled {
+            reconcile(kept, wanted);
+        }
+        std::mem::swap(
+            progress.states.entry(instance.to_owned()).or_default(),
+            &mut state,
+        );
+        Ok(())
     }
 
     /// The deadlines `instance` waits on that have not fired yet.

@@ -39,18 +39,35 @@ impl Saga for Mirror {
     }
 }
 
-/// Credits the mirror, then reports failure the first `lose` times, as if the acknowledgement
-/// was lost after the command ran.
-struct Credit {
+/// Runs each issued command on ledger `ledger` as `command` makes it, then reports failure the
+/// first `lose` times, as if the acknowledgement was lost after the command ran.
+struct Deliver<T> {
     ledgers: CommandHandler<Ledger>,
+    ledger: &'static str,
+    command: fn(T) -> LedgerCommand,
     lose: AtomicU32,
 }
 
+impl<T> Deliver<T> {
+    fn new(
+        store: &Arc<dyn EventStore>,
+        ledger: &'static str,
+        command: fn(T) -> LedgerCommand,
+    ) -> Self {
+        Self {
+            ledgers: CommandHandler::new(Arc::clone(store)),
+            ledger,
+            command,
+            lose: AtomicU32::new(1),
+        }
+    }
+}
+
 #[async_trait]
-impl CommandDispatcher<u64> for Credit {
-    async fn dispatch(&self, cents: u64, context: CommandContext) -> Result<(), BoxError> {
+impl<T: Send + 'static> CommandDispatcher<T> for Deliver<T> {
+    async fn dispatch(&self, issued: T, context: CommandContext) -> Result<(), BoxError> {
         self.ledgers
-            .execute_with("mirror", LedgerCommand::Credit(cents), context)
+            .execute_with(self.ledger, (self.command)(issued), context)
             .await?;
         if self.lose.load(Ordering::SeqCst) > 0 {
             self.lose.fetch_sub(1, Ordering::SeqCst);
@@ -77,10 +94,7 @@ async fn a_redelivered_reaction_runs_its_command_once_and_carries_the_correlatio
     let runner = SagaRunner::new(
         Arc::clone(&store),
         Mirror,
-        Credit {
-            ledgers: CommandHandler::new(Arc::clone(&store)),
-            lose: AtomicU32::new(1),
-        },
+        Deliver::new(&store, "mirror", LedgerCommand::Credit),
     );
 
     assert!(
@@ -158,27 +172,6 @@ impl Saga for CreditWatch {
     }
 }
 
-/// Notes a ledger; reports failure the first `lose` times, after the note was written.
-struct Note {
-    ledgers: CommandHandler<Ledger>,
-    ledger: &'static str,
-    lose: AtomicU32,
-}
-
-#[async_trait]
-impl CommandDispatcher<String> for Note {
-    async fn dispatch(&self, text: String, context: CommandContext) -> Result<(), BoxError> {
-        self.ledgers
-            .execute_with(self.ledger, LedgerCommand::Annotate(text), context)
-            .await?;
-        if self.lose.load(Ordering::SeqCst) > 0 {
-            self.lose.fetch_sub(1, Ordering::SeqCst);
-            return Err("acknowledgement lost".into());
-        }
-        Ok(())
-    }
-}
-
 #[tokio::test]
 async fn a_deadline_fires_once_when_due_and_not_after_it_was_cancelled() {
     let store: Arc<dyn EventStore> = Arc::new(InMemoryEventStore::new());
@@ -200,11 +193,7 @@ async fn a_deadline_fires_once_when_due_and_not_after_it_was_cancelled() {
     let runner = SagaRunner::new(
         Arc::clone(&store),
         CreditWatch,
-        Note {
-            ledgers: CommandHandler::new(Arc::clone(&store)),
-            ledger: "late",
-            lose: AtomicU32::new(1),
-        },
+        Deliver::new(&store, "late", LedgerCommand::Annotate),
     );
     runner.catch_up().await.unwrap();
     let debited = store

@@ -9,8 +9,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use es_core::{
-    BoxError, CommandContext, CommandDispatcher, Deadline, Envelope, Issued, Saga,
-    ScheduledDeadline, issue, issue_on_deadline, still_due, wanted_deadlines,
+    BoxError, Cause, CommandContext, CommandDispatcher, Deadline, Envelope, Issued, Saga,
+    ScheduledDeadline, issue, issue_on_deadline, rescheduled_deadlines, still_due,
 };
 use sqlx::{AssertSqlSafe, PgConnection, Row};
 use uuid::Uuid;
@@ -183,16 +183,8 @@ impl<S: Saga> PgProjection for SagaProjection<S> {
         let mut state = self.lock_state(conn, &instance).await?;
         let before = self.saga.deadlines(&state);
         let issued = issue(&self.saga, &mut state, event);
-        let wanted = (self.saga.deadlines(&state) != before).then(|| {
-            wanted_deadlines(
-                &self.saga,
-                &instance,
-                &state,
-                event.event_id,
-                event.correlation_id,
-                event.event_id,
-            )
-        });
+        let wanted =
+            rescheduled_deadlines(&self.saga, &instance, &before, &state, Cause::event(event));
         self.save(conn, &instance, &state, issued, wanted).await
     }
 }
@@ -306,6 +298,7 @@ impl<S: Saga> SagaProjection<S> {
             correlation_id: row.try_get(2)?,
             causation_id: row.try_get(3)?,
         };
+        let before = self.saga.deadlines(&state);
         let issued = if still_due(&self.saga, &state, &scheduled.deadline) {
             issue_on_deadline(&self.saga, &mut state, &scheduled)
         } else {
@@ -317,16 +310,9 @@ impl<S: Saga> SagaProjection<S> {
             .bind(name)
             .execute(&mut *conn)
             .await?;
-        let wanted = wanted_deadlines(
-            &self.saga,
-            instance,
-            &state,
-            scheduled.fire_id,
-            scheduled.correlation_id,
-            scheduled.causation_id,
-        );
-        self.save(conn, instance, &state, issued, Some(wanted))
-            .await?;
+        let cause = Cause::deadline(&scheduled);
+        let wanted = rescheduled_deadlines(&self.saga, instance, &before, &state, cause);
+        self.save(conn, instance, &state, issued, wanted).await?;
         Ok(true)
     }
 }
