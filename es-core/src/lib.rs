@@ -1,6 +1,6 @@
 //! The domain model and runtime of the event-sourcing framework: aggregates that decide and
 //! evolve, the envelope every stored event travels in, the [`EventStore`] contract, command
-//! handling with optimistic concurrency, and an in-memory store.
+//! handling with optimistic concurrency, sagas, and an in-memory store.
 //!
 //! This crate does no I/O and knows nothing of SQL; `es-postgres` implements the store contract
 //! on PostgreSQL and `es-macros` derives the traits below.
@@ -13,8 +13,12 @@
 //!   correlation, causation and metadata; [`RecordedEvent`] is one with a raw payload.
 //! - [`ExpectedVersion`] and [`ConflictError`] (`version.rs`): optimistic concurrency.
 //! - [`EventStore`] (`store.rs`): append with an expected version, read a stream, read the
-//!   global log from a [`Position`].
-//! - [`CommandHandler`] (`command.rs`): load, decide, append, retry.
+//!   global log from a [`Position`], read one event or one correlation id's events.
+//! - [`CommandHandler`] (`command.rs`): load, decide, append, retry; idempotent commands and
+//!   their follow-ups ([`CommandContext`]).
+//! - [`Metadata`] (`metadata.rs`): an event's free-form JSON object.
+//! - [`Saga`] (`saga.rs`): process managers reacting to events with commands, with deadlines;
+//!   [`SagaRunner`] runs one in memory.
 //! - [`Repository`] (`repository.rs`): load from the newest usable snapshot, upcast on read,
 //!   temporal loads (as of a version or a time).
 //! - [`Upcasters`] (`upcast.rs`): schema evolution of stored events.
