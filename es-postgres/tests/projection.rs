@@ -144,7 +144,12 @@ async fn expected_totals(db: &TestDatabase) -> Vec<(String, i64, i64)> {
 }
 
 fn runner(db: &TestDatabase, name: &str) -> ProjectionRunner<Totals> {
-    ProjectionRunner::new(db.store.clone(), Totals::new(db, name))
+    runner_on(&db.store, db, name)
+}
+
+/// A runner working through `store` (the test's, or another process's).
+fn runner_on(store: &PgEventStore, db: &TestDatabase, name: &str) -> ProjectionRunner<Totals> {
+    ProjectionRunner::new(store.clone(), Totals::new(db, name))
         .poll_interval(Duration::from_millis(50))
         .lock_retry_interval(Duration::from_millis(50))
 }
@@ -180,19 +185,22 @@ async fn a_rebuild_killed_at_random_points_ends_equal_to_a_clean_replay() {
     assert_eq!(expected.iter().map(|t| t.1).sum::<i64>(), 50_000);
 
     // Start a rebuild, then kill the runner at random points and restart it, resuming from
-    // its checkpoint, until it completes.
-    let runner = Arc::new(runner(&db, "totals").batch_size(700));
+    // its checkpoint, until it completes. Each run is a process of its own, whose connections
+    // die with it.
+    let process = db.another_process(6).await;
     let first = {
-        let runner = Arc::clone(&runner);
+        let runner = runner_on(&process, &db, "totals").batch_size(700);
         tokio::spawn(async move { runner.rebuild(ErrorPolicy::STOP, |_| {}).await })
     };
     tokio::time::sleep(Duration::from_millis(rand::rng().random_range(50..250))).await;
     first.abort();
     let _ = first.await;
+    process.pool().close().await;
     let mut kills = 1;
     loop {
+        let process = db.another_process(6).await;
         let task = {
-            let runner = Arc::clone(&runner);
+            let runner = runner_on(&process, &db, "totals").batch_size(700);
             tokio::spawn(async move { runner.catch_up().await })
         };
         tokio::time::sleep(Duration::from_millis(rand::rng().random_range(20..200))).await;
@@ -202,9 +210,11 @@ async fn a_rebuild_killed_at_random_points_ends_equal_to_a_clean_replay() {
         }
         task.abort();
         let _ = task.await;
+        process.pool().close().await;
         kills += 1;
         assert!(kills < 200, "the rebuild never completes");
     }
+    let runner = runner(&db, "totals");
     assert!(kills >= 2, "the runner was killed mid-rebuild");
     runner.catch_up().await.unwrap();
     assert_eq!(totals(&db, "totals").await, expected, "after {kills} kills");
@@ -608,5 +618,25 @@ async fn a_blue_green_rebuild_swaps_in_the_new_version_while_live_runs() {
     .execute(&db.pool)
     .await
     .unwrap();
+    db.drop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_runner_whose_run_is_cancelled_no_longer_reports_itself_active() {
+    let db = TestDatabase::new().await;
+    let process = db.another_process(4).await;
+    let cancelled = Arc::new(runner_on(&process, &db, "cancelled"));
+    let task = {
+        let cancelled = Arc::clone(&cancelled);
+        tokio::spawn(async move { cancelled.run(std::future::pending()).await })
+    };
+    wait_until("the runner is active", async || cancelled.is_active()).await;
+    task.abort();
+    let _ = task.await;
+    assert!(!cancelled.is_active());
+    process.pool().close().await;
+    // Its session ended with it: another instance takes the projection over.
+    let next = runner(&db, "cancelled");
+    next.catch_up().await.unwrap();
     db.drop().await;
 }

@@ -73,6 +73,20 @@ pub struct Progress {
     pub head: Position,
 }
 
+/// The advisory lock that makes a runner the active instance, on a session of its own. Dropped
+/// without [`ProjectionRunner::release`] (a run future cancelled), the session still ends and
+/// the runner still stops reporting itself active.
+pub(super) struct ActiveLock {
+    conn: Option<PgConnection>,
+    active: Arc<AtomicBool>,
+}
+
+impl Drop for ActiveLock {
+    fn drop(&mut self) {
+        self.active.store(false, Ordering::SeqCst);
+    }
+}
+
 /// Runs one [`PgProjection`]: waits to be the one active instance, catches up from its
 /// checkpoint, then follows the log live, until told to stop.
 ///
@@ -663,7 +677,7 @@ impl<P: PgProjection> ProjectionRunner<P> {
 
     /// Waits until this instance holds the projection's advisory lock, on a connection of its
     /// own that stays open while it runs.
-    pub(super) async fn acquire_lock(&self) -> Result<PgConnection, ProjectionError> {
+    pub(super) async fn acquire_lock(&self) -> Result<ActiveLock, ProjectionError> {
         let options = self.store.pool().connect_options();
         let mut conn = PgConnection::connect_with(&options)
             .await
@@ -680,16 +694,20 @@ impl<P: PgProjection> ProjectionRunner<P> {
             if locked {
                 self.active.store(true, Ordering::SeqCst);
                 tracing::info!(projection = %self.key, "this instance is active");
-                return Ok(conn);
+                return Ok(ActiveLock {
+                    conn: Some(conn),
+                    active: Arc::clone(&self.active),
+                });
             }
             tokio::time::sleep(self.lock_retry).await;
         }
     }
 
-    pub(super) async fn release(&self, lock: PgConnection) {
-        self.active.store(false, Ordering::SeqCst);
+    pub(super) async fn release(&self, mut lock: ActiveLock) {
         // Closing the session releases its advisory locks.
-        let _ = lock.close().await;
+        if let Some(conn) = lock.conn.take() {
+            let _ = conn.close().await;
+        }
     }
 
     pub(super) fn store_error(&self, error: impl Into<BoxError>) -> ProjectionError {
