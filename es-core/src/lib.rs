@@ -121,7 +121,7 @@ pub use position::Position;
 pub use repository::{Loaded, Repository};
 pub use saga::{
     Cause, CommandDispatcher, Deadline, Issued, Saga, SagaRunner, ScheduledDeadline, issue,
-    issue_on_deadline, rescheduled_deadlines, still_due,
+    issue_on_deadline, rescheduled_deadlines,
 };
 pub use snapshot::{InMemorySnapshotStore, Snapshot, SnapshotDue, SnapshotPolicy, SnapshotStore};
 pub use store::{AppendResult, EventStore, judge_repeat, validate_append};

@@ -27,7 +27,7 @@ use uuid::Uuid;
 
 use crate::{
     BoxError, CommandContext, DomainEvent, Envelope, EventStore, Position, Upcasters,
-    current_version, derived_event_id,
+    derived_event_id,
 };
 
 /// A process manager: per instance (one transfer, one order...), a state and a reaction to each
@@ -183,12 +183,6 @@ pub fn rescheduled_deadlines<S: Saga>(
     })
 }
 
-/// Whether `saga`, with the instance in `state`, still waits on `deadline` (same name, same due
-/// time): what a runner checks before firing it.
-pub fn still_due<S: Saga>(saga: &S, state: &S::State, deadline: &Deadline) -> bool {
-    saga.deadlines(state).contains(deadline)
-}
-
 /// Runs `saga`'s reaction to the passing of `scheduled` and gives each command its context: id
 /// derived from the deadline's fire id, idempotent, with the correlation and cause of the event
 /// that scheduled it.
@@ -320,15 +314,11 @@ impl<S: Saga, D: CommandDispatcher<S::Command>> SagaRunner<S, D> {
             }
             for recorded in batch {
                 let position = recorded.position;
-                if current_version::<S::Event>(&recorded.event_type).is_some()
-                    || self.upcasters.lifts(&recorded.event_type)
-                {
-                    let mut events = Vec::with_capacity(1);
-                    self.upcasters
-                        .select_ref_into::<S::Event>(&recorded, &mut events)?;
-                    for event in events {
-                        self.handle(&event).await?;
-                    }
+                let mut events = Vec::with_capacity(1);
+                self.upcasters
+                    .select_ref_into::<S::Event>(&recorded, &mut events)?;
+                for event in events {
+                    self.handle(&event).await?;
                 }
                 self.lock().checkpoint = position;
                 read += 1;
@@ -340,7 +330,7 @@ impl<S: Saga, D: CommandDispatcher<S::Command>> SagaRunner<S, D> {
         let Some(instance) = self.saga.instance_of(event) else {
             return Ok(());
         };
-        self.step(&instance, Cause::event(event), None, |state| {
+        self.step(&instance, Cause::event(event), None, |state, _| {
             issue(&self.saga, state, event)
         })
         .await
@@ -361,28 +351,35 @@ impl<S: Saga, D: CommandDispatcher<S::Command>> SagaRunner<S, D> {
         let mut fired = 0;
         for scheduled in due {
             let cause = Cause::deadline(&scheduled);
-            self.step(&scheduled.instance, cause, Some(&scheduled), |state| {
-                if still_due(&self.saga, state, &scheduled.deadline) {
-                    issue_on_deadline(&self.saga, state, &scheduled)
-                } else {
-                    Vec::new()
-                }
-            })
+            // Fired only if the instance still lists it: the saga may have moved on.
+            self.step(
+                &scheduled.instance,
+                cause,
+                Some(&scheduled),
+                |state, listed| {
+                    if listed.contains(&scheduled.deadline) {
+                        issue_on_deadline(&self.saga, state, &scheduled)
+                    } else {
+                        Vec::new()
+                    }
+                },
+            )
             .await?;
             fired += 1;
         }
         Ok(fired)
     }
 
-    /// Runs `react` on a copy of `instance`'s state and dispatches what it issues; only then
-    /// keeps the new state and deadlines (and marks `firing` fired), so a failed round delivers
-    /// the same input again to the state it first saw.
+    /// Runs `react` on a copy of `instance`'s state (and the deadlines it listed) and
+    /// dispatches what it issues; only then keeps the new state and deadlines (and marks
+    /// `firing` fired), so a failed round delivers the same input again to the state it first
+    /// saw.
     async fn step(
         &self,
         instance: &str,
         cause: Cause,
         firing: Option<&ScheduledDeadline>,
-        react: impl FnOnce(&mut S::State) -> Vec<Issued<S::Command>>,
+        react: impl FnOnce(&mut S::State, &[Deadline]) -> Vec<Issued<S::Command>>,
     ) -> Result<(), BoxError> {
         let (mut state, before, issued) = {
             let progress = self.lock();
@@ -391,7 +388,7 @@ impl<S: Saga, D: CommandDispatcher<S::Command>> SagaRunner<S, D> {
                 None => S::State::default(),
             };
             let before = self.saga.deadlines(&state);
-            let issued = react(&mut state);
+            let issued = react(&mut state, &before);
             (state, before, issued)
         };
         for Issued { command, context } in issued {

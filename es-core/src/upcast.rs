@@ -208,12 +208,7 @@ impl Upcasters {
         recorded: &RecordedEvent,
         out: &mut Vec<Envelope<E>>,
     ) -> Result<(), EventDecodeError> {
-        if !self.needs_lifting(recorded) {
-            let event = decode_current::<E>(recorded)?;
-            out.push(recorded.with_payload(event));
-            return Ok(());
-        }
-        self.lift_selecting(recorded.clone(), out, false)
+        self.decode_ref_selecting(recorded, out, false)
     }
 
     /// As [`decode_ref_into`](Self::decode_ref_into), for readers of the global log that
@@ -225,15 +220,26 @@ impl Upcasters {
         recorded: &RecordedEvent,
         out: &mut Vec<Envelope<E>>,
     ) -> Result<(), EventDecodeError> {
+        self.decode_ref_selecting(recorded, out, true)
+    }
+
+    /// Decodes a borrowed event; with `select`, events not of `E`'s types (once lifted) are
+    /// left out.
+    fn decode_ref_selecting<E: DomainEvent>(
+        &self,
+        recorded: &RecordedEvent,
+        out: &mut Vec<Envelope<E>>,
+        select: bool,
+    ) -> Result<(), EventDecodeError> {
         if !self.needs_lifting(recorded) {
-            if current_version::<E>(&recorded.event_type).is_none() {
+            if select && current_version::<E>(&recorded.event_type).is_none() {
                 return Ok(());
             }
             let event = decode_current::<E>(recorded)?;
             out.push(recorded.with_payload(event));
             return Ok(());
         }
-        self.lift_selecting(recorded.clone(), out, true)
+        self.lift_selecting(recorded.clone(), out, select)
     }
 
     fn needs_lifting(&self, recorded: &RecordedEvent) -> bool {

@@ -10,7 +10,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use es_core::{
     BoxError, Cause, CommandContext, CommandDispatcher, Deadline, Envelope, Issued, Saga,
-    ScheduledDeadline, issue, issue_on_deadline, rescheduled_deadlines, still_due,
+    ScheduledDeadline, issue, issue_on_deadline, rescheduled_deadlines,
 };
 use sqlx::{AssertSqlSafe, PgConnection, Row};
 use uuid::Uuid;
@@ -299,7 +299,8 @@ impl<S: Saga> SagaProjection<S> {
             causation_id: row.try_get(3)?,
         };
         let before = self.saga.deadlines(&state);
-        let issued = if still_due(&self.saga, &state, &scheduled.deadline) {
+        // Fired only if the instance still lists it: the saga may have moved on.
+        let issued = if before.contains(&scheduled.deadline) {
             issue_on_deadline(&self.saga, &mut state, &scheduled)
         } else {
             Vec::new()

@@ -46,21 +46,7 @@ impl TestDatabase {
     /// As [`new`](Self::new), with a pool of `connections`.
     pub async fn with_pool_size(connections: u32) -> Self {
         static COUNTER: AtomicU32 = AtomicU32::new(0);
-        let url = database_url();
-        let pool = PgPoolOptions::new()
-            .max_connections(connections)
-            .acquire_timeout(Duration::from_secs(30))
-            .connect(&url)
-            .await
-            .unwrap_or_else(|err| {
-                panic!(
-                    "cannot reach PostgreSQL at {url}: {err}\n\
-                     The tests need a PostgreSQL server (13 or newer). Set DATABASE_URL to one, \
-                     e.g. DATABASE_URL=postgres://postgres@127.0.0.1:5432/postgres, or start the \
-                     local server: pg_ctlcluster --skip-systemctl-redirect \
-                     $(pg_lsclusters -h | awk '{{print $1; exit}}') main start"
-                )
-            });
+        let pool = connect(connections).await;
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default()
@@ -88,13 +74,7 @@ impl TestDatabase {
     /// whose `BEGIN` was cut short to the pool still inside that transaction, and later
     /// statements on it are lost when it rolls back; see transact-rs/sqlx#4393.)
     pub async fn another_process(&self, connections: u32) -> PgEventStore {
-        let pool = PgPoolOptions::new()
-            .max_connections(connections)
-            .acquire_timeout(Duration::from_secs(30))
-            .connect(&database_url())
-            .await
-            .unwrap_or_else(|err| panic!("cannot reach PostgreSQL at {}: {err}", database_url()));
-        PgEventStore::in_schema(pool, self.schema.clone())
+        PgEventStore::in_schema(connect(connections).await, self.schema.clone())
     }
 
     /// Drops the test's schema. Tests that pass call this; a failed test's schema stays for
@@ -109,6 +89,25 @@ impl TestDatabase {
         // Not `pool.close()`: it waits for every connection, including ones a still-living
         // follower's listener holds. The pool closes when its last clone is dropped.
     }
+}
+
+/// A pool of `connections` to the test server, or a panic saying what to do when none answers.
+async fn connect(connections: u32) -> PgPool {
+    let url = database_url();
+    PgPoolOptions::new()
+        .max_connections(connections)
+        .acquire_timeout(Duration::from_secs(30))
+        .connect(&url)
+        .await
+        .unwrap_or_else(|err| {
+            panic!(
+                "cannot reach PostgreSQL at {url}: {err}\n\
+                     The tests need a PostgreSQL server (13 or newer). Set DATABASE_URL to one, \
+                     e.g. DATABASE_URL=postgres://postgres@127.0.0.1:5432/postgres, or start the \
+                     local server: pg_ctlcluster --skip-systemctl-redirect \
+                     $(pg_lsclusters -h | awk '{{print $1; exit}}') main start"
+            )
+        })
 }
 
 async fn drop_stale_schemas(pool: &PgPool, now: u64) {
