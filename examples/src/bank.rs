@@ -6,14 +6,15 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use es_core::{
     BoxError, CommandContext, CommandDispatcher, CommandError, CommandHandler, EventStore,
-    Repository, SnapshotStore,
+    Repository, SagaRunner, SnapshotStore,
 };
+use es_postgres::{PgEventStore, PgSagaRunner};
 use uuid::Uuid;
 
 use crate::account::{self, Account, AccountCommand};
 use crate::transfer::{Transfer, TransferCommand, TransferError};
-use crate::transfer_saga::{TransferAction, TransferStep};
-use crate::welcome_bonus::PayBonus;
+use crate::transfer_saga::{TransferAction, TransferSaga, TransferStep};
+use crate::welcome_bonus::{PayBonus, WelcomeBonus};
 
 /// The command handlers of the bank's aggregates.
 #[derive(Clone)]
@@ -34,6 +35,40 @@ impl Bank {
             accounts: CommandHandler::with_repository(accounts),
             transfers: CommandHandler::new(store),
         }
+    }
+
+    /// The transfer saga and the welcome-bonus policy on in-memory runners over `store`,
+    /// dispatching to this bank. Both read account events, so through the account upcasters.
+    pub fn memory_sagas(
+        &self,
+        store: Arc<dyn EventStore>,
+    ) -> (
+        SagaRunner<TransferSaga, Bank>,
+        SagaRunner<WelcomeBonus, Bank>,
+    ) {
+        let upcasters = Arc::new(account::upcasters());
+        (
+            SagaRunner::new(Arc::clone(&store), TransferSaga, self.clone())
+                .with_upcasters(Arc::clone(&upcasters)),
+            SagaRunner::new(store, WelcomeBonus::default(), self.clone()).with_upcasters(upcasters),
+        )
+    }
+
+    /// The same two on durable PostgreSQL runners over `store`.
+    pub fn pg_sagas(
+        &self,
+        store: &PgEventStore,
+    ) -> (
+        PgSagaRunner<TransferSaga, Bank>,
+        PgSagaRunner<WelcomeBonus, Bank>,
+    ) {
+        let upcasters = Arc::new(account::upcasters());
+        (
+            PgSagaRunner::new(store.clone(), TransferSaga, self.clone())
+                .configure(|r| r.with_upcasters(Arc::clone(&upcasters))),
+            PgSagaRunner::new(store.clone(), WelcomeBonus::default(), self.clone())
+                .configure(|r| r.with_upcasters(upcasters)),
+        )
     }
 
     /// Asks for a transfer, which the transfer saga then carries out, and returns its

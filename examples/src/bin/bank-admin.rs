@@ -25,10 +25,8 @@ use es_examples::account::{self, AccountEvent};
 use es_examples::bank::Bank;
 use es_examples::projections::{AccountBalances, ActivityByType, TransferHistory};
 use es_examples::trace::trace;
-use es_examples::transfer_saga::TransferSaga;
-use es_examples::welcome_bonus::WelcomeBonus;
 use es_postgres::{
-    ErrorPolicy, ParkedEvent, PgEventStore, PgProjection, PgSagaRunner, PgSnapshotStore, Progress,
+    ErrorPolicy, ParkedEvent, PgEventStore, PgProjection, PgSnapshotStore, Progress,
     ProjectionError, ProjectionRunner, ProjectionStatus, ReplayReport, SchemaName,
 };
 use indicatif::{ProgressBar, ProgressStyle};
@@ -183,15 +181,8 @@ async fn main() -> Result<(), BoxError> {
         Arc::new(store.clone()),
         Arc::new(PgSnapshotStore::new(&store)),
     );
-    let upcasters = Arc::new(account::upcasters());
-    let transfers = Arc::new(
-        PgSagaRunner::new(store.clone(), TransferSaga, bank.clone())
-            .configure(|r| r.with_upcasters(Arc::clone(&upcasters))),
-    );
-    let bonuses = Arc::new(
-        PgSagaRunner::new(store.clone(), WelcomeBonus::default(), bank)
-            .configure(|r| r.with_upcasters(Arc::clone(&upcasters))),
-    );
+    let (transfers, bonuses) = bank.pg_sagas(&store);
+    let (transfers, bonuses) = (Arc::new(transfers), Arc::new(bonuses));
     let find = |name: &str| {
         projections
             .iter()

@@ -9,8 +9,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use es_core::{
-    CommandError, EventStore, ExpectedVersion, InMemoryEventStore, InMemorySnapshotStore, NewEvent,
-    SagaRunner, SnapshotStore, StreamId,
+    CommandDispatcher, CommandError, EventStore, ExpectedVersion, InMemoryEventStore,
+    InMemorySnapshotStore, NewEvent, Saga, SagaRunner, SnapshotStore, StreamId,
 };
 use es_examples::account::{self, AccountCommand, AccountError};
 use es_examples::bank::Bank;
@@ -19,7 +19,7 @@ use es_examples::trace::trace;
 use es_examples::transfer::TransferStatus;
 use es_examples::transfer_saga::TransferSaga;
 use es_examples::welcome_bonus::WelcomeBonus;
-use es_postgres::{PgEventStore, PgProjection, PgSagaRunner, PgSnapshotStore, ProjectionRunner};
+use es_postgres::{PgEventStore, PgSagaRunner, PgSnapshotStore, ProjectionRunner};
 use tokio::sync::watch;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -391,12 +391,18 @@ impl Backend {
     }
 }
 
-/// How the example's saga runners read the log: through the account upcasters (carol's
-/// version-1 opening), polling every 200 ms besides the notifications.
-fn live<P: PgProjection>(runner: ProjectionRunner<P>) -> ProjectionRunner<P> {
-    runner
-        .poll_interval(Duration::from_millis(200))
-        .with_upcasters(Arc::new(account::upcasters()))
+/// A saga runner as the demo runs it: polling every 200 ms besides the notifications, and
+/// looking for commands and deadlines every 20 ms, so each step settles quickly.
+fn live<S>(runner: PgSagaRunner<S, Bank>) -> Arc<PgSagaRunner<S, Bank>>
+where
+    S: Saga,
+    Bank: CommandDispatcher<S::Command>,
+{
+    Arc::new(
+        runner
+            .configure(|r| r.poll_interval(Duration::from_millis(200)))
+            .dispatch_interval(Duration::from_millis(20)),
+    )
 }
 
 /// The transfer saga and the welcome-bonus policy, on the runner that fits the store.
@@ -418,29 +424,17 @@ enum Workflows {
 
 impl Workflows {
     fn start(backend: &Backend, bank: &Bank) -> Self {
-        let bonus = WelcomeBonus::default();
         match backend {
-            Backend::Memory { store, .. } => Self::Memory {
-                transfers: Box::new(
-                    SagaRunner::new(store.clone(), TransferSaga, bank.clone())
-                        .with_upcasters(Arc::new(account::upcasters())),
-                ),
-                bonuses: Box::new(
-                    SagaRunner::new(store.clone(), bonus, bank.clone())
-                        .with_upcasters(Arc::new(account::upcasters())),
-                ),
-            },
+            Backend::Memory { store, .. } => {
+                let (transfers, bonuses) = bank.memory_sagas(store.clone());
+                Self::Memory {
+                    transfers: Box::new(transfers),
+                    bonuses: Box::new(bonuses),
+                }
+            }
             Backend::Postgres { store, .. } => {
-                let transfers = Arc::new(
-                    PgSagaRunner::new(store.clone(), TransferSaga, bank.clone())
-                        .configure(live)
-                        .dispatch_interval(Duration::from_millis(20)),
-                );
-                let bonuses = Arc::new(
-                    PgSagaRunner::new(store.clone(), bonus, bank.clone())
-                        .configure(live)
-                        .dispatch_interval(Duration::from_millis(20)),
-                );
+                let (transfers, bonuses) = bank.pg_sagas(store);
+                let (transfers, bonuses) = (live(transfers), live(bonuses));
                 let (stop, stopped) = watch::channel(false);
                 let run = |stopped: watch::Receiver<bool>| async move {
                     let mut stopped = stopped;
