@@ -145,8 +145,9 @@ pub struct Executed<A: Aggregate> {
     pub events: Vec<A::Event>,
     /// What the store wrote; `None` when there was nothing to write.
     pub append: Option<AppendResult>,
-    /// An idempotent command already executed: nothing was decided or written this time, and
-    /// `state`/`version` are the aggregate's as loaded now.
+    /// An idempotent command already executed (by an earlier or a concurrent delivery): nothing
+    /// was decided or written this time, `events` is empty, and `state`/`version` are the
+    /// aggregate's as loaded now, with the first execution's events applied once.
     pub deduplicated: bool,
 }
 
@@ -228,18 +229,35 @@ impl<A: Aggregate> CommandHandler<A> {
         self.execute_with(id, command, CommandContext::new()).await
     }
 
-    /// Whether the idempotent command of `context` already took effect (its first event is
-    /// stored). A dispatcher uses it to ask whether an outcome it records on refusal (see
-    /// [`CommandContext::follow_up`]) is already recorded, so a redelivered step that was
-    /// refused before is not tried again against a state that has changed since.
-    pub async fn was_executed(&self, context: &CommandContext) -> Result<bool, StoreError> {
-        Ok(context.idempotent
-            && self
-                .repository
-                .store()
-                .read_event(derived_event_id(context.command_id, 0))
-                .await?
-                .is_some())
+    /// Whether the idempotent command of `context` already took effect on the aggregate `id`
+    /// (its first event is stored in that aggregate's stream). A dispatcher uses it to ask
+    /// whether an outcome it records on refusal (see [`CommandContext::follow_up`]) is already
+    /// recorded, so a redelivered step that was refused before is not tried again against a
+    /// state that has changed since.
+    pub async fn was_executed(
+        &self,
+        id: &str,
+        context: &CommandContext,
+    ) -> Result<bool, CommandError<A::Error>> {
+        let stream = Repository::<A>::stream_id(id)?;
+        Ok(self.executed_in(&stream, context).await?)
+    }
+
+    async fn executed_in(
+        &self,
+        stream: &StreamId,
+        context: &CommandContext,
+    ) -> Result<bool, StoreError> {
+        if !context.idempotent {
+            return Ok(false);
+        }
+        let first = derived_event_id(context.command_id, 0);
+        Ok(self
+            .repository
+            .store()
+            .read_event(first)
+            .await?
+            .is_some_and(|event| event.stream_id == *stream))
     }
 
     /// Executes `command` on the aggregate `id` within `context`.
@@ -270,18 +288,15 @@ impl<A: Aggregate> CommandHandler<A> {
     ) -> Result<Executed<A>, CommandError<A::Error>> {
         let mut conflicts = 0;
         loop {
-            if self.was_executed(context).await? {
-                let loaded = self.repository.load(stream).await?;
-                tracing::debug!("idempotent command already executed");
-                return Ok(Executed {
-                    state: loaded.state,
-                    version: loaded.version,
-                    events: Vec::new(),
-                    append: None,
-                    deduplicated: true,
-                });
-            }
             let loaded = self.repository.load(stream).await?;
+            // Asked after loading, not before: a delivery of the same command that committed
+            // before this load is found here; one that commits later decided against the
+            // state loaded here, so deciding again writes the same ids and is found a repeat.
+            if self.executed_in(stream, context).await? {
+                tracing::debug!("idempotent command already executed");
+                // Reloaded: the other delivery may have committed after the load above.
+                return Ok(deduplicated(self.repository.load(stream).await?, None));
+            }
             let (mut state, version) = (loaded.state, loaded.version);
             let expected = match context.expected_version {
                 Some(expected) if !expected.accepts((version > 0).then_some(version)) => {
@@ -293,7 +308,17 @@ impl<A: Aggregate> CommandHandler<A> {
                 }
                 _ => ExpectedVersion::Exact(version),
             };
-            let events = state.handle(command).map_err(CommandError::Domain)?;
+            let events = match state.handle(command) {
+                Ok(events) => events,
+                Err(refusal) => {
+                    // Another delivery may have executed the command meanwhile: its outcome
+                    // stands, not a refusal decided against a state that has moved on.
+                    if self.executed_in(stream, context).await? {
+                        return Ok(deduplicated(self.repository.load(stream).await?, None));
+                    }
+                    return Err(CommandError::Domain(refusal));
+                }
+            };
             if events.is_empty() {
                 return Ok(Executed {
                     state,
@@ -305,7 +330,17 @@ impl<A: Aggregate> CommandHandler<A> {
             }
             let new_events = encode_events(&events, context)?;
             match self.append(stream, expected, new_events).await {
-                Ok(append) => {
+                Ok(Sent { append, resent }) if append.deduplicated && !resent => {
+                    // Another delivery of this idempotent command wrote these events first.
+                    // Its outcome stands; applying them to this state would count them twice.
+                    tracing::debug!("idempotent command executed by another delivery");
+                    let now = self.repository.load(stream).await?;
+                    return Ok(deduplicated(now, Some(append)));
+                }
+                Ok(Sent { append, .. }) => {
+                    // A repeat found only after a re-send is this execution's own first
+                    // attempt, whose outcome was unknown: these events are ours (the append
+                    // result still says the re-send found them stored).
                     for event in &events {
                         state.apply(event);
                     }
@@ -345,7 +380,7 @@ impl<A: Aggregate> CommandHandler<A> {
         stream: &StreamId,
         expected: ExpectedVersion,
         events: Vec<NewEvent>,
-    ) -> Result<AppendResult, StoreError> {
+    ) -> Result<Sent, StoreError> {
         let mut failures = 0;
         loop {
             match self
@@ -358,9 +393,32 @@ impl<A: Aggregate> CommandHandler<A> {
                     failures += 1;
                     tracing::warn!(error = %err, attempt = failures, "append outcome unknown, re-sending the same events");
                 }
-                result => return result,
+                result => {
+                    return result.map(|append| Sent {
+                        append,
+                        resent: failures > 0,
+                    });
+                }
             }
         }
+    }
+}
+
+/// What an append returned, and whether it took a re-send.
+struct Sent {
+    append: AppendResult,
+    resent: bool,
+}
+
+/// The outcome of an idempotent command found already executed: nothing decided this time,
+/// the aggregate as loaded now.
+fn deduplicated<A: Aggregate>(loaded: Loaded<A>, append: Option<AppendResult>) -> Executed<A> {
+    Executed {
+        state: loaded.state,
+        version: loaded.version,
+        events: Vec::new(),
+        append,
+        deduplicated: true,
     }
 }
 

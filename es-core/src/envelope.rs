@@ -33,6 +33,10 @@ pub struct Envelope<P> {
     pub causation_id: Option<Uuid>,
     /// Free-form metadata.
     pub metadata: Metadata,
+    /// Which of the events an upcaster split one stored event into this is: 0 for an event as
+    /// stored (or the first of a split), 1, 2... for the others, which share the stored event's
+    /// id. `(event_id, split_index)` identifies a decoded event.
+    pub split_index: u32,
     /// The event's data.
     pub payload: P,
 }
@@ -66,6 +70,7 @@ impl<P> Envelope<P> {
             correlation_id: self.correlation_id,
             causation_id: self.causation_id,
             metadata: self.metadata,
+            split_index: self.split_index,
             payload: f(self.payload),
         }
     }
@@ -83,6 +88,7 @@ impl<P> Envelope<P> {
             correlation_id: self.correlation_id,
             causation_id: self.causation_id,
             metadata: self.metadata.clone(),
+            split_index: self.split_index,
             payload,
         }
     }

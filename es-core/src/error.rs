@@ -76,7 +76,8 @@ fn fmt_pos(position: &Option<Position>) -> String {
 }
 
 impl StoreError {
-    /// Whether retrying the same call may succeed.
+    /// Whether retrying may succeed: the same call after a dropped connection or a timeout,
+    /// the whole transaction after a serialization failure.
     pub fn is_transient(&self) -> bool {
         matches!(
             self,

@@ -120,11 +120,11 @@ pub use metadata::{InvalidMetadata, Metadata};
 pub use position::Position;
 pub use repository::{Loaded, Repository};
 pub use saga::{
-    Cause, CommandDispatcher, Deadline, Issued, Saga, SagaRunner, ScheduledDeadline, issue,
-    issue_on_deadline, rescheduled_deadlines,
+    Cause, CommandDispatcher, Deadline, DuplicateDeadline, Issued, Saga, SagaRunner,
+    ScheduledDeadline, issue, issue_on_deadline, rescheduled_deadlines, saga_command_id,
 };
 pub use snapshot::{InMemorySnapshotStore, Snapshot, SnapshotDue, SnapshotPolicy, SnapshotStore};
-pub use store::{AppendResult, EventStore, judge_repeat, validate_append};
+pub use store::{AppendResult, EventStore, MAX_SCHEMA_VERSION, judge_repeat, validate_append};
 pub use stream::{InvalidStreamId, MAX_STREAM_ID_LEN, StreamId};
 pub use upcast::{Upcasted, UpcasterError, Upcasters};
 pub use version::{ConflictError, ExpectedVersion};

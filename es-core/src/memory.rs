@@ -118,6 +118,7 @@ impl EventStore for InMemoryEventStore {
                 correlation_id: event.correlation_id,
                 causation_id: event.causation_id,
                 metadata: event.metadata,
+                split_index: 0,
                 payload: event.payload,
             });
         }

@@ -161,7 +161,10 @@ impl<A: Aggregate> Repository<A> {
             snapshot_version: 0,
         });
 
-        let mut events = self.store.read_stream(stream, loaded.version + 1);
+        let mut events = match until {
+            Until::Version(v) => self.store.read_stream_range(stream, loaded.version + 1, v),
+            _ => self.store.read_stream(stream, loaded.version + 1),
+        };
         let mut decoded = Vec::with_capacity(1);
         while let Some(recorded) = events.try_next().await? {
             let done = match until {

@@ -27,7 +27,6 @@ use uuid::Uuid;
 
 use crate::{
     BoxError, CommandContext, DomainEvent, Envelope, EventStore, Position, Upcasters,
-    derived_event_id,
 };
 
 /// A process manager: per instance (one transfer, one order...), a state and a reaction to each
@@ -124,8 +123,11 @@ pub struct ScheduledDeadline {
 /// deadlines the reaction produces derive their ids from it and carry its correlation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Cause {
-    /// The id the produced ids derive from.
+    /// The id the produced ids derive from: the event's id, or the deadline's fire id.
     pub id: Uuid,
+    /// Which of the events an upcaster split the stored event into (see
+    /// [`Envelope::split_index`]); 0 for a deadline.
+    pub split_index: u32,
     /// The correlation id the produced commands carry.
     pub correlation_id: Uuid,
     /// The cause the produced commands name.
@@ -137,6 +139,7 @@ impl Cause {
     pub fn event<E>(event: &Envelope<E>) -> Self {
         Self {
             id: event.event_id,
+            split_index: event.split_index,
             correlation_id: event.correlation_id,
             causation_id: event.event_id,
         }
@@ -147,40 +150,93 @@ impl Cause {
     pub fn deadline(deadline: &ScheduledDeadline) -> Self {
         Self {
             id: deadline.fire_id,
+            split_index: 0,
             correlation_id: deadline.correlation_id,
             causation_id: deadline.causation_id,
         }
     }
 }
 
-/// Where the ids of scheduled deadlines start among the ids derived from their cause, far from
-/// the command ids (which count up from 0).
-const DEADLINE_IDS: u32 = 1 << 30;
+/// What a derived id is for: the two kinds never share an id.
+#[derive(Clone, Copy)]
+enum Derived {
+    Command = 1,
+    Deadline = 2,
+}
+
+/// The namespace of every id sagas derive (a fixed, random UUID).
+const SAGA_ID_NAMESPACE: Uuid = Uuid::from_u128(0x6f1c_2a5e_93d4_4b0e_8a7f_d25c_41e9_b803);
+
+/// The id of the `index`-th command (or deadline) `saga` produces in its reaction to `cause`: a
+/// name-based UUID (version 5) of the saga's name, the cause's id and split index, the kind
+/// and the index. Stable across releases and processes, so a redelivered cause produces the
+/// same ids; distinct across sagas reacting to one event and across the events an upcaster
+/// split one stored event into.
+pub fn saga_command_id(saga: &str, cause: &Cause, index: u32) -> Uuid {
+    derive_saga_id(saga, cause, Derived::Command, index)
+}
+
+fn derive_saga_id(saga: &str, cause: &Cause, kind: Derived, index: u32) -> Uuid {
+    let mut name = Vec::with_capacity(saga.len() + 32);
+    // Length-prefixed, so no saga name is a prefix of another's input.
+    name.extend_from_slice(&(saga.len() as u64).to_be_bytes());
+    name.extend_from_slice(saga.as_bytes());
+    name.extend_from_slice(cause.id.as_bytes());
+    name.extend_from_slice(&cause.split_index.to_be_bytes());
+    name.push(kind as u8);
+    name.extend_from_slice(&index.to_be_bytes());
+    Uuid::new_v5(&SAGA_ID_NAMESPACE, &name)
+}
+
+/// A saga listed two deadlines of one name for one instance: which one it means is unknowable,
+/// so the reaction is refused (both runners treat it as a failure of the event).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("saga {saga} lists deadline {name:?} twice for instance {instance}; deadline names must be unique per instance")]
+pub struct DuplicateDeadline {
+    /// The saga.
+    pub saga: String,
+    /// The instance.
+    pub instance: String,
+    /// The name listed twice.
+    pub name: String,
+}
 
 /// The deadlines to keep for `instance` after a reaction to `cause` took its state from one
 /// listing `before` to `state`: `None` when the list did not change (what is kept stays as it
 /// is, fired marks included), otherwise every deadline now listed, for the runner to keep
-/// exactly these (unchanged ones keep their fire id).
+/// exactly these (unchanged ones keep their fire id). Refused when the list names one deadline
+/// twice.
 pub fn rescheduled_deadlines<S: Saga>(
     saga: &S,
     instance: &str,
     before: &[Deadline],
     state: &S::State,
     cause: Cause,
-) -> Option<Vec<ScheduledDeadline>> {
+) -> Result<Option<Vec<ScheduledDeadline>>, DuplicateDeadline> {
     let now = saga.deadlines(state);
-    (now != before).then(|| {
+    if now == before {
+        return Ok(None);
+    }
+    let mut names = std::collections::HashSet::with_capacity(now.len());
+    if let Some(twice) = now.iter().find(|d| !names.insert(d.name())) {
+        return Err(DuplicateDeadline {
+            saga: saga.name().to_owned(),
+            instance: instance.to_owned(),
+            name: twice.name().to_owned(),
+        });
+    }
+    Ok(Some(
         now.into_iter()
             .enumerate()
             .map(|(index, deadline)| ScheduledDeadline {
                 instance: instance.to_owned(),
                 deadline,
-                fire_id: derived_event_id(cause.id, DEADLINE_IDS + index as u32),
+                fire_id: derive_saga_id(saga.name(), &cause, Derived::Deadline, index as u32),
                 correlation_id: cause.correlation_id,
                 causation_id: cause.causation_id,
             })
-            .collect()
-    })
+            .collect(),
+    ))
 }
 
 /// Runs `saga`'s reaction to the passing of `scheduled` and gives each command its context: id
@@ -192,6 +248,7 @@ pub fn issue_on_deadline<S: Saga>(
     scheduled: &ScheduledDeadline,
 ) -> Vec<Issued<S::Command>> {
     with_contexts(
+        saga.name(),
         saga.on_deadline(&scheduled.instance, state, &scheduled.deadline),
         Cause::deadline(scheduled),
     )
@@ -220,24 +277,24 @@ pub struct Issued<C> {
 }
 
 /// Runs `saga`'s reaction to `event` and gives each command its context: command id derived
-/// from the event id and the command's index, idempotent, correlated with the event, caused by
-/// it.
+/// from the saga, the event and the command's index ([`saga_command_id`]), idempotent,
+/// correlated with the event, caused by it.
 pub fn issue<S: Saga>(
     saga: &S,
     state: &mut S::State,
     event: &Envelope<S::Event>,
 ) -> Vec<Issued<S::Command>> {
-    with_contexts(saga.react(state, event), Cause::event(event))
+    with_contexts(saga.name(), saga.react(state, event), Cause::event(event))
 }
 
-fn with_contexts<C>(commands: Vec<C>, cause: Cause) -> Vec<Issued<C>> {
+fn with_contexts<C>(saga: &str, commands: Vec<C>, cause: Cause) -> Vec<Issued<C>> {
     commands
         .into_iter()
         .enumerate()
         .map(|(index, command)| Issued {
             command,
             context: CommandContext::new()
-                .idempotent(derived_event_id(cause.id, index as u32))
+                .idempotent(saga_command_id(saga, &cause, index as u32))
                 .correlated_with(cause.correlation_id)
                 .caused_by(cause.causation_id),
         })
@@ -381,7 +438,7 @@ impl<S: Saga, D: CommandDispatcher<S::Command>> SagaRunner<S, D> {
         firing: Option<&ScheduledDeadline>,
         react: impl FnOnce(&mut S::State, &[Deadline]) -> Vec<Issued<S::Command>>,
     ) -> Result<(), BoxError> {
-        let (mut state, before, issued) = {
+        let (mut state, rescheduled, issued) = {
             let progress = self.lock();
             let mut state = match progress.states.get(instance) {
                 Some(state) => clone_state::<S>(state)?,
@@ -389,12 +446,13 @@ impl<S: Saga, D: CommandDispatcher<S::Command>> SagaRunner<S, D> {
             };
             let before = self.saga.deadlines(&state);
             let issued = react(&mut state, &before);
-            (state, before, issued)
+            let rescheduled =
+                rescheduled_deadlines(&self.saga, instance, &before, &state, cause)?;
+            (state, rescheduled, issued)
         };
         for Issued { command, context } in issued {
             self.dispatcher.dispatch(command, context).await?;
         }
-        let rescheduled = rescheduled_deadlines(&self.saga, instance, &before, &state, cause);
         let mut progress = self.lock();
         let kept = progress.deadlines.entry(instance.to_owned()).or_default();
         if let Some(entry) = kept.iter_mut().find(|(k, _)| Some(k) == firing) {

@@ -4,7 +4,7 @@ use std::collections::HashSet;
 
 use async_trait::async_trait;
 use futures_core::stream::BoxStream;
-use futures_util::TryStreamExt;
+use futures_util::{StreamExt, TryStreamExt};
 
 use uuid::Uuid;
 
@@ -55,7 +55,25 @@ pub trait EventStore: Send + Sync {
         from_version: u64,
     ) -> BoxStream<'a, Result<RecordedEvent, StoreError>>;
 
+    /// The events of `stream` from version `from_version` to `to_version`, both inclusive, in
+    /// order. Stores should bound the read itself; the default reads from `from_version` and
+    /// stops after `to_version`.
+    fn read_stream_range<'a>(
+        &'a self,
+        stream: &'a StreamId,
+        from_version: u64,
+        to_version: u64,
+    ) -> BoxStream<'a, Result<RecordedEvent, StoreError>> {
+        self.read_stream(stream, from_version)
+            .try_take_while(move |event| std::future::ready(Ok(event.stream_version <= to_version)))
+            .boxed()
+    }
+
     /// Up to `limit` events of the global log after `after`, in global order.
+    ///
+    /// A store that meets a stored event it cannot read ([`StoreError::Malformed`]) returns the
+    /// events before it; when it is the first, the error, which names its position: a reader
+    /// that must go on can resume after that position.
     async fn read_all(
         &self,
         after: Position,
@@ -92,8 +110,11 @@ pub trait EventStore: Send + Sync {
     }
 }
 
+/// The largest schema version a store keeps (PostgreSQL stores it as `integer`).
+pub const MAX_SCHEMA_VERSION: u32 = i32::MAX as u32;
+
 /// Checks what every store refuses before it writes anything: an empty type name, schema version
-/// 0, or the same event id twice in one append.
+/// 0 or above [`MAX_SCHEMA_VERSION`], or the same event id twice in one append.
 pub fn validate_append(stream: &StreamId, events: &[NewEvent]) -> Result<(), StoreError> {
     let mut seen = HashSet::with_capacity(events.len());
     for event in events {
@@ -110,6 +131,12 @@ pub fn validate_append(stream: &StreamId, events: &[NewEvent]) -> Result<(), Sto
         }
         if event.schema_version == 0 {
             return Err(invalid("schema versions start at 1"));
+        }
+        if event.schema_version > MAX_SCHEMA_VERSION {
+            return Err(invalid(&format!(
+                "schema version {} is above {MAX_SCHEMA_VERSION}, the largest a store keeps",
+                event.schema_version
+            )));
         }
         if !seen.insert(event.event_id) {
             return Err(invalid("the same event id appears twice in one append"));

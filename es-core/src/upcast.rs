@@ -269,6 +269,9 @@ impl Upcasters {
             payload,
         }]);
         let mut done = Vec::new();
+        // Counts every final event, selected or not, so the split index of an event is the
+        // same for every reader whatever it selects.
+        let mut produced = 0u32;
         let mut steps = 0;
         while let Some(item) = pending.pop_front() {
             let key = (item.event_type.clone(), item.schema_version);
@@ -292,7 +295,9 @@ impl Upcasters {
                         pending.push_front(next);
                     }
                 }
-                None if select && current_version::<E>(&item.event_type).is_none() => {}
+                None if select && current_version::<E>(&item.event_type).is_none() => {
+                    produced += 1;
+                }
                 None => {
                     check_current::<E>(&item.event_type, item.schema_version)
                         .map_err(|e| fail(&recorded, e))?;
@@ -300,14 +305,16 @@ impl Upcasters {
                         .map_err(|e| fail(&recorded, DecodeError::Payload(e)))?;
                     let event =
                         E::decode(&item.event_type, &raw).map_err(|e| fail(&recorded, e))?;
-                    done.push((item.event_type, item.schema_version, event));
+                    done.push((item.event_type, item.schema_version, produced, event));
+                    produced += 1;
                 }
             }
         }
-        out.extend(done.into_iter().map(|(event_type, schema_version, event)| {
+        out.extend(done.into_iter().map(|(event_type, schema_version, split, event)| {
             let mut envelope = recorded.with_payload(event);
             envelope.event_type = event_type;
             envelope.schema_version = schema_version;
+            envelope.split_index = split;
             envelope
         }));
         Ok(())

@@ -57,16 +57,95 @@ pub(crate) fn store_error(err: sqlx::Error) -> StoreError {
     }
 }
 
-fn is_transient(err: &sqlx::Error) -> bool {
+/// Whether retrying may get past an error: what supervised runners retry with backoff
+/// instead of stopping. See [`is_transient`] for the classification of driver errors.
+pub(crate) trait Transient {
+    fn is_transient(&self) -> bool;
+}
+
+impl Transient for sqlx::Error {
+    fn is_transient(&self) -> bool {
+        is_transient(self)
+    }
+}
+
+impl Transient for StoreError {
+    fn is_transient(&self) -> bool {
+        StoreError::is_transient(self)
+    }
+}
+
+impl Transient for es_core::BoxError {
+    fn is_transient(&self) -> bool {
+        transient_source(self.as_ref())
+    }
+}
+
+impl Transient for serde_json::Error {
+    fn is_transient(&self) -> bool {
+        false
+    }
+}
+
+impl Transient for String {
+    fn is_transient(&self) -> bool {
+        false
+    }
+}
+
+impl Transient for &str {
+    fn is_transient(&self) -> bool {
+        false
+    }
+}
+
+/// Whether an error (or one it wraps) is a transient driver or store error. User code such
+/// as a projection's `apply` returns boxed errors that often wrap the driver's.
+pub(crate) fn transient_source(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut current = Some(error);
+    while let Some(error) = current {
+        if let Some(sqlx) = error.downcast_ref::<sqlx::Error>() {
+            return is_transient(sqlx);
+        }
+        if let Some(store) = error.downcast_ref::<StoreError>() {
+            return store.is_transient();
+        }
+        current = error.source();
+    }
+    false
+}
+
+/// The classification of driver errors, documented in docs/operations.md ("Faults"):
+/// transient are I/O errors (connection refused, reset, closed), TLS failures, pool acquire
+/// timeouts and a closed pool's worker, and these SQLSTATEs: class 08 (connection exception),
+/// 40001 (serialization failure), 40P01 (deadlock), 55P03 (lock not available, from
+/// `lock_timeout`), 57P01/57P02/57P03 (administrator or crash shutdown, cannot connect now:
+/// the server is starting or stopping), 53300 (too many connections), 25P03 (idle in
+/// transaction timeout), 57P05 (idle session timeout), 58000/58030 (system I/O error).
+/// Everything else (constraint violations, syntax, permissions, a missing table, data that
+/// does not decode) is permanent: retrying the same work fails the same way.
+pub(crate) fn is_transient(err: &sqlx::Error) -> bool {
     match err {
-        sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::Tls(_) => true,
+        sqlx::Error::Io(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::WorkerCrashed
+        | sqlx::Error::Protocol(_) => true,
         sqlx::Error::Database(db) => db.code().is_some_and(|code| {
-            // Connection exceptions, serialization failures and deadlocks, a server shutting
-            // down or not yet accepting connections, too many connections.
             code.starts_with("08")
                 || matches!(
                     &*code,
-                    "40001" | "40P01" | "57P01" | "57P02" | "57P03" | "53300"
+                    "40001"
+                        | "40P01"
+                        | "55P03"
+                        | "57P01"
+                        | "57P02"
+                        | "57P03"
+                        | "57P05"
+                        | "25P03"
+                        | "53300"
+                        | "58000"
+                        | "58030"
                 )
         }),
         _ => false,

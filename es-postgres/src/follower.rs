@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use es_core::{EventStore, Position, RecordedEvent, StoreError};
-use sqlx::postgres::PgListener;
+use sqlx::postgres::{PgListener, PgPoolOptions};
 
 use crate::PgEventStore;
 
@@ -72,7 +72,7 @@ impl LogFollower {
             if let Some(batch) = self.try_next_batch().await? {
                 return Ok(batch);
             }
-            self.wait().await;
+            self.wait_for_more().await;
         }
     }
 
@@ -93,7 +93,16 @@ impl LogFollower {
         if self.listening || !self.notifications {
             return;
         }
-        match PgListener::connect_with(self.store.pool()).await {
+        // A connection of its own, not one from the store's pool: a pool busy with batches
+        // would make the follower wait out the pool's acquire timeout before every read.
+        let own = PgPoolOptions::new()
+            .max_connections(1)
+            .min_connections(0)
+            .max_lifetime(None)
+            .idle_timeout(None)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect_lazy_with(self.store.pool().connect_options().as_ref().clone());
+        match PgListener::connect_with(&own).await {
             Ok(mut listener) => match listener.listen(&self.store.schema().channel()).await {
                 Ok(()) => {
                     self.listener = Some(listener);
@@ -105,7 +114,9 @@ impl LogFollower {
         }
     }
 
-    async fn wait(&mut self) {
+    /// Waits until new events may be readable: a notification, a short backoff while the
+    /// horizon hides a notified event, or the poll interval.
+    pub(crate) async fn wait_for_more(&mut self) {
         // A notification means an event committed past our position. When the read found
         // nothing, an older transaction still holds the horizon, and its end sends no
         // notification if it appended nothing: re-read soon, backing off up to the poll interval.

@@ -83,8 +83,9 @@ impl PgEventStore {
             .map(|(stream, events)| (stream.as_str(), to_i64(events.len() as u64)))
             .unzip();
         let created: Vec<String> = sqlx::query_scalar(AssertSqlSafe(format!(
-            "INSERT INTO {schema}.streams (stream_id, version) \
-             SELECT * FROM UNNEST($1::text[], $2::bigint[]) \
+            "INSERT INTO {schema}.streams (stream_id, version, transaction_id) \
+             SELECT s.stream_id, s.version, pg_current_xact_id()::text::bigint \
+             FROM UNNEST($1::text[], $2::bigint[]) AS s(stream_id, version) \
              ON CONFLICT (stream_id) DO NOTHING RETURNING stream_id"
         )))
         .bind(&names)
@@ -153,8 +154,10 @@ impl PgEventStore {
         match copied {
             Ok(_) => {}
             Err(err) if is_event_id_conflict(&err) => {
-                drop(tx);
-                return Err(self.reused_id(streams).await);
+                // Looked up on the import's own connection: a second one may not be free
+                // (a pool of one would wait out its acquire timeout).
+                tx.rollback().await.map_err(store_error)?;
+                return Err(self.reused_id(&mut conn, streams).await);
             }
             Err(err) => return Err(store_error(err)),
         }
@@ -163,7 +166,11 @@ impl PgEventStore {
     }
 
     /// The first imported event whose id is already stored, as an error.
-    async fn reused_id(&self, streams: &[(StreamId, Vec<NewEvent>)]) -> StoreError {
+    async fn reused_id(
+        &self,
+        conn: &mut sqlx::PgConnection,
+        streams: &[(StreamId, Vec<NewEvent>)],
+    ) -> StoreError {
         let ids: Vec<Uuid> = streams
             .iter()
             .flat_map(|(_, events)| events.iter().map(|e| e.event_id))
@@ -173,7 +180,7 @@ impl PgEventStore {
             self.schema().quoted()
         )))
         .bind(&ids)
-        .fetch_optional(self.pool())
+        .fetch_optional(&mut *conn)
         .await;
         match found {
             Ok(Some(id)) => {

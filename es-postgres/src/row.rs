@@ -75,6 +75,7 @@ pub(crate) fn decode_event(row: &PgRow) -> Result<RecordedEvent, StoreError> {
         correlation_id: cx.get(row, 8, "correlation_id")?,
         causation_id: cx.get(row, 9, "causation_id")?,
         metadata,
+        split_index: 0,
         payload,
     })
 }

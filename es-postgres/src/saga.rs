@@ -16,6 +16,7 @@ use sqlx::{AssertSqlSafe, PgConnection, Row};
 use uuid::Uuid;
 
 use crate::projection::{PgProjection, ProjectionError, ProjectionRunner};
+use crate::error::Transient;
 use crate::{PgEventStore, SchemaName};
 
 /// Runs a [`Saga`] durably: a projection runner feeds it the global log (one active instance,
@@ -116,7 +117,7 @@ impl Statements {
                  WHERE saga = $1 AND instance = $2 AND name = $3"
             ),
             deadline_status: format!(
-                "SELECT count(*), count(*) FILTER (WHERE due <= $2), min(due) \
+                "SELECT count(*), count(*) FILTER (WHERE due <= clock_timestamp()), min(due) \
                  FROM {s}.saga_deadlines WHERE saga = $1 AND fired_at IS NULL"
             ),
             pending_deadlines: format!(
@@ -184,7 +185,7 @@ impl<S: Saga> PgProjection for SagaProjection<S> {
         let before = self.saga.deadlines(&state);
         let issued = issue(&self.saga, &mut state, event);
         let wanted =
-            rescheduled_deadlines(&self.saga, &instance, &before, &state, Cause::event(event));
+            rescheduled_deadlines(&self.saga, &instance, &before, &state, Cause::event(event))?;
         self.save(conn, &instance, &state, issued, wanted).await
     }
 }
@@ -312,7 +313,7 @@ impl<S: Saga> SagaProjection<S> {
             .execute(&mut *conn)
             .await?;
         let cause = Cause::deadline(&scheduled);
-        let wanted = rescheduled_deadlines(&self.saga, instance, &before, &state, cause);
+        let wanted = rescheduled_deadlines(&self.saga, instance, &before, &state, cause)?;
         self.save(conn, instance, &state, issued, wanted).await?;
         Ok(true)
     }
@@ -354,39 +355,54 @@ impl<S: Saga, D: CommandDispatcher<S::Command>> PgSagaRunner<S, D> {
     }
 
     /// Runs until `shutdown` completes: feeds the saga live, fires deadlines as they fall due
-    /// and dispatches the commands issued.
+    /// and dispatches the commands issued. When the feed stops for good (its error policy said
+    /// stop, a state does not deserialize), the dispatcher stops too and `run` returns the
+    /// feed's error; transient faults are ridden out by both.
     pub async fn run(&self, shutdown: impl Future<Output = ()>) -> Result<(), ProjectionError> {
         let (stop, stopped) = tokio::sync::watch::channel(false);
-        let feed = self.runner.run(async {
-            shutdown.await;
+        let feed = async {
+            let result = self.runner.run(until_stopped(stopped.clone())).await;
+            // Whatever ended the feed ends the dispatcher.
             let _ = stop.send(true);
-        });
-        let dispatch = async {
-            let mut stopped = stopped.clone();
-            loop {
-                if *stopped.borrow() {
-                    return Ok(());
-                }
-                let fired = self.fire_due_deadlines().await.unwrap_or_else(|error| {
-                    tracing::warn!(saga = self.name(), %error, "firing deadlines failed; retrying");
-                    0
-                });
-                match self.dispatch_pending().await {
-                    Ok(0) if fired == 0 => {}
-                    Ok(_) => continue,
-                    Err(error) => {
-                        tracing::warn!(saga = self.name(), %error, "dispatch failed; retrying")
-                    }
-                }
-                tokio::select! {
-                    _ = stopped.changed() => {}
-                    () = tokio::time::sleep(self.dispatch_interval) => {}
-                }
+            result
+        };
+        let dispatch = self.dispatch_until(stopped.clone());
+        let work = async { tokio::join!(feed, dispatch) };
+        tokio::pin!(work, shutdown);
+        let (fed, dispatched) = tokio::select! {
+            done = &mut work => done,
+            () = &mut shutdown => {
+                let _ = stop.send(true);
+                work.await
             }
         };
-        let (fed, dispatched): (Result<(), ProjectionError>, Result<(), ProjectionError>) =
-            tokio::join!(feed, dispatch);
         fed.and(dispatched)
+    }
+
+    async fn dispatch_until(
+        &self,
+        mut stopped: tokio::sync::watch::Receiver<bool>,
+    ) -> Result<(), ProjectionError> {
+        loop {
+            if *stopped.borrow() {
+                return Ok(());
+            }
+            let fired = self.fire_due_deadlines().await.unwrap_or_else(|error| {
+                tracing::warn!(saga = self.name(), %error, "firing deadlines failed; retrying");
+                0
+            });
+            match self.dispatch_pending().await {
+                Ok(0) if fired == 0 => {}
+                Ok(_) => continue,
+                Err(error) => {
+                    tracing::warn!(saga = self.name(), %error, "dispatch failed; retrying")
+                }
+            }
+            tokio::select! {
+                _ = stopped.changed() => {}
+                () = tokio::time::sleep(self.dispatch_interval) => {}
+            }
+        }
     }
 
     /// Feeds the saga every event readable now (state and outbox only; see
@@ -444,6 +460,7 @@ impl<S: Saga, D: CommandDispatcher<S::Command>> PgSagaRunner<S, D> {
                     tx.commit().await.map_err(|e| self.error(e))?;
                     return Err(ProjectionError::Store {
                         projection: self.name().to_owned(),
+                        transient: true,
                         source: format!("dispatching command {command_id} failed: {error}").into(),
                     });
                 }
@@ -451,10 +468,15 @@ impl<S: Saga, D: CommandDispatcher<S::Command>> PgSagaRunner<S, D> {
         }
     }
 
-    /// Fires every deadline due now that has not fired; see
+    /// Fires every deadline due now, by the database's clock (the clock that stamps the
+    /// events sagas derive due times from), that has not fired; see
     /// [`fire_deadlines_due_by`](Self::fire_deadlines_due_by).
     pub async fn fire_due_deadlines(&self) -> Result<u64, ProjectionError> {
-        self.fire_deadlines_due_by(Utc::now()).await
+        let now: DateTime<Utc> = sqlx::query_scalar("SELECT clock_timestamp()")
+            .fetch_one(self.store.pool())
+            .await
+            .map_err(|e| self.error(e))?;
+        self.fire_deadlines_due_by(now).await
     }
 
     /// Fires every deadline due by `at` that has not fired, each in a transaction of its own:
@@ -499,7 +521,6 @@ impl<S: Saga, D: CommandDispatcher<S::Command>> PgSagaRunner<S, D> {
         let (waiting, overdue, next): (i64, i64, Option<DateTime<Utc>>) =
             sqlx::query_as(AssertSqlSafe(self.sql.deadline_status.clone()))
                 .bind(self.name())
-                .bind(Utc::now())
                 .fetch_one(self.store.pool())
                 .await
                 .map_err(|e| self.error(e))?;
@@ -562,10 +583,20 @@ impl<S: Saga, D: CommandDispatcher<S::Command>> PgSagaRunner<S, D> {
         self.runner.projection().saga.name()
     }
 
-    fn error(&self, error: impl Into<BoxError>) -> ProjectionError {
+    fn error<E: Into<BoxError> + Transient>(&self, error: E) -> ProjectionError {
         ProjectionError::Store {
             projection: self.name().to_owned(),
+            transient: error.is_transient(),
             source: error.into(),
+        }
+    }
+}
+
+/// Completes once `stopped` says so (or its sender is gone).
+async fn until_stopped(mut stopped: tokio::sync::watch::Receiver<bool>) {
+    while !*stopped.borrow_and_update() {
+        if stopped.changed().await.is_err() {
+            return;
         }
     }
 }

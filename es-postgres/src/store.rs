@@ -46,6 +46,7 @@ struct Statements {
     append_new: Arc<str>,
     append_any: Arc<str>,
     read_stream: Arc<str>,
+    read_stream_range: Arc<str>,
     read_all: Arc<str>,
     events_by_id: Arc<str>,
     events_by_correlation: Arc<str>,
@@ -57,13 +58,24 @@ struct Statements {
 impl Statements {
     fn new(schema: &SchemaName) -> Self {
         let s = schema.quoted();
+        // The stream-moving statement (a CTE) returns the stream's new version and the
+        // transaction id its events are ordered under: this transaction's own, or the one of
+        // the stream's newest event when that is newer. A transaction that took its id early
+        // (it wrote something first) and appends after a newer transaction committed to the
+        // same stream would otherwise put its events before that one's in the global log.
+        // Ordering them under the newer, committed id keeps the global order equal to the
+        // version order within every stream, and stays gap-safe: a reader passes that id only
+        // once the horizon is past it, when every older transaction, this one included, has
+        // ended. The value is computed on the stream's row as locked, after any concurrent
+        // append to it committed, so it holds under every interleaving.
         let append = |stream_cte: &str| -> Arc<str> {
             format!(
                 "WITH s AS ({stream_cte}) \
-                 INSERT INTO {s}.events (event_id, stream_id, stream_version, event_type, \
-                     schema_version, correlation_id, causation_id, metadata, payload) \
-                 SELECT e.event_id, $1, s.version - $2 + e.ord, e.event_type, e.schema_version, \
-                     e.correlation_id, e.causation_id, e.metadata::json, e.payload::json \
+                 INSERT INTO {s}.events (transaction_id, event_id, stream_id, stream_version, \
+                     event_type, schema_version, correlation_id, causation_id, metadata, payload) \
+                 SELECT s.transaction_id, e.event_id, $1, s.version - $2 + e.ord, e.event_type, \
+                     e.schema_version, e.correlation_id, e.causation_id, e.metadata::json, \
+                     e.payload::json \
                  FROM s, UNNEST($3::uuid[], $4::text[], $5::int4[], $6::uuid[], $7::uuid[], \
                      $8::text[], $9::text[]) WITH ORDINALITY \
                      AS e(event_id, event_type, schema_version, correlation_id, causation_id, \
@@ -73,26 +85,38 @@ impl Statements {
             .into()
         };
         let horizon = "pg_snapshot_xmin(pg_current_snapshot())::text::bigint";
+        let xid = "pg_current_xact_id()::text::bigint";
         Self {
             append_exact: append(&format!(
-                "UPDATE {s}.streams SET version = version + $2 \
-                 WHERE stream_id = $1 AND version = $10 RETURNING version"
+                "UPDATE {s}.streams SET version = version + $2, \
+                     transaction_id = GREATEST(transaction_id, {xid}) \
+                 WHERE stream_id = $1 AND version = $10 RETURNING version, transaction_id"
             )),
             append_exists: append(&format!(
-                "UPDATE {s}.streams SET version = version + $2 \
-                 WHERE stream_id = $1 RETURNING version"
+                "UPDATE {s}.streams SET version = version + $2, \
+                     transaction_id = GREATEST(transaction_id, {xid}) \
+                 WHERE stream_id = $1 RETURNING version, transaction_id"
             )),
             append_new: append(&format!(
-                "INSERT INTO {s}.streams (stream_id, version) VALUES ($1, $2) RETURNING version"
+                "INSERT INTO {s}.streams (stream_id, version, transaction_id) \
+                 VALUES ($1, $2, {xid}) RETURNING version, transaction_id"
             )),
             append_any: append(&format!(
-                "INSERT INTO {s}.streams AS t (stream_id, version) VALUES ($1, $2) \
-                 ON CONFLICT (stream_id) DO UPDATE SET version = t.version + EXCLUDED.version \
-                 RETURNING version"
+                "INSERT INTO {s}.streams AS t (stream_id, version, transaction_id) \
+                 VALUES ($1, $2, {xid}) \
+                 ON CONFLICT (stream_id) DO UPDATE SET version = t.version + EXCLUDED.version, \
+                     transaction_id = GREATEST(t.transaction_id, EXCLUDED.transaction_id) \
+                 RETURNING version, transaction_id"
             )),
             read_stream: format!(
                 "SELECT {EVENT_COLUMNS} FROM {s}.events \
                  WHERE stream_id = $1 AND stream_version >= $2 ORDER BY stream_version"
+            )
+            .into(),
+            read_stream_range: format!(
+                "SELECT {EVENT_COLUMNS} FROM {s}.events \
+                 WHERE stream_id = $1 AND stream_version BETWEEN $2 AND $3 \
+                 ORDER BY stream_version"
             )
             .into(),
             // The horizon is taken once per statement (an init plan), not per row.
@@ -119,12 +143,21 @@ impl Statements {
                  ORDER BY transaction_id DESC, position DESC LIMIT 1"
             )
             .into(),
+            // Writers are transactions holding an id: running ones (their start time is
+            // visible to superusers and members of pg_read_all_stats only) and prepared ones.
             horizon: format!(
                 "SELECT h.xmin, \
-                   (SELECT extract(epoch FROM now() - min(xact_start))::float8 \
-                      FROM pg_stat_activity \
-                      WHERE backend_xid IS NOT NULL AND pid <> pg_backend_pid()), \
-                   (SELECT count(*) FROM {s}.events WHERE transaction_id >= h.xmin) \
+                   (SELECT extract(epoch FROM clock_timestamp() - min(w.t))::float8 FROM ( \
+                      SELECT xact_start AS t FROM pg_stat_activity \
+                      WHERE backend_xid IS NOT NULL AND pid <> pg_backend_pid() \
+                      UNION ALL SELECT prepared FROM pg_prepared_xacts) w), \
+                   (SELECT count(*) FROM {s}.events WHERE transaction_id >= h.xmin), \
+                   (SELECT extract(epoch FROM clock_timestamp() - min(recorded_at))::float8 \
+                      FROM {s}.events WHERE transaction_id >= h.xmin), \
+                   (SELECT pid FROM pg_stat_activity \
+                      WHERE backend_xid IS NOT NULL AND pid <> pg_backend_pid() \
+                      ORDER BY age(backend_xid) DESC LIMIT 1), \
+                   (SELECT count(*) FROM pg_prepared_xacts) \
                  FROM (SELECT {horizon} AS xmin) h"
             )
             .into(),
@@ -136,16 +169,27 @@ impl Statements {
 ///
 /// Readers only see events of transactions older than every transaction still running in the
 /// cluster, so one long-running writing transaction anywhere delays every reader. Alert when
-/// `oldest_writer_age` grows past what your projections can tolerate.
+/// `held_back_for` (or `oldest_writer_age`) grows past what your projections can tolerate.
 #[derive(Clone, Copy, Debug, PartialEq)]
+#[non_exhaustive]
 pub struct Horizon {
     /// The oldest transaction id still running: readers see events of older transactions only.
     pub xmin: u64,
-    /// How long the oldest transaction that holds a transaction id has been running (`None`
-    /// when no other transaction holds one).
+    /// How long the oldest transaction that holds a transaction id (running, or prepared for
+    /// two-phase commit) has been running. `None` when no other transaction holds one, or when
+    /// this role may not see other sessions' start times (grant it `pg_read_all_stats`).
     pub oldest_writer_age: Option<Duration>,
+    /// The server process of the oldest running transaction that holds an id, when one does:
+    /// `pg_stat_activity` tells what it is, `pg_terminate_backend` ends it.
+    pub oldest_writer_pid: Option<i32>,
+    /// Transactions prepared for two-phase commit and not yet committed or rolled back: each
+    /// holds the horizon until it is resolved, surviving restarts.
+    pub prepared_transactions: u64,
     /// Committed events readers cannot see yet, because an older transaction is still running.
     pub held_back_events: u64,
+    /// How long ago the oldest of those was recorded: how long readers have been held back.
+    /// Visible to every role.
+    pub held_back_for: Option<Duration>,
 }
 
 impl PgEventStore {
@@ -245,13 +289,20 @@ impl PgEventStore {
             .fetch_one(&self.inner.pool)
             .await
             .map_err(store_error)?;
+        let seconds = |s: Option<f64>| s.map(|s| Duration::from_secs_f64(s.max(0.0)));
         let xmin: i64 = row.try_get(0).map_err(store_error)?;
         let age: Option<f64> = row.try_get(1).map_err(store_error)?;
         let held_back: i64 = row.try_get(2).map_err(store_error)?;
+        let held_back_for: Option<f64> = row.try_get(3).map_err(store_error)?;
+        let pid: Option<i32> = row.try_get(4).map_err(store_error)?;
+        let prepared: i64 = row.try_get(5).map_err(store_error)?;
         Ok(Horizon {
             xmin: xmin.max(0) as u64,
-            oldest_writer_age: age.map(|s| Duration::from_secs_f64(s.max(0.0))),
+            oldest_writer_age: seconds(age),
+            oldest_writer_pid: pid,
+            prepared_transactions: prepared.max(0) as u64,
             held_back_events: held_back.max(0) as u64,
+            held_back_for: seconds(held_back_for),
         })
     }
 
@@ -429,22 +480,46 @@ impl EventStore for PgEventStore {
             .boxed()
     }
 
+    fn read_stream_range<'a>(
+        &'a self,
+        stream: &'a StreamId,
+        from_version: u64,
+        to_version: u64,
+    ) -> BoxStream<'a, Result<RecordedEvent, StoreError>> {
+        sqlx::query(AssertSqlSafe(self.inner.sql.read_stream_range.clone()))
+            .bind(stream.as_str())
+            .bind(to_i64(from_version.max(1)))
+            .bind(to_i64(to_version))
+            .fetch(&self.inner.pool)
+            .map(|row| row.map_err(store_error).and_then(|row| decode_event(&row)))
+            .boxed()
+    }
+
     async fn read_all(
         &self,
         after: Position,
         limit: usize,
     ) -> Result<Vec<RecordedEvent>, StoreError> {
         let (transaction, sequence) = position_to_columns(after);
-        sqlx::query(AssertSqlSafe(self.inner.sql.read_all.clone()))
+        let rows = sqlx::query(AssertSqlSafe(self.inner.sql.read_all.clone()))
             .bind(transaction)
             .bind(sequence)
             .bind(i64::try_from(limit).unwrap_or(i64::MAX))
             .fetch_all(&self.inner.pool)
             .await
-            .map_err(store_error)?
-            .iter()
-            .map(decode_event)
-            .collect()
+            .map_err(store_error)?;
+        // A row that does not decode ends the batch: the events before it are returned, and
+        // the next read, starting at it, fails naming its position, so a reader can hand that
+        // one event to its error policy and resume after it.
+        let mut events = Vec::with_capacity(rows.len());
+        for row in &rows {
+            match decode_event(row) {
+                Ok(event) => events.push(event),
+                Err(error) if events.is_empty() => return Err(error),
+                Err(_) => break,
+            }
+        }
+        Ok(events)
     }
 
     /// The stored event with id `event_id`, if any.

@@ -106,7 +106,7 @@ impl Bank {
         context: CommandContext,
     ) -> Result<(), BoxError> {
         let refusal = context.follow_up(0);
-        if self.transfers.was_executed(&refusal).await? {
+        if self.transfers.was_executed(transfer, &refusal).await? {
             return Ok(());
         }
         match self.accounts.execute_with(account, command, context).await {

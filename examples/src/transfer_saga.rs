@@ -214,6 +214,7 @@ mod tests {
             correlation_id: Uuid::now_v7(),
             causation_id: None,
             metadata: Default::default(),
+            split_index: 0,
             payload,
         }
     }

@@ -2,11 +2,10 @@
 //! swapped in by one transaction, so readers see the old version or the new, never a half-built
 //! one.
 
-use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
-
+use es_core::Position;
 use sqlx::{AssertSqlSafe, Executor};
 
+use super::lock::ActiveLock;
 use super::runner::{Progress, ProjectionRunner};
 use super::{ErrorPolicy, PgProjection, ProjectionError, ReadModel};
 
@@ -26,7 +25,9 @@ impl<P: PgProjection> ProjectionRunner<P> {
     /// keys from other tables) make the swap fail, leaving the live version as it was.
     ///
     /// A build is started from scratch on each call (its tables are dropped and recreated);
-    /// a crash during the build leaves the live version untouched.
+    /// a crash during the build leaves the live version untouched. A split projection is built
+    /// whole (every part's events, by this one call) and every live part resumes from the
+    /// build's checkpoint after the swap.
     pub async fn rebuild_blue_green(
         &self,
         next: P,
@@ -35,11 +36,15 @@ impl<P: PgProjection> ProjectionRunner<P> {
     ) -> Result<u64, ProjectionError> {
         let (live_model, next_model) = self.blue_green_models(&next)?;
         let builder = self.builder(next);
-        let lock = builder.acquire_lock().await?;
+        let mut lock = builder.acquire_lock().await?;
         let result = async {
-            builder.start_build(&next_model).await?;
-            let events = builder.catch_up_locked(policy, &mut progress).await?;
-            self.swap(&builder, &live_model, &next_model).await?;
+            builder.start_build(&mut lock, &next_model).await?;
+            let events = builder
+                .catch_up_locked(&mut lock, policy, &mut progress)
+                .await?;
+            self.whole()
+                .swap(&builder, &live_model, &next_model)
+                .await?;
             Ok(events)
         }
         .await;
@@ -70,26 +75,19 @@ impl<P: PgProjection> ProjectionRunner<P> {
     }
 
     /// A runner of `next` keeping its own checkpoint, lock and parked events beside the live
-    /// runner's.
+    /// runner's. It builds every part's events: a split projection's next version is built
+    /// whole, and every live part takes the build's checkpoint at the swap.
     fn builder(&self, next: P) -> ProjectionRunner<P> {
-        ProjectionRunner {
-            store: self.store.clone(),
-            projection: Arc::new(next),
-            key: format!("{}~next", self.key),
-            part: self.part,
-            upcasters: Arc::clone(&self.upcasters),
-            policy: self.policy,
-            batch_size: self.batch_size,
-            poll_interval: self.poll_interval,
-            lock_retry: self.lock_retry,
-            sql: Arc::clone(&self.sql),
-            active: Arc::new(AtomicBool::new(false)),
-        }
+        self.detached(format!("{}~next", self.projection.name()), next)
     }
 
     /// Creates the build's schema and empty tables, and sets its checkpoint to the start.
-    async fn start_build(&self, model: &ReadModel) -> Result<(), ProjectionError> {
-        let mut tx = self.begin().await?;
+    async fn start_build(
+        &self,
+        lock: &mut ActiveLock,
+        model: &ReadModel,
+    ) -> Result<(), ProjectionError> {
+        let mut tx = lock.begin(self).await?;
         let ddl = format!(
             "CREATE SCHEMA IF NOT EXISTS {}; DROP TABLE IF EXISTS {}",
             model.schema().quoted(),
@@ -99,7 +97,11 @@ impl<P: PgProjection> ProjectionRunner<P> {
             .await
             .map_err(|e| self.store_error(e))?;
         self.setup_in(&mut tx).await?;
-        self.start_over(&mut tx).await?;
+        let keys = self.checkpoint_keys();
+        self.execute_on_keys(&mut tx, &self.sql.delete_parked, &keys)
+            .await?;
+        self.save_checkpoints_of(&mut tx, &keys, Position::START)
+            .await?;
         tx.commit().await.map_err(|e| self.store_error(e))
     }
 
@@ -111,16 +113,23 @@ impl<P: PgProjection> ProjectionRunner<P> {
         live: &ReadModel,
         next: &ReadModel,
     ) -> Result<(), ProjectionError> {
-        let mut tx = self.begin().await?;
-        // Both checkpoint rows first, the build's then the live one's (a live runner only ever
-        // locks its own): the live runner's batch in flight commits before the swap, and its
-        // next batch waits for the swap, then finds the checkpoint moved.
-        let Some(built) = builder.lock_checkpoint(&mut tx).await? else {
+        let mut tx = self
+            .store
+            .pool()
+            .begin()
+            .await
+            .map_err(|e| self.store_error(e))?;
+        // The build's checkpoint row first, then the live ones (a live runner only ever locks
+        // its own): the live runners' batches in flight commit before the swap, and their next
+        // batches wait for the swap, then find the checkpoints moved.
+        let built = builder.lock_checkpoints(&mut tx, &builder.checkpoint_keys()).await?;
+        let Some((_, built, _)) = built.first().cloned() else {
             return Err(self.store_error("the build's checkpoint vanished during the build"));
         };
-        self.execute_keyed(&mut tx, &self.sql.init_checkpoint)
-            .await?;
-        self.lock_checkpoint(&mut tx).await?;
+        self.setup_in(&mut tx).await?;
+        self.check_layout(&mut tx).await?;
+        let live_keys = self.checkpoint_keys();
+        self.lock_checkpoints(&mut tx, &live_keys).await?;
 
         let mut ddl = format!("DROP TABLE IF EXISTS {};", live.qualified_list());
         for table in next.tables() {
@@ -134,16 +143,20 @@ impl<P: PgProjection> ProjectionRunner<P> {
             .await
             .map_err(|e| self.store_error(e))?;
 
-        self.save_checkpoint(&mut tx, built).await?;
-        self.execute_keyed(&mut tx, &self.sql.delete_parked).await?;
-        sqlx::query(AssertSqlSafe(self.sql.move_parked.clone()))
-            .bind(&builder.key)
-            .bind(&self.key)
-            .execute(&mut *tx)
-            .await
-            .map_err(|e| self.store_error(e))?;
+        self.save_checkpoints_of(&mut tx, &live_keys, built).await?;
+        self.execute_on_keys(&mut tx, &self.sql.delete_parked, &live_keys)
+            .await?;
+        for parked in builder.parked().await? {
+            sqlx::query(AssertSqlSafe(self.sql.move_parked.clone()))
+                .bind(&builder.key)
+                .bind(self.park_key(&parked.stream_id))
+                .bind(parked.event_id)
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| self.store_error(e))?;
+        }
         builder
-            .execute_keyed(&mut tx, &self.sql.delete_checkpoint)
+            .execute_on_keys(&mut tx, &self.sql.delete_checkpoints, &builder.checkpoint_keys())
             .await?;
         tx.commit().await.map_err(|e| self.store_error(e))?;
         tracing::info!(

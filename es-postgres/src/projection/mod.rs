@@ -1,19 +1,26 @@
 //! Projections into PostgreSQL read models: the trait a projection implements, what happens
 //! when it fails, and the runner that feeds it the global log.
 
+mod batch;
 mod blue_green;
+mod lock;
+mod parked;
 mod read_model;
+mod rebuild;
 mod runner;
 mod sql;
+pub(crate) mod supervise;
 
 use std::time::Duration;
 
 use async_trait::async_trait;
-use es_core::{BoxError, DomainEvent, Envelope, EventRef};
+use es_core::{BoxError, DomainEvent, Envelope, EventRef, StoreError};
 use sqlx::PgConnection;
 
 pub use read_model::ReadModel;
-pub use runner::{ParkedEvent, Progress, ProjectionRunner, ProjectionStatus, ReplayReport};
+pub use lock::LockHolder;
+pub use parked::{ParkedEvent, ReplayReport};
+pub use runner::{Progress, ProjectionRunner, ProjectionStatus, RunnerState};
 
 /// A read model kept in PostgreSQL, fed the global log in order.
 ///
@@ -139,12 +146,47 @@ pub enum ProjectionError {
         #[source]
         source: BoxError,
     },
+    /// A stored row could not be read as an event (written around the store's checks) and
+    /// the policy said stop. The error names its position and what was wrong.
+    #[error("projection {projection} stopped at a stored event it cannot read: {source}")]
+    Unreadable {
+        /// The projection.
+        projection: String,
+        /// The store's error, naming the row.
+        #[source]
+        source: StoreError,
+    },
     /// A blue/green rebuild was asked of projections that do not allow it.
     #[error("projection {projection} cannot be rebuilt blue/green: {reason}")]
     BlueGreen {
         /// The projection.
         projection: String,
         /// What is missing.
+        reason: String,
+    },
+    /// The runner is configured with another number of parts than the store records for the
+    /// projection: running it would apply some events twice and others never.
+    #[error(
+        "projection {projection} is split into {stored} part(s) in the store, but this runner is \
+         configured for {configured}: run it with {stored}, or rebuild it with {configured} \
+         (a rebuild re-splits it)"
+    )]
+    Layout {
+        /// The projection.
+        projection: String,
+        /// The runner's number of parts.
+        configured: u32,
+        /// The store's.
+        stored: u32,
+    },
+    /// The session holding the runner's lock ended (killed, restarted, cut off): it no longer
+    /// holds the projection and applies nothing more. Transient: a supervised run contends
+    /// for the lock again.
+    #[error("projection {projection} lost its lock: {reason}")]
+    LockLost {
+        /// The projection.
+        projection: String,
+        /// What was seen.
         reason: String,
     },
     /// The store failed.
@@ -155,5 +197,21 @@ pub enum ProjectionError {
         /// The store's error.
         #[source]
         source: BoxError,
+        /// Whether retrying may get past it (see [`ProjectionError::is_transient`]).
+        transient: bool,
     },
+}
+
+impl ProjectionError {
+    /// Whether retrying may get past the error: a lost connection or lock, the database
+    /// restarting, a serialization failure, a pool timeout (the classification is documented
+    /// in docs/operations.md, "Faults"). [`ProjectionRunner::run`] rides these out by itself;
+    /// everything else ends it.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            ProjectionError::LockLost { .. } => true,
+            ProjectionError::Store { transient, .. } => *transient,
+            _ => false,
+        }
+    }
 }
