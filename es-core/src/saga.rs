@@ -25,9 +25,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use uuid::Uuid;
 
-use crate::{
-    BoxError, CommandContext, DomainEvent, Envelope, EventStore, Position, Upcasters,
-};
+use crate::{BoxError, CommandContext, DomainEvent, Envelope, EventStore, Position, Upcasters};
 
 /// A process manager: per instance (one transfer, one order...), a state and a reaction to each
 /// event of interest.
@@ -191,7 +189,9 @@ fn derive_saga_id(saga: &str, cause: &Cause, kind: Derived, index: u32) -> Uuid 
 /// A saga listed two deadlines of one name for one instance: which one it means is unknowable,
 /// so the reaction is refused (both runners treat it as a failure of the event).
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("saga {saga} lists deadline {name:?} twice for instance {instance}; deadline names must be unique per instance")]
+#[error(
+    "saga {saga} lists deadline {name:?} twice for instance {instance}; deadline names must be unique per instance"
+)]
 pub struct DuplicateDeadline {
     /// The saga.
     pub saga: String,
@@ -446,8 +446,7 @@ impl<S: Saga, D: CommandDispatcher<S::Command>> SagaRunner<S, D> {
             };
             let before = self.saga.deadlines(&state);
             let issued = react(&mut state, &before);
-            let rescheduled =
-                rescheduled_deadlines(&self.saga, instance, &before, &state, cause)?;
+            let rescheduled = rescheduled_deadlines(&self.saga, instance, &before, &state, cause)?;
             (state, rescheduled, issued)
         };
         for Issued { command, context } in issued {

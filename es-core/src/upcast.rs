@@ -310,13 +310,16 @@ impl Upcasters {
                 }
             }
         }
-        out.extend(done.into_iter().map(|(event_type, schema_version, split, event)| {
-            let mut envelope = recorded.with_payload(event);
-            envelope.event_type = event_type;
-            envelope.schema_version = schema_version;
-            envelope.split_index = split;
-            envelope
-        }));
+        out.extend(
+            done.into_iter()
+                .map(|(event_type, schema_version, split, event)| {
+                    let mut envelope = recorded.with_payload(event);
+                    envelope.event_type = event_type;
+                    envelope.schema_version = schema_version;
+                    envelope.split_index = split;
+                    envelope
+                }),
+        );
         Ok(())
     }
 }

@@ -62,8 +62,8 @@ pub use error::PgError;
 pub use follower::LogFollower;
 pub use import::ImportReport;
 pub use projection::{
-    ErrorPolicy, LockHolder, OnFailure, ParkedEvent, PgProjection, Progress, ProjectionError, ProjectionRunner,
-    ProjectionStatus, ReadModel, ReplayReport, RunnerState,
+    ErrorPolicy, LockHolder, OnFailure, ParkedEvent, PgProjection, Progress, ProjectionError,
+    ProjectionRunner, ProjectionStatus, ReadModel, ReplayReport, RunnerState,
 };
 pub use saga::{DeadlineStatus, PgSagaRunner, SagaProjection};
 pub use schema::{MAX_SCHEMA_NAME_LEN, SchemaName};

@@ -15,8 +15,8 @@ use es_core::{
 use sqlx::{AssertSqlSafe, PgConnection, Row};
 use uuid::Uuid;
 
-use crate::projection::{PgProjection, ProjectionError, ProjectionRunner};
 use crate::error::Transient;
+use crate::projection::{PgProjection, ProjectionError, ProjectionRunner};
 use crate::{PgEventStore, SchemaName};
 
 /// Runs a [`Saga`] durably: a projection runner feeds it the global log (one active instance,

@@ -204,3 +204,100 @@ async fn readers_polling_through_out_of_order_commits_never_skip_an_event() {
     }
     db.drop().await;
 }
+
+/// The stream versions of `stream`'s events in the order the global log has them.
+fn versions_in_log_order(
+    events: &[es_core::RecordedEvent],
+    stream: &es_core::StreamId,
+) -> Vec<u64> {
+    events
+        .iter()
+        .filter(|e| e.stream_id == *stream)
+        .map(|e| e.stream_version)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_keeps_version_order_in_the_global_log_when_an_older_transaction_appends() {
+    let db = TestDatabase::new().await;
+    let store = &db.store;
+    let stream = unique_stream("order");
+
+    // T takes its transaction id first (it writes something else, say an outbox row).
+    let mut t = db.pool.begin().await.unwrap();
+    let older: i64 = sqlx::query_scalar("SELECT pg_current_xact_id()::text::bigint")
+        .fetch_one(&mut *t)
+        .await
+        .unwrap();
+    // Another writer appends version 1 and commits, under a newer transaction id.
+    let v1 = store
+        .append(&stream, ExpectedVersion::NoStream, vec![test_event(1)])
+        .await
+        .unwrap();
+    assert!(v1.positions[0].transaction > older as u64);
+    // T appends version 2 and commits.
+    let v2 = store
+        .append_in(
+            &mut t,
+            &stream,
+            ExpectedVersion::Exact(1),
+            vec![test_event(2)],
+        )
+        .await
+        .unwrap();
+    t.commit().await.unwrap();
+    assert!(v1.positions[0] < v2.positions[0], "{v1:?} {v2:?}");
+
+    let seen = read_all_until(store, Position::START, 2).await;
+    assert_eq!(versions_in_log_order(&seen, &stream), [1, 2]);
+    db.drop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn transactions_that_took_their_ids_early_keep_every_stream_in_version_order() {
+    let db = TestDatabase::with_pool_size(12).await;
+    let streams: Vec<_> = (0..3)
+        .map(|i| unique_stream(&format!("shared{i}")))
+        .collect();
+    let mut writers = Vec::new();
+    for w in 0..8u64 {
+        let (store, pool, streams) = (db.store.clone(), db.pool.clone(), streams.clone());
+        writers.push(tokio::spawn(async move {
+            for i in 0..40u64 {
+                let mut tx = pool.begin().await.unwrap();
+                // Half take their id before appending, as a transaction writing an outbox row
+                // first does; the rest take it in the append.
+                if i % 2 == 0 {
+                    sqlx::query("SELECT pg_current_xact_id()")
+                        .execute(&mut *tx)
+                        .await
+                        .unwrap();
+                }
+                let delay = rand::rng().random_range(0..1500u64);
+                tokio::time::sleep(Duration::from_micros(delay)).await;
+                let stream = &streams[((w + i) % 3) as usize];
+                store
+                    .append_in(
+                        &mut tx,
+                        stream,
+                        ExpectedVersion::Any,
+                        vec![test_event(w * 100 + i)],
+                    )
+                    .await
+                    .unwrap();
+                tokio::time::sleep(Duration::from_micros(delay / 2)).await;
+                tx.commit().await.unwrap();
+            }
+        }));
+    }
+    for writer in writers {
+        writer.await.unwrap();
+    }
+    let seen = read_all_until(&db.store, Position::START, 320).await;
+    for stream in &streams {
+        let versions = versions_in_log_order(&seen, stream);
+        let sorted: Vec<u64> = (1..=versions.len() as u64).collect();
+        assert_eq!(versions, sorted, "stream {stream} in version order");
+    }
+    db.drop().await;
+}

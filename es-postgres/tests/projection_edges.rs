@@ -51,10 +51,19 @@ async fn the_database_refuses_rows_its_readers_cannot_read() {
     };
     let long = "x".repeat(513);
     for (what, statement) in [
-        ("metadata that is not an object", row("s-1", "T", "[1]", "DEFAULT")),
-        ("metadata that is a string", row("s-1", "T", "\"m\"", "DEFAULT")),
+        (
+            "metadata that is not an object",
+            row("s-1", "T", "[1]", "DEFAULT"),
+        ),
+        (
+            "metadata that is a string",
+            row("s-1", "T", "\"m\"", "DEFAULT"),
+        ),
         ("an empty stream id", row("", "T", "{}", "DEFAULT")),
-        ("a stream id over 512 bytes", row(&long, "T", "{}", "DEFAULT")),
+        (
+            "a stream id over 512 bytes",
+            row(&long, "T", "{}", "DEFAULT"),
+        ),
         ("an empty event type", row("s-1", "", "{}", "DEFAULT")),
         ("transaction id 0", row("s-1", "T", "{}", "0")),
     ] {
@@ -90,10 +99,13 @@ async fn store_a_malformed_row(db: &TestDatabase) -> uuid::Uuid {
     .execute(&db.pool)
     .await
     .unwrap();
-    sqlx::query(sql(db, "UPDATE {s}.streams SET version = 2 WHERE stream_id = 'ledger-m'"))
-        .execute(&db.pool)
-        .await
-        .unwrap();
+    sqlx::query(sql(
+        db,
+        "UPDATE {s}.streams SET version = 2 WHERE stream_id = 'ledger-m'",
+    ))
+    .execute(&db.pool)
+    .await
+    .unwrap();
     credits(db, "ledger-m", &[100]).await;
     id
 }
@@ -166,15 +178,21 @@ async fn an_unreadable_row_goes_to_the_error_policy_and_the_events_around_it_are
 
     // A projection that does not read the row's category passes over it whatever its policy.
     let others = runner(&db, "others").error_policy(ErrorPolicy::STOP);
-    sqlx::query(sql(&db, "ALTER TABLE {s}.events DISABLE TRIGGER events_are_immutable"))
-        .execute(&db.pool)
-        .await
-        .unwrap();
-    sqlx::query(sql(&db, "UPDATE {s}.events SET stream_id = 'audit-m' WHERE event_id = $1"))
-        .bind(bad)
-        .execute(&db.pool)
-        .await
-        .unwrap();
+    sqlx::query(sql(
+        &db,
+        "ALTER TABLE {s}.events DISABLE TRIGGER events_are_immutable",
+    ))
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    sqlx::query(sql(
+        &db,
+        "UPDATE {s}.events SET stream_id = 'audit-m' WHERE event_id = $1",
+    ))
+    .bind(bad)
+    .execute(&db.pool)
+    .await
+    .unwrap();
     others.catch_up().await.unwrap();
     assert_eq!(
         totals(&db, "others").await,
@@ -205,7 +223,10 @@ async fn concurrent_replays_apply_each_parked_event_once() {
         .iter()
         .map(|store| {
             let runner = runner_on(store, &db, "replayed");
-            runner.projection().poison_fails.store(false, Ordering::SeqCst);
+            runner
+                .projection()
+                .poison_fails
+                .store(false, Ordering::SeqCst);
             Arc::new(runner)
         })
         .collect();
@@ -235,7 +256,10 @@ async fn concurrent_replays_apply_each_parked_event_once() {
         .execute(&db.pool)
         .await
         .unwrap();
-    parking.rebuild(policy(OnFailure::Park), |_| {}).await.unwrap();
+    parking
+        .rebuild(policy(OnFailure::Park), |_| {})
+        .await
+        .unwrap();
     assert_eq!(parking.parked().await.unwrap().len(), 40);
     let rebuilder = Arc::clone(&replayers[0]);
     let rebuild = tokio::spawn(async move { rebuilder.rebuild(ErrorPolicy::STOP, |_| {}).await });
@@ -306,7 +330,10 @@ async fn a_runner_that_loses_its_lock_session_stops_applying_and_says_so() {
             if exactly_one() && taken_over {
                 break;
             }
-            assert!(Instant::now() < deadline, "round {round}: no single active runner");
+            assert!(
+                Instant::now() < deadline,
+                "round {round}: no single active runner"
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         // Stable: the instance that lost its session does not come back to applying.
@@ -341,7 +368,10 @@ async fn a_split_projection_is_rebuilt_whole_and_another_part_count_is_refused()
     assert_eq!(totals(&db, "resplit").await, expected);
 
     // Rebuilding from the runner of one part rebuilds every part: nothing is wiped.
-    let read = parts(3)[1].rebuild(ErrorPolicy::STOP, |_| {}).await.unwrap();
+    let read = parts(3)[1]
+        .rebuild(ErrorPolicy::STOP, |_| {})
+        .await
+        .unwrap();
     assert_eq!(read, 600, "the whole log, read once");
     assert_eq!(totals(&db, "resplit").await, expected);
     for part in parts(3) {
@@ -362,7 +392,10 @@ async fn a_split_projection_is_rebuilt_whole_and_another_part_count_is_refused()
     assert_eq!(totals(&db, "resplit").await, expected);
 
     // A rebuild with two parts re-splits it; then three are refused.
-    parts(2)[0].rebuild(ErrorPolicy::STOP, |_| {}).await.unwrap();
+    parts(2)[0]
+        .rebuild(ErrorPolicy::STOP, |_| {})
+        .await
+        .unwrap();
     assert_eq!(totals(&db, "resplit").await, expected);
     credits(&db, "ledger-0001", &[5]).await;
     for part in parts(2) {
@@ -399,17 +432,23 @@ async fn a_split_projection_is_rebuilt_blue_green_for_every_part() {
         .rebuild_blue_green(next, ErrorPolicy::STOP, |_| {})
         .await
         .unwrap();
-    assert_eq!(totals(&db, "bgparts").await, expected, "every part's streams");
+    assert_eq!(
+        totals(&db, "bgparts").await,
+        expected,
+        "every part's streams"
+    );
     credits(&db, "ledger-0002", &[3]).await;
     credits(&db, "ledger-0003", &[4]).await;
     for i in 0..2 {
         runner(&db, "bgparts").part(i, 2).catch_up().await.unwrap();
     }
     assert_eq!(totals(&db, "bgparts").await, expected_totals(&db).await);
-    sqlx::query(AssertSqlSafe(format!("DROP SCHEMA \"{next_schema}\" CASCADE")))
-        .execute(&db.pool)
-        .await
-        .unwrap();
+    sqlx::query(AssertSqlSafe(format!(
+        "DROP SCHEMA \"{next_schema}\" CASCADE"
+    )))
+    .execute(&db.pool)
+    .await
+    .unwrap();
     db.drop().await;
 }
 
@@ -428,7 +467,9 @@ async fn an_interrupted_rebuild_resumes_instead_of_starting_over() {
         let done = Arc::clone(&done);
         tokio::spawn(async move {
             runner
-                .rebuild(ErrorPolicy::STOP, move |p| done.store(p.events, Ordering::SeqCst))
+                .rebuild(ErrorPolicy::STOP, move |p| {
+                    done.store(p.events, Ordering::SeqCst)
+                })
                 .await
         })
     };
@@ -449,7 +490,10 @@ async fn an_interrupted_rebuild_resumes_instead_of_starting_over() {
     assert!(!runner.status().await.unwrap().rebuilding);
 
     // Finished, a rebuild starts afresh.
-    assert_eq!(runner.rebuild(ErrorPolicy::STOP, |_| {}).await.unwrap(), total);
+    assert_eq!(
+        runner.rebuild(ErrorPolicy::STOP, |_| {}).await.unwrap(),
+        total
+    );
     assert_eq!(totals(&db, "resumed").await, expected);
     db.drop().await;
 }

@@ -312,8 +312,11 @@ pub async fn invalid_events_are_refused(store: Arc<dyn EventStore>) {
     let mut untyped = test_event(1);
     untyped.event_type = String::new();
     let twice = test_event(1);
+    let mut huge = test_event(1);
+    huge.schema_version = crate::MAX_SCHEMA_VERSION + 1;
     for (case, events) in [
         ("schema version 0", vec![test_event(0), zero]),
+        ("a schema version no store keeps", vec![huge]),
         ("empty type", vec![untyped]),
         ("an id twice", vec![twice.clone(), twice]),
     ] {

@@ -182,7 +182,10 @@ impl<P: PgProjection> ProjectionRunner<P> {
         }
         for (index, event) in batch.iter().enumerate() {
             let tries = attempts.entry(index).or_insert(0);
-            match self.apply_with_policy(&mut tx, event, policy, tries).await? {
+            match self
+                .apply_with_policy(&mut tx, event, policy, tries)
+                .await?
+            {
                 Outcome::Applied => {}
                 Outcome::Retry(error) => {
                     tx.rollback().await.map_err(|e| self.store_error(e))?;

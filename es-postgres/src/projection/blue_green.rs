@@ -122,7 +122,9 @@ impl<P: PgProjection> ProjectionRunner<P> {
         // The build's checkpoint row first, then the live ones (a live runner only ever locks
         // its own): the live runners' batches in flight commit before the swap, and their next
         // batches wait for the swap, then find the checkpoints moved.
-        let built = builder.lock_checkpoints(&mut tx, &builder.checkpoint_keys()).await?;
+        let built = builder
+            .lock_checkpoints(&mut tx, &builder.checkpoint_keys())
+            .await?;
         let Some((_, built, _)) = built.first().cloned() else {
             return Err(self.store_error("the build's checkpoint vanished during the build"));
         };
@@ -156,7 +158,11 @@ impl<P: PgProjection> ProjectionRunner<P> {
                 .map_err(|e| self.store_error(e))?;
         }
         builder
-            .execute_on_keys(&mut tx, &self.sql.delete_checkpoints, &builder.checkpoint_keys())
+            .execute_on_keys(
+                &mut tx,
+                &self.sql.delete_checkpoints,
+                &builder.checkpoint_keys(),
+            )
             .await?;
         tx.commit().await.map_err(|e| self.store_error(e))?;
         tracing::info!(

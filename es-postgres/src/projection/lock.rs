@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use sqlx::{Connection, PgConnection, Postgres, Transaction};
+use sqlx::{Connection, PgConnection, Postgres, Row, Transaction};
 
 use super::runner::{ProjectionRunner, RunnerState};
 use super::{PgProjection, ProjectionError};
@@ -35,7 +35,9 @@ impl ActiveLock {
         runner: &ProjectionRunner<P>,
     ) -> Result<&mut PgConnection, ProjectionError> {
         self.last_ok = Instant::now();
-        self.conn.as_mut().ok_or_else(|| runner.lock_lost("it was lost earlier"))
+        self.conn
+            .as_mut()
+            .ok_or_else(|| runner.lock_lost("it was lost earlier"))
     }
 
     /// A transaction on the lock session.
@@ -125,25 +127,30 @@ impl<P: PgProjection> ProjectionRunner<P> {
     /// what `status` shows operators as the projection's holder.
     pub async fn holder(&self) -> Result<Option<LockHolder>, ProjectionError> {
         let key = format!("es-projection {} {}", self.store.schema(), self.key);
-        let row: Option<(i32, Option<String>, Option<String>, Option<chrono::DateTime<chrono::Utc>>)> =
-            sqlx::query_as(
-                "SELECT l.pid, a.application_name, host(a.client_addr), a.backend_start \
-                 FROM pg_locks l LEFT JOIN pg_stat_activity a ON a.pid = l.pid \
-                 WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1 \
-                   AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()) \
-                   AND ((l.classid::int8 << 32) | l.objid::int8) = hashtextextended($1, 0) \
-                 LIMIT 1",
-            )
-            .bind(key)
-            .fetch_optional(self.store.pool())
-            .await
-            .map_err(|e| self.store_error(e))?;
-        Ok(row.map(|(pid, application_name, client_addr, backend_start)| LockHolder {
-            pid,
-            application_name: application_name.unwrap_or_default(),
-            client_addr,
-            backend_start,
-        }))
+        let row = sqlx::query(
+            "SELECT l.pid, a.application_name, host(a.client_addr), a.backend_start \
+             FROM pg_locks l LEFT JOIN pg_stat_activity a ON a.pid = l.pid \
+             WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1 \
+               AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()) \
+               AND ((l.classid::int8 << 32) | l.objid::int8) = hashtextextended($1, 0) \
+             LIMIT 1",
+        )
+        .bind(key)
+        .fetch_optional(self.store.pool())
+        .await
+        .map_err(|e| self.store_error(e))?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let holder = (|| -> Result<LockHolder, sqlx::Error> {
+            Ok(LockHolder {
+                pid: row.try_get(0)?,
+                application_name: row.try_get::<Option<String>, _>(1)?.unwrap_or_default(),
+                client_addr: row.try_get(2)?,
+                backend_start: row.try_get(3)?,
+            })
+        })();
+        holder.map(Some).map_err(|e| self.store_error(e))
     }
 
     /// Waits until this instance holds the locks of every key it moves, on a connection of its

@@ -17,9 +17,9 @@ use async_trait::async_trait;
 use es_core::{BoxError, DomainEvent, Envelope, EventRef, StoreError};
 use sqlx::PgConnection;
 
-pub use read_model::ReadModel;
 pub use lock::LockHolder;
 pub use parked::{ParkedEvent, ReplayReport};
+pub use read_model::ReadModel;
 pub use runner::{Progress, ProjectionRunner, ProjectionStatus, RunnerState};
 
 /// A read model kept in PostgreSQL, fed the global log in order.

@@ -84,12 +84,13 @@ impl<P: PgProjection> ProjectionRunner<P> {
                 .begin()
                 .await
                 .map_err(|e| self.store_error(e))?;
-            let claimed: Option<i32> = sqlx::query_scalar(AssertSqlSafe(self.sql.claim_parked.clone()))
-                .bind(&self.key)
-                .bind(parked.event_id)
-                .fetch_optional(&mut *tx)
-                .await
-                .map_err(|e| self.store_error(e))?;
+            let claimed: Option<i32> =
+                sqlx::query_scalar(AssertSqlSafe(self.sql.claim_parked.clone()))
+                    .bind(&self.key)
+                    .bind(parked.event_id)
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .map_err(|e| self.store_error(e))?;
             let Some(attempts) = claimed else {
                 tx.rollback().await.map_err(|e| self.store_error(e))?;
                 report.taken_elsewhere += 1;

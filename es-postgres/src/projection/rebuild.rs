@@ -2,8 +2,8 @@
 //! a projection is split into.
 
 use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
 use std::sync::Mutex;
+use std::sync::atomic::AtomicBool;
 
 use es_core::Position;
 use sqlx::{AssertSqlSafe, PgConnection};
@@ -36,7 +36,9 @@ impl<P: PgProjection> ProjectionRunner<P> {
         let mut keys = whole.checkpoint_keys();
         keys.extend(stale.iter().cloned());
         let mut lock = whole.acquire_locks(keys).await?;
-        let result = whole.rebuild_locked(&mut lock, &stale, policy, &mut progress).await;
+        let result = whole
+            .rebuild_locked(&mut lock, &stale, policy, &mut progress)
+            .await;
         whole.release(lock).await;
         result
     }
@@ -55,7 +57,9 @@ impl<P: PgProjection> ProjectionRunner<P> {
         let Some(mut lock) = whole.try_acquire_locks(keys).await? else {
             return Ok(None);
         };
-        let result = whole.rebuild_locked(&mut lock, &stale, policy, &mut progress).await;
+        let result = whole
+            .rebuild_locked(&mut lock, &stale, policy, &mut progress)
+            .await;
         whole.release(lock).await;
         result.map(Some)
     }
@@ -80,7 +84,9 @@ impl<P: PgProjection> ProjectionRunner<P> {
             let rows = self.lock_checkpoints(&mut tx, &all).await?;
             let resume = stale.is_empty()
                 && self.stored_parts(&mut tx).await? == Some(self.parts())
-                && rows.iter().any(|(key, _, rebuilding)| *rebuilding && keys.contains(key));
+                && rows
+                    .iter()
+                    .any(|(key, _, rebuilding)| *rebuilding && keys.contains(key));
             if resume {
                 tracing::info!(projection = %self.key, "resuming an interrupted rebuild");
             } else {
@@ -138,7 +144,10 @@ impl<P: PgProjection> ProjectionRunner<P> {
     /// that applies every part's events and moves every part's checkpoint.
     pub(super) fn whole(&self) -> ProjectionRunner<P> {
         let parts = self.parts();
-        let mut whole = self.derived(self.projection.name().to_owned(), Arc::clone(&self.projection));
+        let mut whole = self.derived(
+            self.projection.name().to_owned(),
+            Arc::clone(&self.projection),
+        );
         if parts > 1 {
             whole.key = part_key(self.projection.name(), 0, parts);
             whole.all_parts = Some(parts);
@@ -190,11 +199,12 @@ impl<P: PgProjection> ProjectionRunner<P> {
     /// runner's left: what a rebuild re-splitting it must remove.
     async fn stored_keys(&self) -> Result<Vec<String>, ProjectionError> {
         let mine = self.whole().checkpoint_keys();
-        let stored: Vec<String> = sqlx::query_scalar(AssertSqlSafe(self.sql.checkpoint_keys.clone()))
-            .bind(self.projection.name())
-            .fetch_all(self.store.pool())
-            .await
-            .map_err(|e| self.store_error(e))?;
+        let stored: Vec<String> =
+            sqlx::query_scalar(AssertSqlSafe(self.sql.checkpoint_keys.clone()))
+                .bind(self.projection.name())
+                .fetch_all(self.store.pool())
+                .await
+                .map_err(|e| self.store_error(e))?;
         Ok(stored.into_iter().filter(|k| !mine.contains(k)).collect())
     }
 
@@ -221,7 +231,10 @@ impl<P: PgProjection> ProjectionRunner<P> {
     /// Refuses to run with another number of parts than the store records (which would apply
     /// events twice or not at all); records it when the projection is new. Stores that predate
     /// the record are judged by the checkpoints they hold.
-    pub(super) async fn check_layout(&self, conn: &mut PgConnection) -> Result<(), ProjectionError> {
+    pub(super) async fn check_layout(
+        &self,
+        conn: &mut PgConnection,
+    ) -> Result<(), ProjectionError> {
         let configured = self.parts();
         let stored = match self.stored_parts(conn).await? {
             Some(parts) => parts,

@@ -310,7 +310,10 @@ impl<P: PgProjection> ProjectionRunner<P> {
                         position: Some(at), ..
                     },
                 ) if at > from => {
-                    match self.pass_malformed(lock, from, at, error, self.policy).await? {
+                    match self
+                        .pass_malformed(lock, from, at, error, self.policy)
+                        .await?
+                    {
                         Some(next) => follower = self.follower_at(next),
                         None => follower = self.follower_at(self.load_checkpoint().await?.0),
                     }

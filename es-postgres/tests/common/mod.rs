@@ -171,4 +171,3 @@ pub async fn seed(store: &PgEventStore, streams: usize, per_stream: usize, batch
         }
     }
 }
-
