@@ -25,7 +25,8 @@ pub struct Envelope<P> {
     pub event_type: String,
     /// The schema version the payload is at.
     pub schema_version: u32,
-    /// When the store recorded the event.
+    /// When the store wrote the event, by the store's clock (PostgreSQL: the database's
+    /// clock when the append statement inserted it).
     pub recorded_at: DateTime<Utc>,
     /// The id shared by every message of one piece of work.
     pub correlation_id: Uuid,

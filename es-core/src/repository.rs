@@ -135,7 +135,13 @@ impl<A: Aggregate> Repository<A> {
         self.load_until(stream, Until::Version(version)).await
     }
 
-    /// The aggregate's state as of `time`: the events recorded at or before it.
+    /// The aggregate's state as of `time`: its events whose `recorded_at` is at or before it.
+    ///
+    /// `recorded_at` is the store's clock when the append wrote the event (PostgreSQL: the
+    /// database's `clock_timestamp()` at insert, not the start of the writing transaction). The
+    /// transaction commits a little later, so an event written just before `time` by a
+    /// transaction that committed just after it is included: "as of" means "written by", to
+    /// the precision of the store's clock, not "visible at".
     pub async fn load_as_of(
         &self,
         stream: &StreamId,

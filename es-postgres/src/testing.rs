@@ -27,7 +27,12 @@ pub struct TestDatabase {
     pub schema: SchemaName,
     /// A store in that schema, migrated.
     pub store: PgEventStore,
+    /// Whether the schema was dropped already (by [`drop`](Self::drop)).
+    dropped: bool,
 }
+
+/// Set to keep the schemas of failed tests for inspection (they are dropped otherwise).
+pub const KEEP_SCHEMAS_VAR: &str = "ES_KEEP_TEST_SCHEMAS";
 
 /// The test server's URL: `DATABASE_URL`, or [`DEFAULT_DATABASE_URL`].
 pub fn database_url() -> String {
@@ -64,6 +69,7 @@ impl TestDatabase {
             pool,
             schema,
             store,
+            dropped: false,
         }
     }
 
@@ -77,17 +83,57 @@ impl TestDatabase {
         PgEventStore::in_schema(connect(connections).await, self.schema.clone())
     }
 
-    /// Drops the test's schema. Tests that pass call this; a failed test's schema stays for
-    /// inspection until a later run removes it as stale.
-    pub async fn drop(self) {
-        let _ = sqlx::query(AssertSqlSafe(format!(
-            "DROP SCHEMA IF EXISTS {} CASCADE",
-            self.schema.quoted()
-        )))
-        .execute(&self.pool)
-        .await;
+    /// Drops the test's schema. A test that ends without calling this (it failed, or forgot)
+    /// still has its schema dropped, when the `TestDatabase` is dropped, unless
+    /// `ES_KEEP_TEST_SCHEMAS` is set, to keep a failed test's data for inspection.
+    pub async fn drop(mut self) {
+        self.dropped = true;
+        let _ = sqlx::query(AssertSqlSafe(drop_schema(&self.schema)))
+            .execute(&self.pool)
+            .await;
         // Not `pool.close()`: it waits for every connection, including ones a still-living
         // follower's listener holds. The pool closes when its last clone is dropped.
+    }
+}
+
+fn drop_schema(schema: &SchemaName) -> String {
+    format!("DROP SCHEMA IF EXISTS {} CASCADE", schema.quoted())
+}
+
+impl Drop for TestDatabase {
+    fn drop(&mut self) {
+        if self.dropped {
+            return;
+        }
+        if std::env::var_os(KEEP_SCHEMAS_VAR).is_some() {
+            eprintln!(
+                "keeping test schema {} ({KEEP_SCHEMAS_VAR} is set)",
+                self.schema
+            );
+            return;
+        }
+        // A panicking test is unwinding inside its runtime, whose connections may be gone:
+        // drop the schema from a thread and runtime of its own, on a connection of its own.
+        let statement = drop_schema(&self.schema);
+        let options = self.pool.connect_options().as_ref().clone();
+        let cleanup = std::thread::spawn(move || {
+            let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            runtime.block_on(async move {
+                use sqlx::Connection;
+                if let Ok(mut conn) = sqlx::PgConnection::connect_with(&options).await {
+                    let _ = sqlx::query(AssertSqlSafe(statement))
+                        .execute(&mut conn)
+                        .await;
+                    let _ = conn.close().await;
+                }
+            });
+        });
+        let _ = cleanup.join();
     }
 }
 
@@ -135,5 +181,283 @@ async fn drop_stale_schemas(pool: &PgPool, now: u64) {
             .execute(pool)
             .await;
         }
+    }
+}
+
+/// A PostgreSQL cluster of a test's own, on a free port, for tests that restart, break or
+/// restore a server: never the shared server other tests use. Built with the server's own
+/// tools (`initdb`, `pg_ctl`, found through `pg_config --bindir` or `PG_BIN`), run as the
+/// `postgres` system user when the test runs as root (PostgreSQL refuses to run as root).
+/// Stopped and removed when dropped.
+pub struct TestCluster {
+    /// The port it listens on (127.0.0.1).
+    pub port: u16,
+    /// Its data directory.
+    pub data_dir: std::path::PathBuf,
+    bin_dir: std::path::PathBuf,
+}
+
+impl TestCluster {
+    /// Creates and starts a cluster with `settings` added to its `postgresql.conf` (lines
+    /// such as `max_prepared_transactions = 4`).
+    ///
+    /// # Panics
+    /// When the PostgreSQL server tools are not installed or the cluster does not start, with
+    /// what to install.
+    pub fn start(settings: &[&str]) -> Self {
+        static COUNTER: AtomicU32 = AtomicU32::new(0);
+        let bin_dir = pg_bin_dir();
+        let port = free_port();
+        let data_dir = std::env::temp_dir().join(format!(
+            "es-cluster-{}-{}-{port}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&data_dir);
+        std::fs::create_dir_all(&data_dir).expect("creating the cluster's directory");
+        let cluster = Self {
+            port,
+            data_dir,
+            bin_dir,
+        };
+        cluster.give_to_server_user(&cluster.data_dir);
+        cluster.run(
+            "initdb",
+            &[
+                "-D",
+                &cluster.data_path(),
+                "-U",
+                "postgres",
+                "--auth=trust",
+                "--no-sync",
+                "--no-instructions",
+            ],
+        );
+        let mut conf = format!(
+            "\nport = {port}\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = '{}'\n\
+             fsync = off\nsynchronous_commit = off\nfull_page_writes = off\nmax_connections = 100\n\
+             shared_buffers = 32MB\n",
+            cluster.data_path()
+        );
+        for setting in settings {
+            conf.push_str(setting);
+            conf.push('\n');
+        }
+        let conf_path = cluster.data_dir.join("postgresql.conf");
+        let mut existing = std::fs::read_to_string(&conf_path).expect("reading postgresql.conf");
+        existing.push_str(&conf);
+        std::fs::write(&conf_path, existing).expect("writing postgresql.conf");
+        cluster.give_to_server_user(&conf_path);
+        cluster.pg_ctl(&["start", "-w", "-t", "60", "-l", &cluster.log_path()]);
+        cluster
+    }
+
+    /// The URL of database `postgres` on it.
+    pub fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+
+    /// Stops it (`fast`: disconnect clients and shut down cleanly; `immediate`: as a crash).
+    pub fn stop(&self, mode: &str) {
+        self.pg_ctl(&["stop", "-w", "-t", "60", "-m", mode]);
+    }
+
+    /// Starts it again after [`stop`](Self::stop).
+    pub fn start_again(&self) {
+        self.pg_ctl(&["start", "-w", "-t", "60", "-l", &self.log_path()]);
+    }
+
+    /// Restarts it (`fast` or `immediate`), waiting until it accepts connections again.
+    pub fn restart(&self, mode: &str) {
+        self.stop(mode);
+        self.start_again();
+    }
+
+    /// The directory of the server tools it was built with.
+    pub fn bin_dir(&self) -> &std::path::Path {
+        &self.bin_dir
+    }
+
+    /// The server's log so far, for a failing test to show.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    fn data_path(&self) -> String {
+        self.data_dir.display().to_string()
+    }
+
+    fn log_path(&self) -> String {
+        self.data_dir.join("server.log").display().to_string()
+    }
+
+    fn pg_ctl(&self, args: &[&str]) {
+        let data = self.data_path();
+        let mut all = vec!["-D", data.as_str()];
+        all.extend_from_slice(args);
+        self.run("pg_ctl", &all);
+    }
+
+    /// A command running one of the server tools as the server's user.
+    fn command(&self, tool: &str) -> std::process::Command {
+        let program = self.bin_dir.join(tool);
+        let mut command = if running_as_root() {
+            let mut runuser = std::process::Command::new("runuser");
+            runuser.args(["-u", "postgres", "--"]).arg(program);
+            runuser
+        } else {
+            std::process::Command::new(program)
+        };
+        command.current_dir(std::env::temp_dir());
+        command
+    }
+
+    /// Runs one of the server tools as the server's user, panicking with its output on failure.
+    pub fn run(&self, tool: &str, args: &[&str]) -> String {
+        let output = self
+            .command(tool)
+            .args(args)
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run {tool}: {e}"));
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        assert!(
+            output.status.success(),
+            "{tool} {args:?} failed: {text}\n{}",
+            self.log()
+        );
+        text
+    }
+
+    fn give_to_server_user(&self, path: &std::path::Path) {
+        if running_as_root() {
+            let status = std::process::Command::new("chown")
+                .args(["-R", "postgres:postgres"])
+                .arg(path)
+                .status()
+                .expect("running chown");
+            assert!(status.success(), "chown of {} failed", path.display());
+        }
+    }
+}
+
+impl Drop for TestCluster {
+    fn drop(&mut self) {
+        let _ = self
+            .command("pg_ctl")
+            .arg("-D")
+            .arg(&self.data_dir)
+            .args(["stop", "-m", "immediate", "-w"])
+            .output();
+        let _ = std::fs::remove_dir_all(&self.data_dir);
+    }
+}
+
+fn running_as_root() -> bool {
+    std::process::Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false)
+}
+
+/// The PostgreSQL server tools: `PG_BIN`, or what `pg_config --bindir` says.
+fn pg_bin_dir() -> std::path::PathBuf {
+    if let Ok(dir) = std::env::var("PG_BIN") {
+        return dir.into();
+    }
+    let output = std::process::Command::new("pg_config")
+        .arg("--bindir")
+        .output()
+        .unwrap_or_else(|e| {
+            panic!(
+                "cannot run pg_config ({e}): tests that start their own PostgreSQL need the \
+                 server tools (Debian: apt-get install postgresql), or PG_BIN set to their directory"
+            )
+        });
+    let dir = std::path::PathBuf::from(String::from_utf8_lossy(&output.stdout).trim());
+    assert!(
+        dir.join("initdb").exists(),
+        "no initdb in {} (from pg_config --bindir): install the PostgreSQL server, or set PG_BIN",
+        dir.display()
+    );
+    dir
+}
+
+/// A TCP port nothing listens on now.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("binding a free port")
+}
+
+/// A test database is a store in its own schema: handed to code that owns its store (the
+/// conformance suite), it drops the schema when that code is done with it.
+#[async_trait::async_trait]
+impl es_core::EventStore for TestDatabase {
+    async fn append(
+        &self,
+        stream: &es_core::StreamId,
+        expected: es_core::ExpectedVersion,
+        events: Vec<es_core::NewEvent>,
+    ) -> Result<es_core::AppendResult, es_core::StoreError> {
+        self.store.append(stream, expected, events).await
+    }
+
+    fn read_stream<'a>(
+        &'a self,
+        stream: &'a es_core::StreamId,
+        from_version: u64,
+    ) -> futures_core::stream::BoxStream<'a, Result<es_core::RecordedEvent, es_core::StoreError>>
+    {
+        self.store.read_stream(stream, from_version)
+    }
+
+    fn read_stream_range<'a>(
+        &'a self,
+        stream: &'a es_core::StreamId,
+        from_version: u64,
+        to_version: u64,
+    ) -> futures_core::stream::BoxStream<'a, Result<es_core::RecordedEvent, es_core::StoreError>>
+    {
+        self.store.read_stream_range(stream, from_version, to_version)
+    }
+
+    async fn read_all(
+        &self,
+        after: es_core::Position,
+        limit: usize,
+    ) -> Result<Vec<es_core::RecordedEvent>, es_core::StoreError> {
+        self.store.read_all(after, limit).await
+    }
+
+    async fn read_event(
+        &self,
+        event_id: uuid::Uuid,
+    ) -> Result<Option<es_core::RecordedEvent>, es_core::StoreError> {
+        self.store.read_event(event_id).await
+    }
+
+    async fn read_correlated(
+        &self,
+        correlation_id: uuid::Uuid,
+        limit: usize,
+    ) -> Result<Vec<es_core::RecordedEvent>, es_core::StoreError> {
+        self.store.read_correlated(correlation_id, limit).await
+    }
+
+    async fn stream_version(
+        &self,
+        stream: &es_core::StreamId,
+    ) -> Result<Option<u64>, es_core::StoreError> {
+        self.store.stream_version(stream).await
+    }
+
+    async fn head(&self) -> Result<es_core::Position, es_core::StoreError> {
+        self.store.head().await
     }
 }

@@ -7,5 +7,5 @@ use es_core::EventStore;
 use es_postgres::testing::TestDatabase;
 
 es_core::event_store_conformance_tests!(async {
-    Arc::new(TestDatabase::with_pool_size(10).await.store) as Arc<dyn EventStore>
+    Arc::new(TestDatabase::with_pool_size(10).await) as Arc<dyn EventStore>
 });

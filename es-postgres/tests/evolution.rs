@@ -10,10 +10,12 @@ use es_postgres::testing::TestDatabase;
 use proptest::prelude::*;
 
 es_core::evolution_tests!(async {
-    let store = TestDatabase::new().await.store;
+    // The test database is the event store: its schema goes when the test is done with it.
+    let db = Arc::new(TestDatabase::new().await);
+    let snapshots = PgSnapshotStore::new(&db.store);
     (
-        Arc::new(store.clone()) as Arc<dyn EventStore>,
-        Arc::new(PgSnapshotStore::new(&store)) as Arc<dyn SnapshotStore>,
+        db as Arc<dyn EventStore>,
+        Arc::new(snapshots) as Arc<dyn SnapshotStore>,
     )
 });
 
