@@ -369,7 +369,20 @@ impl<A: Aggregate> CommandHandler<A> {
                     conflicts += 1;
                     tracing::debug!(%conflict, attempt = conflicts, "version conflict, deciding again");
                 }
-                Err(err) => return Err(err.into()),
+                Err(err) => {
+                    // An idempotent command another delivery executed meanwhile, with events
+                    // that differ from this decision's (a time in the payload, say), is
+                    // refused by the store; its outcome stands.
+                    let repeat = matches!(
+                        err,
+                        StoreError::EventIdReused { .. } | StoreError::Conflict(_)
+                    );
+                    if repeat && self.executed_in(stream, context).await? {
+                        tracing::debug!("idempotent command executed by another delivery");
+                        return Ok(deduplicated(self.repository.load(stream).await?, None));
+                    }
+                    return Err(err.into());
+                }
             }
         }
     }

@@ -119,9 +119,11 @@ pub(crate) fn transient_source(error: &(dyn std::error::Error + 'static)) -> boo
 /// transient are I/O errors (connection refused, reset, closed), TLS failures, pool acquire
 /// timeouts and a closed pool's worker, and these SQLSTATEs: class 08 (connection exception),
 /// 40001 (serialization failure), 40P01 (deadlock), 55P03 (lock not available, from
-/// `lock_timeout`), 57P01/57P02/57P03 (administrator or crash shutdown, cannot connect now:
-/// the server is starting or stopping), 53300 (too many connections), 25P03 (idle in
-/// transaction timeout), 57P05 (idle session timeout), 58000/58030 (system I/O error).
+/// `lock_timeout`), 57014 (statement cancelled: `statement_timeout` or an operator), 57P01,
+/// 57P02, 57P03 (administrator or crash shutdown, cannot connect now: the server is starting
+/// or stopping), class 53 (insufficient resources: disk full, out of memory, too many
+/// connections), 25P03 (idle in transaction timeout), 57P05 (idle session timeout),
+/// 58000/58030 (system I/O error).
 /// Everything else (constraint violations, syntax, permissions, a missing table, data that
 /// does not decode) is permanent: retrying the same work fails the same way.
 pub(crate) fn is_transient(err: &sqlx::Error) -> bool {
@@ -133,17 +135,18 @@ pub(crate) fn is_transient(err: &sqlx::Error) -> bool {
         | sqlx::Error::Protocol(_) => true,
         sqlx::Error::Database(db) => db.code().is_some_and(|code| {
             code.starts_with("08")
+                || code.starts_with("53")
                 || matches!(
                     &*code,
                     "40001"
                         | "40P01"
                         | "55P03"
+                        | "57014"
                         | "57P01"
                         | "57P02"
                         | "57P03"
                         | "57P05"
                         | "25P03"
-                        | "53300"
                         | "58000"
                         | "58030"
                 )

@@ -65,7 +65,7 @@ pub use projection::{
     ErrorPolicy, LockHolder, OnFailure, ParkedEvent, PgProjection, Progress, ProjectionError,
     ProjectionRunner, ProjectionStatus, ReadModel, ReplayReport, RunnerState,
 };
-pub use saga::{DeadlineStatus, PgSagaRunner, SagaProjection};
+pub use saga::{DeadLetter, DeadlineStatus, OutboxStatus, PgSagaRunner, SagaProjection};
 pub use schema::{MAX_SCHEMA_NAME_LEN, SchemaName};
 pub use snapshot::PgSnapshotStore;
 pub use store::{Horizon, PgEventStore};

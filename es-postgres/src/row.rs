@@ -6,9 +6,11 @@ use sqlx::Row;
 use sqlx::postgres::PgRow;
 
 /// The columns every event read selects, in the order [`decode_event`] reads them.
+/// `recorded_at` reads as `NULL` when no Rust date can hold it (see `convert::finite`).
 pub(crate) const EVENT_COLUMNS: &str = "transaction_id, position, event_id, stream_id, \
-     stream_version, event_type, schema_version, recorded_at, correlation_id, causation_id, \
-     metadata::text, payload::text";
+     stream_version, event_type, schema_version, \
+     CASE WHEN recorded_at BETWEEN '4000-01-01 BC'::timestamptz AND '100000-01-01'::timestamptz \
+     THEN recorded_at END, correlation_id, causation_id, metadata::text, payload::text";
 
 /// What is known of the row being decoded, for naming it in an error.
 #[derive(Default)]
@@ -71,7 +73,9 @@ pub(crate) fn decode_event(row: &PgRow) -> Result<RecordedEvent, StoreError> {
         event_type: cx.get(row, 5, "event_type")?,
         schema_version: u32::try_from(schema_version)
             .map_err(|_| cx.malformed("schema_version", format!("{schema_version} is negative")))?,
-        recorded_at: cx.get(row, 7, "recorded_at")?,
+        recorded_at: cx
+            .get::<Option<chrono::DateTime<chrono::Utc>>>(row, 7, "recorded_at")?
+            .ok_or_else(|| cx.malformed("recorded_at", "not a time a date can hold"))?,
         correlation_id: cx.get(row, 8, "correlation_id")?,
         causation_id: cx.get(row, 9, "causation_id")?,
         metadata,

@@ -27,8 +27,9 @@ impl PgSnapshotStore {
         Self {
             pool: store.pool().clone(),
             load: format!(
-                "SELECT stream_version, snapshot_version, state::text, taken_at \
-                 FROM {s}.snapshots WHERE stream_id = $1"
+                "SELECT stream_version, snapshot_version, state::text, {} \
+                 FROM {s}.snapshots WHERE stream_id = $1",
+                crate::convert::finite("taken_at")
             )
             .into(),
             // A slower writer never replaces a newer snapshot.
@@ -49,7 +50,7 @@ impl PgSnapshotStore {
 #[async_trait]
 impl SnapshotStore for PgSnapshotStore {
     async fn load(&self, stream: &StreamId) -> Result<Option<Snapshot>, StoreError> {
-        let row: Option<(i64, i32, String, DateTime<Utc>)> =
+        let row: Option<(i64, i32, String, Option<DateTime<Utc>>)> =
             sqlx::query_as(AssertSqlSafe(self.load.clone()))
                 .bind(stream.as_str())
                 .fetch_optional(&self.pool)
@@ -72,7 +73,9 @@ impl SnapshotStore for PgSnapshotStore {
                 .map_err(|_| malformed("snapshots.snapshot_version", "negative".into()))?,
             state: RawValue::from_string(state)
                 .map_err(|e| malformed("snapshots.state", e.to_string()))?,
-            taken_at,
+            taken_at: taken_at.ok_or_else(|| {
+                malformed("snapshots.taken_at", "not a time a date can hold".into())
+            })?,
         }))
     }
 

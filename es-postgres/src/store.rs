@@ -289,7 +289,7 @@ impl PgEventStore {
             .fetch_one(&self.inner.pool)
             .await
             .map_err(store_error)?;
-        let seconds = |s: Option<f64>| s.map(|s| Duration::from_secs_f64(s.max(0.0)));
+        use crate::convert::seconds;
         let xmin: i64 = row.try_get(0).map_err(store_error)?;
         let age: Option<f64> = row.try_get(1).map_err(store_error)?;
         let held_back: i64 = row.try_get(2).map_err(store_error)?;

@@ -424,7 +424,8 @@ impl es_core::EventStore for TestDatabase {
         to_version: u64,
     ) -> futures_core::stream::BoxStream<'a, Result<es_core::RecordedEvent, es_core::StoreError>>
     {
-        self.store.read_stream_range(stream, from_version, to_version)
+        self.store
+            .read_stream_range(stream, from_version, to_version)
     }
 
     async fn read_all(

@@ -50,7 +50,12 @@ async fn the_database_refuses_rows_its_readers_cannot_read() {
         )
     };
     let long = "x".repeat(513);
+    let infinite = "INSERT INTO {s}.events (event_id, stream_id, stream_version, event_type, \
+         schema_version, correlation_id, recorded_at, payload) VALUES (gen_random_uuid(), 's-1', 1, \
+         'T', 1, gen_random_uuid(), 'infinity', '{}')"
+        .to_owned();
     for (what, statement) in [
+        ("a time no date can hold", infinite),
         (
             "metadata that is not an object",
             row("s-1", "T", "[1]", "DEFAULT"),

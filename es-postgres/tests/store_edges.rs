@@ -300,3 +300,39 @@ async fn loading_at_a_version_reads_only_up_to_it() {
     let _ = LedgerEvent::Debited { cents: 0 };
     db.drop().await;
 }
+
+#[tokio::test]
+async fn a_stored_time_no_date_can_hold_is_a_typed_error_not_a_panic() {
+    let db = TestDatabase::new().await;
+    let schema = format!("\"{}\"", db.schema);
+    sqlx::query(AssertSqlSafe(format!(
+        "ALTER TABLE {schema}.events DROP CONSTRAINT events_recorded_at_finite"
+    )))
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    sqlx::query(AssertSqlSafe(format!(
+        "INSERT INTO {schema}.events (event_id, stream_id, stream_version, event_type, \
+         schema_version, correlation_id, recorded_at, payload) \
+         VALUES (gen_random_uuid(), 'far-1', 1, 'T', 1, gen_random_uuid(), 'infinity', '{{}}')"
+    )))
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let error = db
+        .store
+        .read_stream_to_vec(&StreamId::new("far-1").unwrap(), 1)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            error,
+            StoreError::Malformed {
+                field: "recorded_at",
+                ..
+            }
+        ),
+        "{error:?}"
+    );
+    db.drop().await;
+}

@@ -7,6 +7,7 @@ use sqlx::{AssertSqlSafe, Executor};
 
 use super::lock::ActiveLock;
 use super::runner::{Progress, ProjectionRunner};
+use super::supervise::Backoff;
 use super::{ErrorPolicy, PgProjection, ProjectionError, ReadModel};
 
 impl<P: PgProjection> ProjectionRunner<P> {
@@ -39,11 +40,15 @@ impl<P: PgProjection> ProjectionRunner<P> {
         let mut lock = builder.acquire_lock().await?;
         let result = async {
             builder.start_build(&mut lock, &next_model).await?;
+            let mut reached = Position::START;
             let events = builder
-                .catch_up_locked(&mut lock, policy, &mut progress)
+                .catch_up_locked(&mut lock, policy, &mut |p: Progress| {
+                    reached = p.position;
+                    progress(p)
+                })
                 .await?;
             self.whole()
-                .swap(&builder, &live_model, &next_model)
+                .swap(&builder, &mut lock, reached, &live_model, &next_model)
                 .await?;
             Ok(events)
         }
@@ -106,32 +111,83 @@ impl<P: PgProjection> ProjectionRunner<P> {
     }
 
     /// Puts the build's tables, checkpoint and parked events in the live version's place, in
-    /// one transaction.
+    /// one transaction on the build's lock session (a build whose session ended, and so may
+    /// have been taken over, can swap nothing). DDL waits at most a few seconds for the live
+    /// tables; the swap is then rolled back and tried again, the build kept.
     async fn swap(
         &self,
         builder: &ProjectionRunner<P>,
+        lock: &mut ActiveLock,
+        reached: Position,
         live: &ReadModel,
         next: &ReadModel,
     ) -> Result<(), ProjectionError> {
-        let mut tx = self
-            .store
-            .pool()
-            .begin()
-            .await
-            .map_err(|e| self.store_error(e))?;
-        // The build's checkpoint row first, then the live ones (a live runner only ever locks
-        // its own): the live runners' batches in flight commit before the swap, and their next
-        // batches wait for the swap, then find the checkpoints moved.
+        let mut backoff = Backoff::new();
+        let mut attempts = 0;
+        loop {
+            match self.try_swap(builder, lock, reached, live, next).await {
+                Err(error) if is_lock_timeout(&error) && attempts < SWAP_ATTEMPTS => {
+                    attempts += 1;
+                    let wait = backoff.next();
+                    tracing::warn!(projection = %self.key, %error, attempts, retry_in = ?wait, "the swap waited too long for a lock; trying again");
+                    tokio::time::sleep(wait).await;
+                }
+                Err(error) => return Err(lock.classify(builder, error).await),
+                Ok(()) => {
+                    tracing::info!(
+                        projection = %self.key,
+                        from = %next.schema(),
+                        into = %live.schema(),
+                        "swapped in the rebuilt read model"
+                    );
+                    return Ok(());
+                }
+            }
+        }
+    }
+
+    async fn try_swap(
+        &self,
+        builder: &ProjectionRunner<P>,
+        lock: &mut ActiveLock,
+        reached: Position,
+        live: &ReadModel,
+        next: &ReadModel,
+    ) -> Result<(), ProjectionError> {
+        let mut tx = lock.begin(builder).await?;
+        tx.execute(AssertSqlSafe(format!(
+            "SET LOCAL lock_timeout = '{}ms'",
+            SWAP_LOCK_TIMEOUT.as_millis()
+        )))
+        .await
+        .map_err(|e| self.store_error(e))?;
+        // Always in this order, as setups, batches, replays and rebuilds take them: the
+        // projection's setup lock, the build's checkpoint row, the live checkpoint rows (the
+        // live runners' batches in flight commit first; their next ones wait for the swap,
+        // then find their checkpoints moved), and only then the tables.
+        self.setup_lock(&mut tx).await?;
         let built = builder
             .lock_checkpoints(&mut tx, &builder.checkpoint_keys())
             .await?;
-        let Some((_, built, _)) = built.first().cloned() else {
-            return Err(self.store_error("the build's checkpoint vanished during the build"));
-        };
-        self.setup_in(&mut tx).await?;
-        self.check_layout(&mut tx).await?;
+        match built.first() {
+            Some((_, built, _)) if *built == reached => {}
+            other => {
+                return Err(ProjectionError::Store {
+                    projection: self.key.clone(),
+                    transient: false,
+                    source: format!(
+                        "the build's checkpoint is at {:?}, not where this build left it \
+                         ({reached}): another build took it over; nothing was swapped",
+                        other.map(|(_, position, _)| position)
+                    )
+                    .into(),
+                });
+            }
+        }
         let live_keys = self.checkpoint_keys();
+        self.init_checkpoints(&mut tx, &live_keys).await?;
         self.lock_checkpoints(&mut tx, &live_keys).await?;
+        self.check_layout(&mut tx).await?;
 
         let mut ddl = format!("DROP TABLE IF EXISTS {};", live.qualified_list());
         for table in next.tables() {
@@ -145,14 +201,23 @@ impl<P: PgProjection> ProjectionRunner<P> {
             .await
             .map_err(|e| self.store_error(e))?;
 
-        self.save_checkpoints_of(&mut tx, &live_keys, built).await?;
+        self.save_checkpoints_of(&mut tx, &live_keys, reached)
+            .await?;
         self.execute_on_keys(&mut tx, &self.sql.delete_parked, &live_keys)
             .await?;
-        for parked in builder.parked().await? {
+        let parked: Vec<(uuid::Uuid, String)> = sqlx::query_as(AssertSqlSafe(format!(
+            "SELECT event_id, stream_id FROM {}.parked_events WHERE projection = $1",
+            self.store.schema().quoted()
+        )))
+        .bind(&builder.key)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(|e| self.store_error(e))?;
+        for (event_id, stream) in parked {
             sqlx::query(AssertSqlSafe(self.sql.move_parked.clone()))
                 .bind(&builder.key)
-                .bind(self.park_key(&parked.stream_id))
-                .bind(parked.event_id)
+                .bind(self.park_key(&stream))
+                .bind(event_id)
                 .execute(&mut *tx)
                 .await
                 .map_err(|e| self.store_error(e))?;
@@ -164,13 +229,23 @@ impl<P: PgProjection> ProjectionRunner<P> {
                 &builder.checkpoint_keys(),
             )
             .await?;
-        tx.commit().await.map_err(|e| self.store_error(e))?;
-        tracing::info!(
-            projection = %self.key,
-            from = %next.schema(),
-            into = %live.schema(),
-            "swapped in the rebuilt read model"
-        );
-        Ok(())
+        tx.commit().await.map_err(|e| self.store_error(e))
     }
+}
+
+/// How long the swap waits for a lock on the live tables before it backs off and tries
+/// again, and how many times it tries.
+const SWAP_LOCK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+const SWAP_ATTEMPTS: u32 = 20;
+
+/// Whether the error is `lock_timeout` expiring (SQLSTATE 55P03).
+fn is_lock_timeout(error: &ProjectionError) -> bool {
+    let ProjectionError::Store { source, .. } = error else {
+        return false;
+    };
+    source
+        .downcast_ref::<sqlx::Error>()
+        .and_then(|e| e.as_database_error())
+        .and_then(|e| e.code())
+        .is_some_and(|code| code == "55P03")
 }

@@ -20,6 +20,37 @@ pub(super) struct ActiveLock {
     conn: Option<PgConnection>,
     active: Arc<AtomicBool>,
     last_ok: Instant,
+    /// Shared with the runner: when the session last answered, for `is_active`.
+    contact: Arc<Contact>,
+}
+
+/// When a runner's lock session last answered (or was last put to use), in milliseconds since
+/// the runner was created: a batch hung on a dead network stops counting as active once it
+/// has been silent longer than the server takes to drop such a session.
+#[derive(Debug)]
+pub(super) struct Contact {
+    origin: Instant,
+    millis: std::sync::atomic::AtomicU64,
+}
+
+impl Contact {
+    pub(super) fn new() -> Self {
+        Self {
+            origin: Instant::now(),
+            millis: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    fn touch(&self) {
+        let now = self.origin.elapsed().as_millis() as u64;
+        self.millis.store(now, Ordering::SeqCst);
+    }
+
+    /// Whether the session answered within `bound`.
+    pub(super) fn within(&self, bound: Duration) -> bool {
+        let now = self.origin.elapsed().as_millis() as u64;
+        now.saturating_sub(self.millis.load(Ordering::SeqCst)) <= bound.as_millis() as u64
+    }
 }
 
 impl Drop for ActiveLock {
@@ -50,6 +81,7 @@ impl ActiveLock {
             .as_mut()
             .ok_or_else(|| runner.lock_lost("it was lost earlier"))?;
         self.last_ok = Instant::now();
+        self.contact.touch();
         conn.begin().await.map_err(|e| runner.store_error(e))
     }
 
@@ -90,6 +122,7 @@ impl ActiveLock {
         let alive = matches!(answered, Ok(Ok(())));
         if alive {
             self.last_ok = Instant::now();
+            self.contact.touch();
         }
         alive
     }
@@ -176,6 +209,7 @@ impl<P: PgProjection> ProjectionRunner<P> {
                     conn: Some(conn),
                     active: Arc::clone(&self.active),
                     last_ok: Instant::now(),
+                    contact: self.touched_contact(),
                 });
             }
             if !waited {
@@ -202,7 +236,13 @@ impl<P: PgProjection> ProjectionRunner<P> {
             conn: Some(conn),
             active: Arc::clone(&self.active),
             last_ok: Instant::now(),
+            contact: self.touched_contact(),
         }))
+    }
+
+    fn touched_contact(&self) -> Arc<Contact> {
+        self.contact.touch();
+        Arc::clone(&self.contact)
     }
 
     fn lock_keys(&self, keys: &[String]) -> Vec<String> {

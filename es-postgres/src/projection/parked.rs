@@ -56,7 +56,9 @@ impl<P: PgProjection> ProjectionRunner<P> {
                     event_type: row.try_get(4)?,
                     error: row.try_get(5)?,
                     attempts: row.try_get::<i32, _>(6)?.max(0) as u32,
-                    parked_at: row.try_get(7)?,
+                    parked_at: row
+                        .try_get::<Option<DateTime<Utc>>, _>(7)?
+                        .unwrap_or(DateTime::UNIX_EPOCH),
                 })
             })
             .collect::<Result<_, _>>()
@@ -67,9 +69,11 @@ impl<P: PgProjection> ProjectionRunner<P> {
     /// claims it (removes its parked row). Those that fail again stay parked, their error and
     /// attempts updated in that same transaction.
     ///
-    /// Safe beside another replay or a rebuild of the same projection, in any process: a
-    /// parked event is applied by whichever claims it first; the others find it gone and
-    /// leave it (counted in [`ReplayReport::taken_elsewhere`]).
+    /// Safe beside another replay, a rebuild or a blue/green swap of the same projection, in
+    /// any process: each replayed event's transaction holds the projection's checkpoint row in
+    /// share mode (a rebuild or swap locks it first, so they take turns), and a parked event
+    /// is applied by whichever replay claims it first; the others find it gone and leave it
+    /// (counted in [`ReplayReport::taken_elsewhere`]).
     ///
     /// A replayed event is applied after events that followed it in the log: parking trades
     /// order for progress, so a projection that parks must tolerate that.
@@ -82,6 +86,11 @@ impl<P: PgProjection> ProjectionRunner<P> {
                 .store
                 .pool()
                 .begin()
+                .await
+                .map_err(|e| self.store_error(e))?;
+            sqlx::query(AssertSqlSafe(self.sql.share_checkpoint.clone()))
+                .bind(&self.key)
+                .execute(&mut *tx)
                 .await
                 .map_err(|e| self.store_error(e))?;
             let claimed: Option<i32> =

@@ -12,6 +12,13 @@ use super::lock::ActiveLock;
 use super::runner::{Progress, ProjectionRunner, RunnerState, part_key};
 use super::{ErrorPolicy, PgProjection, ProjectionError};
 
+/// Whether a rebuild may resume an interrupted one.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Start {
+    ResumeInterrupted,
+    Afresh,
+}
+
 impl<P: PgProjection> ProjectionRunner<P> {
     /// Rebuilds the read model in place: empties it, forgets the checkpoints and the parked
     /// events, and replays the whole log with `policy` (usually [`ErrorPolicy::STOP`]),
@@ -25,22 +32,28 @@ impl<P: PgProjection> ProjectionRunner<P> {
     ///
     /// Interrupted (a crash, a stop, an error), it resumes: the reset and each batch commit
     /// with the checkpoints, and the next `rebuild` call, or a live run, carries on from the
-    /// last one instead of starting over. Once it has caught up, a later call starts afresh.
+    /// last one instead of starting over. Once it has caught up, a later call starts afresh;
+    /// [`rebuild_from_scratch`](Self::rebuild_from_scratch) starts afresh in any case.
     pub async fn rebuild(
         &self,
         policy: ErrorPolicy,
         mut progress: impl FnMut(Progress) + Send,
     ) -> Result<u64, ProjectionError> {
-        let whole = self.whole();
-        let stale = self.stored_keys().await?;
-        let mut keys = whole.checkpoint_keys();
-        keys.extend(stale.iter().cloned());
-        let mut lock = whole.acquire_locks(keys).await?;
-        let result = whole
-            .rebuild_locked(&mut lock, &stale, policy, &mut progress)
-            .await;
-        whole.release(lock).await;
-        result
+        self.rebuild_with(policy, &mut progress, Start::ResumeInterrupted, true)
+            .await
+            .map(|read| read.unwrap_or(0))
+    }
+
+    /// As [`rebuild`](Self::rebuild), but starts over even when an interrupted rebuild could
+    /// resume: after the projection's code changed since the interrupted one began.
+    pub async fn rebuild_from_scratch(
+        &self,
+        policy: ErrorPolicy,
+        mut progress: impl FnMut(Progress) + Send,
+    ) -> Result<u64, ProjectionError> {
+        self.rebuild_with(policy, &mut progress, Start::Afresh, true)
+            .await
+            .map(|read| read.unwrap_or(0))
     }
 
     /// As [`rebuild`](Self::rebuild), but when another instance holds the projection (or one
@@ -50,15 +63,33 @@ impl<P: PgProjection> ProjectionRunner<P> {
         policy: ErrorPolicy,
         mut progress: impl FnMut(Progress) + Send,
     ) -> Result<Option<u64>, ProjectionError> {
+        self.rebuild_with(policy, &mut progress, Start::ResumeInterrupted, false)
+            .await
+    }
+
+    /// Takes every lock the rebuild needs (waiting for them, or `Ok(None)` when one is held
+    /// and `wait` is false), then rebuilds.
+    async fn rebuild_with(
+        &self,
+        policy: ErrorPolicy,
+        progress: &mut (dyn FnMut(Progress) + Send),
+        start: Start,
+        wait: bool,
+    ) -> Result<Option<u64>, ProjectionError> {
         let whole = self.whole();
         let stale = self.stored_keys().await?;
         let mut keys = whole.checkpoint_keys();
         keys.extend(stale.iter().cloned());
-        let Some(mut lock) = whole.try_acquire_locks(keys).await? else {
-            return Ok(None);
+        let mut lock = if wait {
+            whole.acquire_locks(keys).await?
+        } else {
+            match whole.try_acquire_locks(keys).await? {
+                Some(lock) => lock,
+                None => return Ok(None),
+            }
         };
         let result = whole
-            .rebuild_locked(&mut lock, &stale, policy, &mut progress)
+            .rebuild_locked(&mut lock, &stale, policy, progress, start)
             .await;
         whole.release(lock).await;
         result.map(Some)
@@ -70,6 +101,7 @@ impl<P: PgProjection> ProjectionRunner<P> {
         stale: &[String],
         policy: ErrorPolicy,
         progress: &mut (dyn FnMut(Progress) + Send),
+        start: Start,
     ) -> Result<u64, ProjectionError> {
         self.set_state(RunnerState::Active);
         let keys = self.checkpoint_keys();
@@ -82,7 +114,8 @@ impl<P: PgProjection> ProjectionRunner<P> {
             all.sort();
             all.dedup();
             let rows = self.lock_checkpoints(&mut tx, &all).await?;
-            let resume = stale.is_empty()
+            let resume = start == Start::ResumeInterrupted
+                && stale.is_empty()
                 && self.stored_parts(&mut tx).await? == Some(self.parts())
                 && rows
                     .iter()
@@ -90,18 +123,20 @@ impl<P: PgProjection> ProjectionRunner<P> {
             if resume {
                 tracing::info!(projection = %self.key, "resuming an interrupted rebuild");
             } else {
-                self.projection
-                    .reset(&mut tx)
-                    .await
-                    .map_err(|e| self.failed_setup(e))?;
+                // Parked events first: a replay that claimed one (and holds its row) commits
+                // before the read model is emptied, never after.
+                self.execute_on_keys(&mut tx, &self.sql.delete_parked, &keys)
+                    .await?;
                 if !stale.is_empty() {
                     self.execute_on_keys(&mut tx, &self.sql.delete_parked, stale)
                         .await?;
                     self.execute_on_keys(&mut tx, &self.sql.delete_checkpoints, stale)
                         .await?;
                 }
-                self.execute_on_keys(&mut tx, &self.sql.delete_parked, &keys)
-                    .await?;
+                self.projection
+                    .reset(&mut tx)
+                    .await
+                    .map_err(|e| self.failed_setup(e))?;
                 self.save_checkpoints_of(&mut tx, &keys, Position::START)
                     .await?;
                 self.execute_on_keys(&mut tx, &self.sql.mark_rebuilding, &keys)
@@ -182,6 +217,7 @@ impl<P: PgProjection> ProjectionRunner<P> {
             lock_check: self.lock_check,
             sql: Arc::clone(&self.sql),
             active: Arc::clone(&self.active),
+            contact: Arc::clone(&self.contact),
             state: Arc::clone(&self.state),
         }
     }
@@ -191,6 +227,7 @@ impl<P: PgProjection> ProjectionRunner<P> {
     pub(super) fn detached(&self, key: String, projection: P) -> ProjectionRunner<P> {
         let mut runner = self.derived(key, Arc::new(projection));
         runner.active = Arc::new(AtomicBool::new(false));
+        runner.contact = Arc::new(super::lock::Contact::new());
         runner.state = Arc::new(Mutex::new(RunnerState::Idle));
         runner
     }
@@ -205,7 +242,11 @@ impl<P: PgProjection> ProjectionRunner<P> {
                 .fetch_all(self.store.pool())
                 .await
                 .map_err(|e| self.store_error(e))?;
-        Ok(stored.into_iter().filter(|k| !mine.contains(k)).collect())
+        let name = self.projection.name();
+        Ok(stored
+            .into_iter()
+            .filter(|k| parts_of_key(name, k).is_some() && !mine.contains(k))
+            .collect())
     }
 
     /// The number of parts the store records for the projection.
@@ -246,13 +287,10 @@ impl<P: PgProjection> ProjectionRunner<P> {
                         .await
                         .map_err(|e| self.store_error(e))?;
                 let name = self.projection.name();
-                let other = keys.iter().find_map(|key| {
-                    let parts = match key.strip_prefix(name).and_then(|r| r.strip_prefix('#')) {
-                        Some(rest) => rest.split_once('/')?.1.parse::<u32>().ok()?,
-                        None => 1,
-                    };
-                    (parts != configured).then_some(parts)
-                });
+                let other = keys
+                    .iter()
+                    .filter_map(|key| parts_of_key(name, key))
+                    .find(|parts| *parts != configured);
                 match other {
                     Some(parts) => parts,
                     None => {
@@ -270,5 +308,34 @@ impl<P: PgProjection> ProjectionRunner<P> {
             });
         }
         Ok(())
+    }
+}
+
+/// The number of parts a checkpoint key of projection `name` belongs to: 1 for `name`, `n`
+/// for `name#i/n`; `None` for any other key (another projection whose name starts alike).
+fn parts_of_key(name: &str, key: &str) -> Option<u32> {
+    if key == name {
+        return Some(1);
+    }
+    let (index, parts) = key.strip_prefix(name)?.strip_prefix('#')?.split_once('/')?;
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    if !digits(index) || !digits(parts) {
+        return None;
+    }
+    let (index, parts) = (index.parse::<u32>().ok()?, parts.parse::<u32>().ok()?);
+    (index < parts).then_some(parts)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parts_of_key;
+
+    #[test]
+    fn only_this_projections_keys_count() {
+        assert_eq!(parts_of_key("a", "a"), Some(1));
+        assert_eq!(parts_of_key("a", "a#2/4"), Some(4));
+        for other in ["a#v2", "a#1/x", "a#4/4", "ab", "a~next", "a#/2", "a#1/2/3"] {
+            assert_eq!(parts_of_key("a", other), None, "{other}");
+        }
     }
 }

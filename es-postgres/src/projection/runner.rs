@@ -10,7 +10,7 @@ use chrono::{DateTime, Utc};
 use es_core::{EventStore, Position, StoreError, Upcasters};
 use sqlx::{AssertSqlSafe, PgConnection, Row};
 
-use super::lock::ActiveLock;
+use super::lock::{ActiveLock, Contact};
 use super::sql::Statements;
 use super::supervise::Backoff;
 use super::{ErrorPolicy, PgProjection, ProjectionError};
@@ -114,6 +114,7 @@ pub struct ProjectionRunner<P> {
     pub(super) lock_check: Duration,
     pub(super) sql: Arc<Statements>,
     pub(super) active: Arc<AtomicBool>,
+    pub(super) contact: Arc<Contact>,
     pub(super) state: Arc<Mutex<RunnerState>>,
 }
 
@@ -136,6 +137,7 @@ impl<P: PgProjection> ProjectionRunner<P> {
             lock_check: Duration::from_secs(1),
             sql,
             active: Arc::new(AtomicBool::new(false)),
+            contact: Arc::new(Contact::new()),
             state: Arc::new(Mutex::new(RunnerState::Idle)),
         }
     }
@@ -204,9 +206,16 @@ impl<P: PgProjection> ProjectionRunner<P> {
         &self.key
     }
 
-    /// Whether this instance holds the projection now.
+    /// Whether this instance holds the projection now: it holds the lock, and its lock
+    /// session answered within the last `max(3 × lock check interval, 30 s)` (a session cut
+    /// off by the network mid-batch is dropped by the server's keepalives within about 25 s,
+    /// and another instance may then take over).
     pub fn is_active(&self) -> bool {
-        self.active.load(Ordering::SeqCst)
+        let bound = self
+            .lock_check
+            .saturating_mul(3)
+            .max(Duration::from_secs(30));
+        self.active.load(Ordering::SeqCst) && self.contact.within(bound)
     }
 
     /// What this instance is doing now.
@@ -222,7 +231,8 @@ impl<P: PgProjection> ProjectionRunner<P> {
     }
 
     /// Runs until `shutdown` completes: waits to become the active instance, catches up, then
-    /// follows the log live. On shutdown it finishes the batch in hand and commits it.
+    /// follows the log live. Shutdown stops it at once: a batch in flight is rolled back and
+    /// applied again by the next run (its checkpoint did not move).
     ///
     /// Transient faults (the database restarting, a lost connection, a lost lock session) do
     /// not end it: it logs them, backs off (capped, with jitter), contends for the lock again
@@ -365,7 +375,7 @@ impl<P: PgProjection> ProjectionRunner<P> {
             checkpoint,
             head,
             lag_events: lag_events.max(0) as u64,
-            lag: lag.map(|s| Duration::from_secs_f64(s.max(0.0))),
+            lag: crate::convert::seconds(lag),
             parked: parked.max(0) as u64,
             rebuilding,
             state: self.state(),
@@ -401,9 +411,18 @@ impl<P: PgProjection> ProjectionRunner<P> {
 
     /// Creates the read model's tables and the checkpoint rows, if missing, within `conn`.
     pub(super) async fn setup_in(&self, conn: &mut PgConnection) -> Result<(), ProjectionError> {
-        // Parts of a split projection start side by side, and concurrent `CREATE TABLE IF NOT
-        // EXISTS` of one table can fail on PostgreSQL's catalog: one setup at a time per
-        // projection, until the transaction ends.
+        self.setup_lock(conn).await?;
+        self.projection
+            .setup(&mut *conn)
+            .await
+            .map_err(|e| self.failed_setup(e))?;
+        self.init_checkpoints(conn, &self.checkpoint_keys()).await
+    }
+
+    /// Takes the projection's setup lock until the transaction ends. Parts of a split
+    /// projection start side by side, and concurrent `CREATE TABLE IF NOT EXISTS` of one table
+    /// can fail on PostgreSQL's catalog: one setup (or swap) at a time per projection.
+    pub(super) async fn setup_lock(&self, conn: &mut PgConnection) -> Result<(), ProjectionError> {
         sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
             .bind(format!(
                 "es-projection-setup {} {}",
@@ -413,11 +432,7 @@ impl<P: PgProjection> ProjectionRunner<P> {
             .execute(&mut *conn)
             .await
             .map_err(|e| self.store_error(e))?;
-        self.projection
-            .setup(&mut *conn)
-            .await
-            .map_err(|e| self.failed_setup(e))?;
-        self.init_checkpoints(conn, &self.checkpoint_keys()).await
+        Ok(())
     }
 
     pub(super) async fn init_checkpoints(
@@ -484,7 +499,9 @@ impl<P: PgProjection> ProjectionRunner<P> {
     pub(super) fn failed_setup(&self, error: es_core::BoxError) -> ProjectionError {
         ProjectionError::Store {
             projection: self.key.clone(),
-            transient: false,
+            // A lost connection or a deadlock during setup is worth another try; a setup
+            // that is wrong is not.
+            transient: crate::error::transient_source(error.as_ref()),
             source: format!("setting up the read model failed: {error}").into(),
         }
     }

@@ -14,6 +14,7 @@ pub(crate) struct Statements {
     pub(crate) park: Arc<str>,
     pub(crate) list_parked: Arc<str>,
     pub(crate) claim_parked: Arc<str>,
+    pub(crate) share_checkpoint: Arc<str>,
     pub(crate) delete_parked: Arc<str>,
     pub(crate) move_parked: Arc<str>,
     pub(crate) lag: Arc<str>,
@@ -73,8 +74,9 @@ impl Statements {
             .into(),
             list_parked: format!(
                 "SELECT event_id, transaction_id, position, stream_id, event_type, error, attempts, \
-                   parked_at FROM {s}.parked_events WHERE projection = $1 \
-                 ORDER BY transaction_id, position"
+                   {} FROM {s}.parked_events WHERE projection = $1 \
+                 ORDER BY transaction_id, position",
+                crate::convert::finite("parked_at")
             )
             .into(),
             // A replay claims a parked event by deleting its row in the transaction that applies
@@ -82,6 +84,13 @@ impl Statements {
             claim_parked: format!(
                 "DELETE FROM {s}.parked_events WHERE projection = $1 AND event_id = $2 \
                  RETURNING attempts"
+            )
+            .into(),
+            // A replay holds its projection's checkpoint row in share mode: rebuilds and swaps,
+            // which lock it for update before touching the read model, wait for the replay,
+            // and a replay waits for them.
+            share_checkpoint: format!(
+                "SELECT 1 FROM {s}.projection_checkpoints WHERE projection = $1 FOR SHARE"
             )
             .into(),
             delete_parked: format!("DELETE FROM {s}.parked_events WHERE projection = ANY($1)")

@@ -1,0 +1,22 @@
+-- The saga outbox without long transactions: a dispatcher claims a command with a lease
+-- (claimed_by, claimed_until) in one short statement, runs it outside any transaction, and
+-- removes it (or records its failure) in another. A lease that expires (its dispatcher died)
+-- is claimed again. A command that keeps failing waits longer each time (next_attempt_at) and
+-- after its dispatcher's attempt cap is dead-lettered (dead_at), listable and retryable, so
+-- it never blocks the commands behind it.
+ALTER TABLE saga_outbox
+    ADD COLUMN claimed_by       text,
+    ADD COLUMN claimed_until    timestamptz,
+    ADD COLUMN next_attempt_at  timestamptz NOT NULL DEFAULT now(),
+    ADD COLUMN dead_at          timestamptz;
+
+-- Per instance, commands run in the order they were issued: the dispatcher claims only an
+-- instance's oldest live command.
+CREATE INDEX saga_outbox_instance ON saga_outbox (saga, instance, seq) WHERE dead_at IS NULL;
+
+-- A deadline whose reaction failed is tried again later, and the failure is recorded; the
+-- firing loop goes on with the others meanwhile.
+ALTER TABLE saga_deadlines
+    ADD COLUMN attempts         integer     NOT NULL DEFAULT 0,
+    ADD COLUMN last_error       text,
+    ADD COLUMN next_attempt_at  timestamptz;

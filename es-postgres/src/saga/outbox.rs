@@ -1,0 +1,269 @@
+//! Running the commands sagas issued: claimed with a lease in one short statement, run outside
+//! any transaction, removed (or their failure recorded) in another; retried with backoff, then
+//! dead-lettered.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use es_core::{CommandContext, CommandDispatcher, Saga};
+use futures_util::StreamExt;
+use sqlx::{AssertSqlSafe, Row};
+use uuid::Uuid;
+
+use super::{PgSagaRunner, retry_wait};
+use crate::projection::ProjectionError;
+
+/// The longest wait between two attempts of a failing command.
+const MAX_RETRY_WAIT: Duration = Duration::from_secs(300);
+
+/// A command a saga issued that failed `max_attempts` times and waits for an operator.
+#[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
+pub struct DeadLetter {
+    /// The command's id (its idempotency key).
+    pub command_id: Uuid,
+    /// The saga instance that issued it.
+    pub instance: String,
+    /// The command as stored (JSON).
+    pub command: String,
+    /// How many times it was tried.
+    pub attempts: u32,
+    /// The last error.
+    pub error: Option<String>,
+    /// When the saga issued it.
+    pub issued_at: DateTime<Utc>,
+    /// When it was dead-lettered.
+    pub dead_at: DateTime<Utc>,
+}
+
+/// The state of a saga's outbox, for monitoring.
+#[derive(Clone, Copy, Debug, PartialEq)]
+#[non_exhaustive]
+pub struct OutboxStatus {
+    /// Commands waiting to run (or running, or waiting to be retried).
+    pub pending: u64,
+    /// Commands dead-lettered, waiting for an operator.
+    pub dead_lettered: u64,
+    /// How long the oldest pending command has waited.
+    pub oldest_pending: Option<Duration>,
+}
+
+/// One claimed command.
+struct Claimed {
+    seq: i64,
+    command_id: Uuid,
+    command: String,
+    correlation: Uuid,
+    causation: Uuid,
+    attempts: u32,
+}
+
+impl<S: Saga, D: CommandDispatcher<S::Command>> PgSagaRunner<S, D> {
+    /// Runs the issued commands that are due, until none is left: each instance's in order,
+    /// several instances at once. A failing command is recorded and retried later (or
+    /// dead-lettered) without holding up the others. Returns how many commands were tried.
+    pub async fn dispatch_pending(&self) -> Result<u64, ProjectionError> {
+        let mut tried = 0;
+        loop {
+            let round = self.dispatch_round().await?;
+            if round == 0 {
+                return Ok(tried);
+            }
+            tried += round;
+        }
+    }
+
+    /// Claims up to the dispatcher's concurrency of due commands and runs them; returns how
+    /// many it claimed.
+    pub(super) async fn dispatch_round(&self) -> Result<u64, ProjectionError> {
+        let claimed = self.claim().await?;
+        let count = claimed.len() as u64;
+        let mut runs = futures_util::stream::iter(claimed)
+            .map(|command| self.run_claimed(command))
+            .buffer_unordered(self.dispatch.concurrency);
+        let mut first_error = None;
+        while let Some(result) = runs.next().await {
+            if let Err(error) = result {
+                first_error.get_or_insert(error);
+            }
+        }
+        match first_error {
+            Some(error) => Err(error),
+            None => Ok(count),
+        }
+    }
+
+    async fn claim(&self) -> Result<Vec<Claimed>, ProjectionError> {
+        let rows = sqlx::query(AssertSqlSafe(self.sql.claim.clone()))
+            .bind(self.name())
+            .bind(self.dispatch.id.to_string())
+            .bind(millis(self.dispatch.lease))
+            .bind(self.dispatch.concurrency as i64)
+            .fetch_all(self.store.pool())
+            .await
+            .map_err(|e| self.error(e))?;
+        rows.iter()
+            .map(|row| -> Result<Claimed, sqlx::Error> {
+                Ok(Claimed {
+                    seq: row.try_get(0)?,
+                    command_id: row.try_get(1)?,
+                    command: row.try_get(2)?,
+                    correlation: row.try_get(3)?,
+                    causation: row.try_get(4)?,
+                    attempts: row.try_get::<i32, _>(5)?.max(0) as u32,
+                })
+            })
+            .collect::<Result<_, _>>()
+            .map_err(|e| self.error(e))
+    }
+
+    /// Runs one claimed command, renewing its lease while it runs, then removes it or records
+    /// the failure. Errors are the database's only: the command's own failure is recorded.
+    async fn run_claimed(&self, claimed: Claimed) -> Result<(), ProjectionError> {
+        let command: S::Command = match serde_json::from_str(&claimed.command) {
+            Ok(command) => command,
+            Err(error) => {
+                let reason = format!("the command does not deserialize: {error}");
+                tracing::error!(saga = self.name(), command_id = %claimed.command_id, %reason, "dead-lettering the command");
+                return self.record_failure(&claimed, &reason, 0).await;
+            }
+        };
+        let context = CommandContext::new()
+            .idempotent(claimed.command_id)
+            .correlated_with(claimed.correlation)
+            .caused_by(claimed.causation);
+        let dispatch = self.dispatcher.dispatch(command, context);
+        tokio::pin!(dispatch);
+        let mut renew = tokio::time::interval(self.dispatch.lease / 3);
+        renew.tick().await;
+        let outcome = loop {
+            tokio::select! {
+                outcome = &mut dispatch => break outcome,
+                _ = renew.tick() => self.renew(&claimed).await,
+            }
+        };
+        match outcome {
+            Ok(()) => {
+                sqlx::query(AssertSqlSafe(self.sql.done.clone()))
+                    .bind(claimed.seq)
+                    .bind(self.dispatch.id.to_string())
+                    .execute(self.store.pool())
+                    .await
+                    .map_err(|e| self.error(e))?;
+                Ok(())
+            }
+            Err(error) => {
+                let attempts = claimed.attempts + 1;
+                tracing::warn!(saga = self.name(), command_id = %claimed.command_id, %error, attempts, "the command failed");
+                self.record_failure(&claimed, &error.to_string(), self.dispatch.max_attempts)
+                    .await
+            }
+        }
+    }
+
+    async fn renew(&self, claimed: &Claimed) {
+        let renewed = sqlx::query(AssertSqlSafe(self.sql.extend.clone()))
+            .bind(claimed.seq)
+            .bind(self.dispatch.id.to_string())
+            .bind(millis(self.dispatch.lease))
+            .execute(self.store.pool())
+            .await;
+        if let Err(error) = renewed {
+            tracing::warn!(saga = self.name(), command_id = %claimed.command_id, %error, "renewing a command's lease failed");
+        }
+    }
+
+    /// Records a failed attempt: the command waits longer before its next one, and is
+    /// dead-lettered once it has failed `cap` times (at once for a cap of 0).
+    async fn record_failure(
+        &self,
+        claimed: &Claimed,
+        error: &str,
+        cap: u32,
+    ) -> Result<(), ProjectionError> {
+        let wait = retry_wait(self.dispatch.backoff, claimed.attempts + 1, MAX_RETRY_WAIT);
+        sqlx::query(AssertSqlSafe(self.sql.failed.clone()))
+            .bind(claimed.seq)
+            .bind(self.dispatch.id.to_string())
+            .bind(error)
+            .bind(millis(wait))
+            .bind(i32::try_from(cap).unwrap_or(i32::MAX))
+            .execute(self.store.pool())
+            .await
+            .map_err(|e| self.error(e))?;
+        Ok(())
+    }
+
+    /// How many commands wait, how many are dead-lettered, and how long the oldest waits.
+    pub async fn outbox_status(&self) -> Result<OutboxStatus, ProjectionError> {
+        let (pending, dead, oldest): (i64, i64, Option<f64>) =
+            sqlx::query_as(AssertSqlSafe(self.sql.outbox_status.clone()))
+                .bind(self.name())
+                .fetch_one(self.store.pool())
+                .await
+                .map_err(|e| self.error(e))?;
+        Ok(OutboxStatus {
+            pending: pending.max(0) as u64,
+            dead_lettered: dead.max(0) as u64,
+            oldest_pending: crate::convert::seconds(oldest),
+        })
+    }
+
+    /// How many issued commands wait to run (dead letters not included).
+    pub async fn pending(&self) -> Result<u64, ProjectionError> {
+        Ok(self.outbox_status().await?.pending)
+    }
+
+    /// The dead-lettered commands, oldest first.
+    pub async fn dead_letters(&self) -> Result<Vec<DeadLetter>, ProjectionError> {
+        let rows = sqlx::query(AssertSqlSafe(self.sql.dead_letters.clone()))
+            .bind(self.name())
+            .fetch_all(self.store.pool())
+            .await
+            .map_err(|e| self.error(e))?;
+        rows.iter()
+            .map(|row| -> Result<DeadLetter, sqlx::Error> {
+                Ok(DeadLetter {
+                    command_id: row.try_get(0)?,
+                    instance: row.try_get(1)?,
+                    command: row.try_get(2)?,
+                    attempts: row.try_get::<i32, _>(3)?.max(0) as u32,
+                    error: row.try_get(4)?,
+                    issued_at: row.try_get(5)?,
+                    dead_at: row.try_get(6)?,
+                })
+            })
+            .collect::<Result<_, _>>()
+            .map_err(|e| self.error(e))
+    }
+
+    /// Puts dead-lettered commands back in line, with their attempts reset; returns how many.
+    pub async fn retry_dead_letters(&self, command_ids: &[Uuid]) -> Result<u64, ProjectionError> {
+        self.on_dead_letters(&self.sql.retry_dead, command_ids)
+            .await
+    }
+
+    /// Removes dead-lettered commands for good (the saga is not told); returns how many.
+    pub async fn discard_dead_letters(&self, command_ids: &[Uuid]) -> Result<u64, ProjectionError> {
+        self.on_dead_letters(&self.sql.discard_dead, command_ids)
+            .await
+    }
+
+    async fn on_dead_letters(
+        &self,
+        statement: &str,
+        command_ids: &[Uuid],
+    ) -> Result<u64, ProjectionError> {
+        let done = sqlx::query(AssertSqlSafe(statement.to_owned()))
+            .bind(self.name())
+            .bind(command_ids)
+            .execute(self.store.pool())
+            .await
+            .map_err(|e| self.error(e))?;
+        Ok(done.rows_affected())
+    }
+}
+
+fn millis(duration: Duration) -> f64 {
+    duration.as_secs_f64() * 1000.0
+}

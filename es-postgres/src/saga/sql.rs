@@ -1,0 +1,160 @@
+//! The saga runner's statements, built once per store schema.
+
+use crate::SchemaName;
+
+pub(crate) struct Statements {
+    pub(crate) lock_state: String,
+    pub(crate) read_state: String,
+    pub(crate) save_state: String,
+    pub(crate) enqueue: String,
+    pub(crate) claim: String,
+    pub(crate) extend: String,
+    pub(crate) done: String,
+    pub(crate) failed: String,
+    pub(crate) outbox_status: String,
+    pub(crate) dead_letters: String,
+    pub(crate) retry_dead: String,
+    pub(crate) discard_dead: String,
+    pub(crate) reset_states: String,
+    pub(crate) reset_outbox: String,
+    pub(crate) reset_deadlines: String,
+    pub(crate) drop_deadlines: String,
+    pub(crate) upsert_deadlines: String,
+    pub(crate) due_deadlines: String,
+    pub(crate) lock_deadline: String,
+    pub(crate) mark_fired: String,
+    pub(crate) deadline_failed: String,
+    pub(crate) pending_deadlines: String,
+    pub(crate) deadline_status: String,
+}
+
+impl Statements {
+    pub(crate) fn new(schema: &SchemaName) -> Self {
+        let s = schema.quoted();
+        let due = crate::convert::finite("due");
+        Self {
+            lock_state: format!(
+                "SELECT state::text FROM {s}.saga_states WHERE saga = $1 AND instance = $2 FOR UPDATE"
+            ),
+            read_state: format!(
+                "SELECT state::text FROM {s}.saga_states WHERE saga = $1 AND instance = $2"
+            ),
+            save_state: format!(
+                "INSERT INTO {s}.saga_states (saga, instance, state) VALUES ($1, $2, $3::json) \
+                 ON CONFLICT (saga, instance) DO UPDATE SET state = EXCLUDED.state, updated_at = now()"
+            ),
+            enqueue: format!(
+                "INSERT INTO {s}.saga_outbox (saga, command_id, instance, command, correlation_id, \
+                 causation_id) VALUES ($1, $2, $3, $4::json, $5, $6) \
+                 ON CONFLICT (saga, command_id) DO NOTHING"
+            ),
+            // One short statement: claims up to $4 commands that are due, not leased by a live
+            // dispatcher, and the oldest live command of their instance (so an instance's
+            // commands run in the order issued). SKIP LOCKED: dispatchers claiming at once
+            // take different rows.
+            claim: format!(
+                "UPDATE {s}.saga_outbox o \
+                 SET claimed_by = $2, claimed_until = clock_timestamp() + $3 * interval '1 millisecond' \
+                 WHERE o.seq IN ( \
+                     SELECT c.seq FROM {s}.saga_outbox c \
+                     WHERE c.saga = $1 AND c.dead_at IS NULL \
+                       AND c.next_attempt_at <= clock_timestamp() \
+                       AND (c.claimed_until IS NULL OR c.claimed_until < clock_timestamp()) \
+                       AND NOT EXISTS (SELECT 1 FROM {s}.saga_outbox e \
+                           WHERE e.saga = c.saga AND e.instance = c.instance AND e.seq < c.seq \
+                             AND e.dead_at IS NULL) \
+                     ORDER BY c.seq LIMIT $4 FOR UPDATE SKIP LOCKED) \
+                 RETURNING o.seq, o.command_id, o.command::text, o.correlation_id, \
+                     o.causation_id, o.attempts"
+            ),
+            extend: format!(
+                "UPDATE {s}.saga_outbox \
+                 SET claimed_until = clock_timestamp() + $3 * interval '1 millisecond' \
+                 WHERE seq = $1 AND claimed_by = $2"
+            ),
+            done: format!("DELETE FROM {s}.saga_outbox WHERE seq = $1 AND claimed_by = $2"),
+            // $4: the wait before the next attempt (ms); $5: the attempt cap, 0 to dead-letter
+            // at once.
+            failed: format!(
+                "UPDATE {s}.saga_outbox SET attempts = attempts + 1, last_error = $3, \
+                     claimed_by = NULL, claimed_until = NULL, \
+                     next_attempt_at = clock_timestamp() + $4 * interval '1 millisecond', \
+                     dead_at = CASE WHEN attempts + 1 >= $5 THEN clock_timestamp() END \
+                 WHERE seq = $1 AND claimed_by = $2"
+            ),
+            outbox_status: format!(
+                "SELECT count(*) FILTER (WHERE dead_at IS NULL), \
+                   count(*) FILTER (WHERE dead_at IS NOT NULL), \
+                   extract(epoch FROM clock_timestamp() - min(created_at) FILTER (WHERE dead_at IS NULL))::float8 \
+                 FROM {s}.saga_outbox WHERE saga = $1"
+            ),
+            dead_letters: format!(
+                "SELECT command_id, instance, command::text, attempts, last_error, created_at, \
+                   dead_at FROM {s}.saga_outbox WHERE saga = $1 AND dead_at IS NOT NULL \
+                 ORDER BY seq"
+            ),
+            retry_dead: format!(
+                "UPDATE {s}.saga_outbox SET dead_at = NULL, attempts = 0, next_attempt_at = now(), \
+                   claimed_by = NULL, claimed_until = NULL \
+                 WHERE saga = $1 AND command_id = ANY($2) AND dead_at IS NOT NULL"
+            ),
+            discard_dead: format!(
+                "DELETE FROM {s}.saga_outbox \
+                 WHERE saga = $1 AND command_id = ANY($2) AND dead_at IS NOT NULL"
+            ),
+            reset_states: format!("DELETE FROM {s}.saga_states WHERE saga = $1"),
+            reset_outbox: format!("DELETE FROM {s}.saga_outbox WHERE saga = $1"),
+            reset_deadlines: format!("DELETE FROM {s}.saga_deadlines WHERE saga = $1"),
+            drop_deadlines: format!(
+                "DELETE FROM {s}.saga_deadlines \
+                 WHERE saga = $1 AND instance = $2 AND NOT (name = ANY($3))"
+            ),
+            // An unchanged deadline keeps its fire id and fired mark; a new due time re-arms it.
+            upsert_deadlines: format!(
+                "INSERT INTO {s}.saga_deadlines AS d (saga, instance, name, due, fire_id, \
+                     correlation_id, causation_id) \
+                 SELECT $1, $2, w.name, w.due, w.fire_id, w.correlation_id, w.causation_id \
+                 FROM UNNEST($3::text[], $4::timestamptz[], $5::uuid[], $6::uuid[], $7::uuid[]) \
+                     AS w(name, due, fire_id, correlation_id, causation_id) \
+                 ON CONFLICT (saga, instance, name) DO UPDATE SET due = EXCLUDED.due, \
+                     fire_id = EXCLUDED.fire_id, correlation_id = EXCLUDED.correlation_id, \
+                     causation_id = EXCLUDED.causation_id, fired_at = NULL, attempts = 0, \
+                     last_error = NULL, next_attempt_at = NULL \
+                 WHERE d.due <> EXCLUDED.due"
+            ),
+            due_deadlines: format!(
+                "SELECT instance, name FROM {s}.saga_deadlines \
+                 WHERE saga = $1 AND fired_at IS NULL AND due <= $2 \
+                   AND (next_attempt_at IS NULL OR next_attempt_at <= $2) \
+                   AND (instance, name) > ($4, $5) \
+                 ORDER BY instance, name LIMIT $3"
+            ),
+            lock_deadline: format!(
+                "SELECT {due}, fire_id, correlation_id, causation_id FROM {s}.saga_deadlines \
+                 WHERE saga = $1 AND instance = $2 AND name = $3 AND fired_at IS NULL \
+                   AND due <= $4 FOR UPDATE"
+            ),
+            mark_fired: format!(
+                "UPDATE {s}.saga_deadlines SET fired_at = now() \
+                 WHERE saga = $1 AND instance = $2 AND name = $3"
+            ),
+            // The wait doubles with each failure (1 s, 2 s, 4 s...), capped at an hour.
+            deadline_failed: format!(
+                "UPDATE {s}.saga_deadlines SET attempts = attempts + 1, last_error = $4, \
+                   next_attempt_at = clock_timestamp() \
+                     + least(interval '1 second' * power(2, least(attempts, 20)), interval '1 hour') \
+                 WHERE saga = $1 AND instance = $2 AND name = $3 AND fired_at IS NULL \
+                 RETURNING attempts"
+            ),
+            deadline_status: format!(
+                "SELECT count(*), count(*) FILTER (WHERE due <= clock_timestamp()), min({due}), \
+                   count(*) FILTER (WHERE attempts > 0) \
+                 FROM {s}.saga_deadlines WHERE saga = $1 AND fired_at IS NULL"
+            ),
+            pending_deadlines: format!(
+                "SELECT name, {due} FROM {s}.saga_deadlines \
+                 WHERE saga = $1 AND instance = $2 AND fired_at IS NULL ORDER BY due, name"
+            ),
+        }
+    }
+}
