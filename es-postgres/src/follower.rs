@@ -8,7 +8,8 @@ use sqlx::postgres::{PgListener, PgPoolOptions};
 use crate::PgEventStore;
 
 /// Reads the global log in batches from a position on, and when it has caught up waits for the
-/// next append: woken at once by the append's notification, or after the poll interval when a
+/// next append: woken by the notification stores send (at most once per wake-up interval, 10 ms
+/// by default, while appends happen), or after the poll interval when a
 /// notification is lost (a dropped listener connection, an append that commits while an older
 /// transaction still holds the horizon). Correctness rests on the reads, never on notifications.
 pub struct LogFollower {

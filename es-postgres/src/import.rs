@@ -30,7 +30,7 @@ impl PgEventStore {
     ///
     /// Events go through `COPY`, so an import skips the per-append statement work; each call
     /// still gets one transaction id, so its events keep their order in the global log, and
-    /// followers are notified once. Import in chunks (tens of thousands of events per call) to
+    /// followers are woken once. Import in chunks (tens of thousands of events per call) to
     /// bound memory and the size of a transaction to redo after a failure: a chunk either
     /// committed whole or not at all, and re-running a committed chunk fails with a conflict on
     /// its first stream.
@@ -162,6 +162,7 @@ impl PgEventStore {
             Err(err) => return Err(store_error(err)),
         }
         tx.commit().await.map_err(store_error)?;
+        self.wake_followers();
         Ok(report)
     }
 

@@ -54,6 +54,7 @@ mod saga;
 mod schema;
 mod snapshot;
 mod store;
+mod wakeup;
 
 #[cfg(feature = "testing")]
 pub mod testing;

@@ -18,7 +18,11 @@ use crate::convert::{position_from_columns, position_to_columns, to_i64};
 use crate::error::{UNIQUE_VIOLATION, db_code, store_error};
 use crate::row::{EVENT_COLUMNS, decode_event};
 use crate::schema::{self, SchemaName};
+use crate::wakeup::Wakeup;
 use crate::{LogFollower, PgError};
+
+/// How often at most a store wakes followers while appends happen.
+const DEFAULT_WAKEUP_INTERVAL: Duration = Duration::from_millis(10);
 
 /// The event store on PostgreSQL. Cheap to clone: clones share one pool and statement set.
 ///
@@ -36,6 +40,7 @@ struct Inner {
     pool: PgPool,
     schema: SchemaName,
     sql: Statements,
+    wakeup: Arc<Wakeup>,
 }
 
 /// Every statement of the store, built once with the schema name in it. The schema name is
@@ -206,10 +211,35 @@ impl PgEventStore {
 
     /// A store in the validated schema `schema`.
     pub fn in_schema(pool: PgPool, schema: SchemaName) -> Self {
+        Self::build(pool, schema, DEFAULT_WAKEUP_INTERVAL)
+    }
+
+    fn build(pool: PgPool, schema: SchemaName, wakeup_interval: Duration) -> Self {
         let sql = Statements::new(&schema);
+        let wakeup = Arc::new(Wakeup::new(schema.channel(), wakeup_interval));
         Self {
-            inner: Arc::new(Inner { pool, schema, sql }),
+            inner: Arc::new(Inner {
+                pool,
+                schema,
+                sql,
+                wakeup,
+            }),
         }
+    }
+
+    /// Wakes followers at most once per `interval` while appends happen (default 10 ms): the
+    /// bound on how long a live follower in another process may wait for a new event, when
+    /// the notification arrives. Shorter costs more tiny transactions; appends never wait.
+    pub fn with_wakeup_interval(self, interval: Duration) -> Self {
+        Self::build(self.inner.pool.clone(), self.inner.schema.clone(), interval)
+    }
+
+    /// Tells followers (in this process and others) that new events may be readable. Appends
+    /// do it by themselves; call it after committing a transaction in which
+    /// [`append_in`](Self::append_in) appended, so followers need not wait for their poll
+    /// interval to see those events.
+    pub fn wake_followers(&self) {
+        self.inner.wakeup.signal(&self.inner.pool);
     }
 
     /// Connects a pool of up to 10 connections to `url`, and migrates the default schema.
@@ -269,6 +299,10 @@ impl PgEventStore {
         {
             Ok(Some(result)) => {
                 savepoint.commit().await.map_err(store_error)?;
+                // Early, as the caller has not committed yet: a follower woken before the
+                // commit re-reads with a short backoff; `wake_followers` after the commit is
+                // the prompt way.
+                self.wake_followers();
                 Ok(result)
             }
             Ok(None) => {
@@ -450,6 +484,7 @@ impl EventStore for PgEventStore {
                 .try_append(&self.inner.pool, stream, expected, &events)
                 .await?
             {
+                self.wake_followers();
                 return Ok(result);
             }
             let mut conn = self.inner.pool.acquire().await.map_err(store_error)?;

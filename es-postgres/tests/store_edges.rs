@@ -336,3 +336,51 @@ async fn a_stored_time_no_date_can_hold_is_a_typed_error_not_a_panic() {
     );
     db.drop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn writers_never_wait_on_a_follower_that_does_not_read_its_notifications() {
+    let db = TestDatabase::with_pool_size(12).await;
+    // A follower that listens, then stops reading its listener (as during a long catch-up).
+    let mut stalled = db.store.follow(Position::START);
+    assert!(stalled.try_next_batch().await.unwrap().is_none());
+    let mut writers = Vec::new();
+    for w in 0..8 {
+        let store = db.store.clone();
+        writers.push(tokio::spawn(async move {
+            for i in 0..500u64 {
+                store
+                    .append(
+                        &unique_stream(&format!("q{w}")),
+                        ExpectedVersion::NoStream,
+                        vec![test_event(i)],
+                    )
+                    .await
+                    .expect("an append never fails on the notification queue");
+            }
+        }));
+    }
+    for writer in writers {
+        writer.await.unwrap();
+    }
+    // Notifications were coalesced: the server's queue holds next to nothing.
+    let usage: f64 = sqlx::query_scalar("SELECT pg_notification_queue_usage()")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert!(
+        usage < 0.001,
+        "notification queue {:.4}% full",
+        usage * 100.0
+    );
+    // The stalled follower still reads everything once it goes on.
+    let mut read = 0;
+    while read < 4000 {
+        let batch = tokio::time::timeout(Duration::from_secs(30), stalled.next_batch())
+            .await
+            .expect("the follower goes on")
+            .unwrap();
+        read += batch.len();
+    }
+    assert_eq!(read, 4000);
+    db.drop().await;
+}
