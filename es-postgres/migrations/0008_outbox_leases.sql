@@ -10,9 +10,12 @@ ALTER TABLE saga_outbox
     ADD COLUMN next_attempt_at  timestamptz NOT NULL DEFAULT now(),
     ADD COLUMN dead_at          timestamptz;
 
--- Per instance, commands run in the order they were issued: the dispatcher claims only an
--- instance's oldest live command.
+-- Per instance, commands run in the order they were issued: only an instance's oldest live
+-- command is ready; when it is done (or dead-lettered) the next one becomes ready. The
+-- dispatcher claims among ready commands only, so its scan never walks an instance's backlog.
+ALTER TABLE saga_outbox ADD COLUMN ready boolean NOT NULL DEFAULT true;
 CREATE INDEX saga_outbox_instance ON saga_outbox (saga, instance, seq) WHERE dead_at IS NULL;
+CREATE INDEX saga_outbox_ready ON saga_outbox (saga, seq) WHERE ready AND dead_at IS NULL;
 
 -- A deadline whose reaction failed is tried again later, and the failure is recorded; the
 -- firing loop goes on with the others meanwhile.

@@ -235,7 +235,7 @@ impl TestCluster {
         );
         let mut conf = format!(
             "\nport = {port}\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = '{}'\n\
-             fsync = off\nsynchronous_commit = off\nfull_page_writes = off\nmax_connections = 100\n\
+             fsync = off\nfull_page_writes = off\nmax_connections = 100\n\
              shared_buffers = 32MB\n",
             cluster.data_path()
         );

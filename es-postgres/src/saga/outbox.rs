@@ -56,6 +56,7 @@ struct Claimed {
     correlation: Uuid,
     causation: Uuid,
     attempts: u32,
+    instance: String,
 }
 
 impl<S: Saga, D: CommandDispatcher<S::Command>> PgSagaRunner<S, D> {
@@ -111,6 +112,7 @@ impl<S: Saga, D: CommandDispatcher<S::Command>> PgSagaRunner<S, D> {
                     correlation: row.try_get(3)?,
                     causation: row.try_get(4)?,
                     attempts: row.try_get::<i32, _>(5)?.max(0) as u32,
+                    instance: row.try_get(6)?,
                 })
             })
             .collect::<Result<_, _>>()
@@ -125,7 +127,7 @@ impl<S: Saga, D: CommandDispatcher<S::Command>> PgSagaRunner<S, D> {
             Err(error) => {
                 let reason = format!("the command does not deserialize: {error}");
                 tracing::error!(saga = self.name(), command_id = %claimed.command_id, %reason, "dead-lettering the command");
-                return self.record_failure(&claimed, &reason, 0).await;
+                return self.finish(&claimed, Some(&reason), 0).await;
             }
         };
         let context = CommandContext::new()
@@ -143,20 +145,16 @@ impl<S: Saga, D: CommandDispatcher<S::Command>> PgSagaRunner<S, D> {
             }
         };
         match outcome {
-            Ok(()) => {
-                sqlx::query(AssertSqlSafe(self.sql.done.clone()))
-                    .bind(claimed.seq)
-                    .bind(self.dispatch.id.to_string())
-                    .execute(self.store.pool())
-                    .await
-                    .map_err(|e| self.error(e))?;
-                Ok(())
-            }
+            Ok(()) => self.finish(&claimed, None, 0).await,
             Err(error) => {
                 let attempts = claimed.attempts + 1;
                 tracing::warn!(saga = self.name(), command_id = %claimed.command_id, %error, attempts, "the command failed");
-                self.record_failure(&claimed, &error.to_string(), self.dispatch.max_attempts)
-                    .await
+                self.finish(
+                    &claimed,
+                    Some(&error.to_string()),
+                    self.dispatch.max_attempts,
+                )
+                .await
             }
         }
     }
@@ -173,25 +171,56 @@ impl<S: Saga, D: CommandDispatcher<S::Command>> PgSagaRunner<S, D> {
         }
     }
 
-    /// Records a failed attempt: the command waits longer before its next one, and is
-    /// dead-lettered once it has failed `cap` times (at once for a cap of 0).
-    async fn record_failure(
+    /// Ends a claimed command's attempt in one short transaction: removes it when it ran
+    /// (`error` is `None`), or records the failure, after which it waits longer before its
+    /// next attempt and is dead-lettered once it has failed `cap` times (at once for a cap of
+    /// 0). When it leaves the line, the instance's next command becomes ready.
+    async fn finish(
         &self,
         claimed: &Claimed,
-        error: &str,
+        error: Option<&str>,
         cap: u32,
     ) -> Result<(), ProjectionError> {
-        let wait = retry_wait(self.dispatch.backoff, claimed.attempts + 1, MAX_RETRY_WAIT);
-        sqlx::query(AssertSqlSafe(self.sql.failed.clone()))
-            .bind(claimed.seq)
-            .bind(self.dispatch.id.to_string())
-            .bind(error)
-            .bind(millis(wait))
-            .bind(i32::try_from(cap).unwrap_or(i32::MAX))
-            .execute(self.store.pool())
+        let mut tx = self.store.pool().begin().await.map_err(|e| self.error(e))?;
+        sqlx::query(AssertSqlSafe(self.sql.share_state.clone()))
+            .bind(self.name())
+            .bind(&claimed.instance)
+            .execute(&mut *tx)
             .await
             .map_err(|e| self.error(e))?;
-        Ok(())
+        let left = match error {
+            None => {
+                sqlx::query(AssertSqlSafe(self.sql.done.clone()))
+                    .bind(claimed.seq)
+                    .bind(self.dispatch.id.to_string())
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(|e| self.error(e))?;
+                true
+            }
+            Some(error) => {
+                let wait = retry_wait(self.dispatch.backoff, claimed.attempts + 1, MAX_RETRY_WAIT);
+                let dead: Option<bool> = sqlx::query_scalar(AssertSqlSafe(self.sql.failed.clone()))
+                    .bind(claimed.seq)
+                    .bind(self.dispatch.id.to_string())
+                    .bind(error)
+                    .bind(millis(wait))
+                    .bind(i32::try_from(cap).unwrap_or(i32::MAX))
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .map_err(|e| self.error(e))?;
+                dead == Some(true)
+            }
+        };
+        if left {
+            sqlx::query(AssertSqlSafe(self.sql.advance.clone()))
+                .bind(self.name())
+                .bind(&claimed.instance)
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| self.error(e))?;
+        }
+        tx.commit().await.map_err(|e| self.error(e))
     }
 
     /// How many commands wait, how many are dead-lettered, and how long the oldest waits.

@@ -8,6 +8,8 @@ pub(crate) struct Statements {
     pub(crate) save_state: String,
     pub(crate) enqueue: String,
     pub(crate) claim: String,
+    pub(crate) share_state: String,
+    pub(crate) advance: String,
     pub(crate) extend: String,
     pub(crate) done: String,
     pub(crate) failed: String,
@@ -43,29 +45,40 @@ impl Statements {
                 "INSERT INTO {s}.saga_states (saga, instance, state) VALUES ($1, $2, $3::json) \
                  ON CONFLICT (saga, instance) DO UPDATE SET state = EXCLUDED.state, updated_at = now()"
             ),
+            // Ready when the instance has no live command before it. Runs in the feed's
+            // transaction, which holds the instance's state row: a dispatcher finishing the
+            // instance's previous command waits for it, then makes this one ready.
             enqueue: format!(
                 "INSERT INTO {s}.saga_outbox (saga, command_id, instance, command, correlation_id, \
-                 causation_id) VALUES ($1, $2, $3, $4::json, $5, $6) \
+                 causation_id, ready) \
+                 SELECT $1, $2, $3, $4::json, $5, $6, NOT EXISTS (SELECT 1 FROM {s}.saga_outbox \
+                     WHERE saga = $1 AND instance = $3 AND dead_at IS NULL) \
                  ON CONFLICT (saga, command_id) DO NOTHING"
             ),
-            // One short statement: claims up to $4 commands that are due, not leased by a live
-            // dispatcher, and the oldest live command of their instance (so an instance's
-            // commands run in the order issued). SKIP LOCKED: dispatchers claiming at once
-            // take different rows.
+            // One short statement: claims up to $4 ready commands that are due and not leased
+            // by a live dispatcher. SKIP LOCKED: dispatchers claiming at once take different
+            // rows.
             claim: format!(
                 "UPDATE {s}.saga_outbox o \
                  SET claimed_by = $2, claimed_until = clock_timestamp() + $3 * interval '1 millisecond' \
                  WHERE o.seq IN ( \
                      SELECT c.seq FROM {s}.saga_outbox c \
-                     WHERE c.saga = $1 AND c.dead_at IS NULL \
+                     WHERE c.saga = $1 AND c.ready AND c.dead_at IS NULL \
                        AND c.next_attempt_at <= clock_timestamp() \
                        AND (c.claimed_until IS NULL OR c.claimed_until < clock_timestamp()) \
-                       AND NOT EXISTS (SELECT 1 FROM {s}.saga_outbox e \
-                           WHERE e.saga = c.saga AND e.instance = c.instance AND e.seq < c.seq \
-                             AND e.dead_at IS NULL) \
                      ORDER BY c.seq LIMIT $4 FOR UPDATE SKIP LOCKED) \
                  RETURNING o.seq, o.command_id, o.command::text, o.correlation_id, \
-                     o.causation_id, o.attempts"
+                     o.causation_id, o.attempts, o.instance"
+            ),
+            // Finishing a command waits for a feed transaction enqueueing the instance's next
+            // one (it holds the state row), so that one is seen and made ready.
+            share_state: format!(
+                "SELECT 1 FROM {s}.saga_states WHERE saga = $1 AND instance = $2 FOR SHARE"
+            ),
+            advance: format!(
+                "UPDATE {s}.saga_outbox SET ready = true \
+                 WHERE seq = (SELECT min(seq) FROM {s}.saga_outbox \
+                     WHERE saga = $1 AND instance = $2 AND dead_at IS NULL) AND NOT ready"
             ),
             extend: format!(
                 "UPDATE {s}.saga_outbox \
@@ -80,7 +93,7 @@ impl Statements {
                      claimed_by = NULL, claimed_until = NULL, \
                      next_attempt_at = clock_timestamp() + $4 * interval '1 millisecond', \
                      dead_at = CASE WHEN attempts + 1 >= $5 THEN clock_timestamp() END \
-                 WHERE seq = $1 AND claimed_by = $2"
+                 WHERE seq = $1 AND claimed_by = $2 RETURNING dead_at IS NOT NULL"
             ),
             outbox_status: format!(
                 "SELECT count(*) FILTER (WHERE dead_at IS NULL), \
@@ -95,7 +108,7 @@ impl Statements {
             ),
             retry_dead: format!(
                 "UPDATE {s}.saga_outbox SET dead_at = NULL, attempts = 0, next_attempt_at = now(), \
-                   claimed_by = NULL, claimed_until = NULL \
+                   claimed_by = NULL, claimed_until = NULL, ready = true \
                  WHERE saga = $1 AND command_id = ANY($2) AND dead_at IS NOT NULL"
             ),
             discard_dead: format!(
