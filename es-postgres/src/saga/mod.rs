@@ -135,6 +135,18 @@ impl<S: Saga, D: CommandDispatcher<S::Command>> PgSagaRunner<S, D> {
     /// feed's error. Transient faults (a restart, lost connections) are ridden out by both,
     /// with backoff, logged through `tracing`.
     pub async fn run(&self, shutdown: impl Future<Output = ()>) -> Result<(), ProjectionError> {
+        let pool_size = self.store.pool().options().get_max_connections();
+        if pool_size < 2 {
+            return Err(ProjectionError::Store {
+                projection: self.name().to_owned(),
+                transient: false,
+                source: format!(
+                    "a saga runner needs a pool of at least 2 connections (its feed reads while \
+                     its dispatcher claims commands); this store's pool allows {pool_size}"
+                )
+                .into(),
+            });
+        }
         let (stop, stopped) = tokio::sync::watch::channel(false);
         let feed = async {
             let result = self.runner.run(until_stopped(stopped.clone())).await;

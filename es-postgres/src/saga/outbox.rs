@@ -81,7 +81,7 @@ impl<S: Saga, D: CommandDispatcher<S::Command>> PgSagaRunner<S, D> {
         let count = claimed.len() as u64;
         let mut runs = futures_util::stream::iter(claimed)
             .map(|command| self.run_claimed(command))
-            .buffer_unordered(self.dispatch.concurrency);
+            .buffer_unordered(self.concurrency());
         let mut first_error = None;
         while let Some(result) = runs.next().await {
             if let Err(error) = result {
@@ -94,12 +94,19 @@ impl<S: Saga, D: CommandDispatcher<S::Command>> PgSagaRunner<S, D> {
         }
     }
 
+    /// Commands run at once: the configured concurrency, but never more than the pool leaves
+    /// once the feed has its connection, so commands do not stall on the pool.
+    fn concurrency(&self) -> usize {
+        let pool = self.store.pool().options().get_max_connections() as usize;
+        self.dispatch.concurrency.min(pool.saturating_sub(1).max(1))
+    }
+
     async fn claim(&self) -> Result<Vec<Claimed>, ProjectionError> {
         let rows = sqlx::query(AssertSqlSafe(self.sql.claim.clone()))
             .bind(self.name())
             .bind(self.dispatch.id.to_string())
             .bind(millis(self.dispatch.lease))
-            .bind(self.dispatch.concurrency as i64)
+            .bind(self.concurrency() as i64)
             .fetch_all(self.store.pool())
             .await
             .map_err(|e| self.error(e))?;

@@ -5,7 +5,63 @@ use std::time::{Duration, Instant};
 use es_core::{EventStore, ExpectedVersion, NewEvent, StreamId};
 use sqlx::{AssertSqlSafe, PgPool};
 
-use crate::harness::{BoxError, Figure, Rep, Side, compare_rates, event, fresh_store};
+use crate::harness::{
+    BoxError, Figure, Rep, Side, add_notify_trigger, alternate, compare_rates, event, fresh_store,
+};
+
+/// What the per-append NOTIFY trigger of earlier releases cost: the framework's appends of 1
+/// event to new streams from 8 clients with the coalesced wake-up ("framework") and with the
+/// trigger put back ("raw" column), alternating, same run.
+pub async fn notify_cost(pool: &PgPool) -> Result<Figure, BoxError> {
+    let (clients, appends) = (8, 1_000);
+    let (coalesced, triggered) = alternate(|rep| async move {
+        let schema = "bench_fw";
+        let store = fresh_store(pool, schema).await?;
+        if rep.side == Side::Raw {
+            add_notify_trigger(pool, schema).await?;
+        }
+        let elapsed = framework_appends(&store, rep, clients, appends).await?;
+        Ok((clients * appends) as f64 / elapsed.as_secs_f64())
+    })
+    .await?;
+    eprintln!(
+        "NOTIFY cost: coalesced {coalesced:.0}/s, per-append trigger {triggered:.0}/s, ratio {:.2}",
+        coalesced / triggered
+    );
+    Ok(Figure {
+        name: "append 1 event, 8 clients: coalesced wake-up vs NOTIFY per append".to_owned(),
+        framework: coalesced,
+        raw: triggered,
+        note: String::new(),
+    })
+}
+
+/// The framework's side of 1-event appends to new streams.
+async fn framework_appends(
+    store: &es_postgres::PgEventStore,
+    rep: Rep,
+    clients: usize,
+    appends: usize,
+) -> Result<Duration, BoxError> {
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for client in 0..clients {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            for a in 0..appends {
+                let stream = StreamId::new(format!("order-{}-{client}-{a}", rep.index))?;
+                store
+                    .append(&stream, ExpectedVersion::NoStream, vec![event(a)])
+                    .await?;
+            }
+            Ok::<_, BoxError>(())
+        }));
+    }
+    for task in tasks {
+        task.await??;
+    }
+    Ok(start.elapsed())
+}
 
 pub async fn run(pool: &PgPool) -> Result<Vec<Figure>, BoxError> {
     let mut figures = Vec::new();

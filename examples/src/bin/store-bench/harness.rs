@@ -102,7 +102,9 @@ pub fn median(mut values: Vec<f64>) -> f64 {
     values[values.len() / 2]
 }
 
-/// Drops and recreates `schema` with the store's migrations.
+/// Drops and recreates `schema` with the store's migrations. The raw side's schema is then
+/// stripped of what only the framework has (its triggers and row checks), so the raw side
+/// writes plain tables and the framework's whole cost shows in the comparison.
 pub async fn fresh_store(pool: &PgPool, schema: &str) -> Result<PgEventStore, BoxError> {
     sqlx::query(AssertSqlSafe(format!(
         "DROP SCHEMA IF EXISTS {schema} CASCADE"
@@ -111,7 +113,36 @@ pub async fn fresh_store(pool: &PgPool, schema: &str) -> Result<PgEventStore, Bo
     .await?;
     let store = PgEventStore::with_schema(pool.clone(), schema)?;
     store.migrate().await?;
+    if schema == Side::Raw.schema() {
+        sqlx::raw_sql(AssertSqlSafe(format!(
+            "DROP TRIGGER events_are_immutable ON {schema}.events; \
+             DROP TRIGGER events_are_not_truncated ON {schema}.events; \
+             ALTER TABLE {schema}.events DROP CONSTRAINT events_metadata_is_object, \
+                 DROP CONSTRAINT events_stream_id_length, \
+                 DROP CONSTRAINT events_position_positive, \
+                 DROP CONSTRAINT events_recorded_at_finite, \
+                 DROP CONSTRAINT events_event_type_check, \
+                 DROP CONSTRAINT events_schema_version_check, \
+                 DROP CONSTRAINT events_stream_version_check"
+        )))
+        .execute(pool)
+        .await?;
+    }
     Ok(store)
+}
+
+/// Puts back the per-statement NOTIFY trigger earlier releases woke followers with, to
+/// measure what it cost appends.
+pub async fn add_notify_trigger(pool: &PgPool, schema: &str) -> Result<(), BoxError> {
+    sqlx::raw_sql(AssertSqlSafe(format!(
+        "CREATE FUNCTION {schema}.notify_events_appended() RETURNS trigger LANGUAGE plpgsql AS $$ \
+         BEGIN PERFORM pg_notify(TG_TABLE_SCHEMA || '.events', ''); RETURN NULL; END $$; \
+         CREATE TRIGGER events_appended AFTER INSERT ON {schema}.events \
+         FOR EACH STATEMENT EXECUTE FUNCTION {schema}.notify_events_appended()"
+    )))
+    .execute(pool)
+    .await?;
+    Ok(())
 }
 
 pub async fn vacuum(pool: &PgPool, schema: &str) -> Result<(), BoxError> {

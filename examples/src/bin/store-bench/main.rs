@@ -3,13 +3,13 @@
 //! ```text
 //! cargo run --release -p es-examples --bin store-bench            # every workload
 //! cargo run --release -p es-examples --bin store-bench -- loads   # some: commands, long-stream,
-//!                                                                 # appends, import, rebuild,
-//!                                                                 # reads, loads
+//!                                                                 # appends, notify, import,
+//!                                                                 # rebuild, reads, loads
 //! ```
 //!
 //! Uses `DATABASE_URL` (default: the local server). Each side works in a schema of its own,
-//! `bench_fw` and `bench_raw`, recreated per repetition and built by the same migrations, so
-//! tables, indexes and triggers are identical. Every figure is the median of 3 repetitions,
+//! `bench_fw` and `bench_raw`, recreated per repetition and built by the same migrations; the
+//! raw side's then loses the framework's triggers and row checks, so it writes plain tables. Every figure is the median of 3 repetitions,
 //! the two sides alternating which goes first. Payloads are ~300 bytes of JSON, metadata ~150.
 //! See docs/benchmarks.md for what each raw side does and the figures of the last run.
 
@@ -24,10 +24,11 @@ use harness::{BoxError, print_table};
 use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
 
-const WORKLOADS: [&str; 7] = [
+const WORKLOADS: [&str; 8] = [
     "commands",
     "long-stream",
     "appends",
+    "notify",
     "import",
     "rebuild",
     "reads",
@@ -73,6 +74,10 @@ async fn main() -> Result<(), BoxError> {
     if wanted("appends") {
         events.extend(appends::run(&pool).await?);
     }
+    let mut wakeup = Vec::new();
+    if wanted("notify") {
+        wakeup.push(appends::notify_cost(&pool).await?);
+    }
     if wanted("import") {
         events.push(import::run(&pool).await?);
     }
@@ -93,6 +98,11 @@ async fn main() -> Result<(), BoxError> {
         "Appends, import, rebuild, reads (higher is better)",
         "events/s",
         &events,
+    );
+    print_table(
+        "Waking followers: coalesced (framework column) vs a NOTIFY per append (raw column)",
+        "events/s",
+        &wakeup,
     );
     print_table(
         "Loading a 10,000-event order (lower is better)",
