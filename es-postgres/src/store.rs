@@ -50,6 +50,12 @@ struct Statements {
     append_exists: Arc<str>,
     append_new: Arc<str>,
     append_any: Arc<str>,
+    /// The same four for a single event, with scalar parameters: no arrays to encode and
+    /// unnest, what most commands append.
+    one_exact: Arc<str>,
+    one_exists: Arc<str>,
+    one_new: Arc<str>,
+    one_any: Arc<str>,
     read_stream: Arc<str>,
     read_stream_range: Arc<str>,
     read_all: Arc<str>,
@@ -89,30 +95,48 @@ impl Statements {
             )
             .into()
         };
+        let one = |stream_cte: &str| -> Arc<str> {
+            format!(
+                "WITH s AS ({stream_cte}) \
+                 INSERT INTO {s}.events (transaction_id, event_id, stream_id, stream_version, \
+                     event_type, schema_version, correlation_id, causation_id, metadata, payload) \
+                 SELECT s.transaction_id, $3, $1, s.version, $4, $5, $6, $7, $8::json, $9::json \
+                 FROM s RETURNING transaction_id, position, stream_version"
+            )
+            .into()
+        };
         let horizon = "pg_snapshot_xmin(pg_current_snapshot())::text::bigint";
         let xid = "pg_current_xact_id()::text::bigint";
+        let exact = format!(
+            "UPDATE {s}.streams SET version = version + $2, \
+                 transaction_id = GREATEST(transaction_id, {xid}) \
+             WHERE stream_id = $1 AND version = $10 RETURNING version, transaction_id"
+        );
+        let exists = format!(
+            "UPDATE {s}.streams SET version = version + $2, \
+                 transaction_id = GREATEST(transaction_id, {xid}) \
+             WHERE stream_id = $1 RETURNING version, transaction_id"
+        );
+        let new = format!(
+            "INSERT INTO {s}.streams (stream_id, version, transaction_id) \
+             VALUES ($1, $2, {xid}) RETURNING version, transaction_id"
+        );
+        let any = format!(
+            "INSERT INTO {s}.streams AS t (stream_id, version, transaction_id) \
+             VALUES ($1, $2, {xid}) \
+             ON CONFLICT (stream_id) DO UPDATE SET version = t.version + EXCLUDED.version, \
+                 transaction_id = GREATEST(t.transaction_id, EXCLUDED.transaction_id) \
+             RETURNING version, transaction_id"
+        );
         Self {
-            append_exact: append(&format!(
-                "UPDATE {s}.streams SET version = version + $2, \
-                     transaction_id = GREATEST(transaction_id, {xid}) \
-                 WHERE stream_id = $1 AND version = $10 RETURNING version, transaction_id"
-            )),
-            append_exists: append(&format!(
-                "UPDATE {s}.streams SET version = version + $2, \
-                     transaction_id = GREATEST(transaction_id, {xid}) \
-                 WHERE stream_id = $1 RETURNING version, transaction_id"
-            )),
-            append_new: append(&format!(
-                "INSERT INTO {s}.streams (stream_id, version, transaction_id) \
-                 VALUES ($1, $2, {xid}) RETURNING version, transaction_id"
-            )),
-            append_any: append(&format!(
-                "INSERT INTO {s}.streams AS t (stream_id, version, transaction_id) \
-                 VALUES ($1, $2, {xid}) \
-                 ON CONFLICT (stream_id) DO UPDATE SET version = t.version + EXCLUDED.version, \
-                     transaction_id = GREATEST(t.transaction_id, EXCLUDED.transaction_id) \
-                 RETURNING version, transaction_id"
-            )),
+            one_exact: one(&exact),
+            one_exists: one(&exists),
+            one_new: one(&new),
+            one_any: one(&any),
+            append_exact: append(&exact),
+            append_exists: append(&exists),
+            append_new: append(&new),
+            append_any: append(&any),
             read_stream: format!(
                 "SELECT {EVENT_COLUMNS} FROM {s}.events \
                  WHERE stream_id = $1 AND stream_version >= $2 ORDER BY stream_version"
@@ -350,23 +374,43 @@ impl PgEventStore {
         events: &[NewEvent],
     ) -> Result<Option<AppendResult>, StoreError> {
         let sql = &self.inner.sql;
-        let (statement, exact) = match expected {
-            ExpectedVersion::Exact(0) | ExpectedVersion::NoStream => (&sql.append_new, None),
-            ExpectedVersion::Exact(n) => (&sql.append_exact, Some(n)),
-            ExpectedVersion::StreamExists => (&sql.append_exists, None),
-            ExpectedVersion::Any => (&sql.append_any, None),
+        let single = events.len() == 1;
+        let (statement, exact) = match (expected, single) {
+            (ExpectedVersion::Exact(0) | ExpectedVersion::NoStream, false) => {
+                (&sql.append_new, None)
+            }
+            (ExpectedVersion::Exact(0) | ExpectedVersion::NoStream, true) => (&sql.one_new, None),
+            (ExpectedVersion::Exact(n), false) => (&sql.append_exact, Some(n)),
+            (ExpectedVersion::Exact(n), true) => (&sql.one_exact, Some(n)),
+            (ExpectedVersion::StreamExists, false) => (&sql.append_exists, None),
+            (ExpectedVersion::StreamExists, true) => (&sql.one_exists, None),
+            (ExpectedVersion::Any, false) => (&sql.append_any, None),
+            (ExpectedVersion::Any, true) => (&sql.one_any, None),
         };
-        let columns = Columns::of(events);
+        let columns;
         let mut query = sqlx::query(AssertSqlSafe(statement.clone()))
             .bind(stream.as_str())
-            .bind(events.len() as i64)
-            .bind(&columns.event_ids)
-            .bind(&columns.event_types)
-            .bind(&columns.schema_versions)
-            .bind(&columns.correlation_ids)
-            .bind(&columns.causation_ids)
-            .bind(&columns.metadata)
-            .bind(&columns.payloads);
+            .bind(events.len() as i64);
+        if let [event] = events {
+            query = query
+                .bind(event.event_id)
+                .bind(event.event_type.as_str())
+                .bind(schema_version(event))
+                .bind(event.correlation_id)
+                .bind(event.causation_id)
+                .bind(event.metadata.as_json())
+                .bind(event.payload.get());
+        } else {
+            columns = Columns::of(events);
+            query = query
+                .bind(&columns.event_ids)
+                .bind(&columns.event_types)
+                .bind(&columns.schema_versions)
+                .bind(&columns.correlation_ids)
+                .bind(&columns.causation_ids)
+                .bind(&columns.metadata)
+                .bind(&columns.payloads);
+        }
         if let Some(n) = exact {
             query = query.bind(to_i64(n));
         }
@@ -612,16 +656,18 @@ impl<'a> Columns<'a> {
         Self {
             event_ids: events.iter().map(|e| e.event_id).collect(),
             event_types: events.iter().map(|e| e.event_type.as_str()).collect(),
-            schema_versions: events
-                .iter()
-                .map(|e| i32::try_from(e.schema_version).unwrap_or(i32::MAX))
-                .collect(),
+            schema_versions: events.iter().map(schema_version).collect(),
             correlation_ids: events.iter().map(|e| e.correlation_id).collect(),
             causation_ids: events.iter().map(|e| e.causation_id).collect(),
             metadata: events.iter().map(|e| e.metadata.as_json()).collect(),
             payloads: events.iter().map(|e| e.payload.get()).collect(),
         }
     }
+}
+
+/// An event's schema version as PostgreSQL's `integer` (appends refuse larger ones first).
+fn schema_version(event: &NewEvent) -> i32 {
+    i32::try_from(event.schema_version).unwrap_or(i32::MAX)
 }
 
 fn appended(rows: &[PgRow]) -> Result<AppendResult, StoreError> {
