@@ -3,11 +3,11 @@
 use crate::DomainEvent;
 
 /// A consistency boundary in the domain: it decides whether a command is accepted, and which
-/// events record that (`handle`), and rebuilds its state from those events (`apply`).
+/// events record that (`decide`), and rebuilds its state from those events (`apply`).
 ///
 /// The state starts from [`Default`] and every stored event of the aggregate's stream is applied
 /// to it in order. `apply` cannot fail and does no I/O: an event is a fact that already
-/// happened, so the state must absorb it. Validation belongs in `handle`.
+/// happened, so the state must absorb it. Validation belongs in `decide`.
 ///
 /// ```
 /// use es_core::{Aggregate, DomainEvent, EventType, DecodeError};
@@ -37,7 +37,7 @@ use crate::DomainEvent;
 ///     type Event = CounterEvent;
 ///     type Error = ZeroIncrement;
 ///
-///     fn handle(&self, by: &u64) -> Result<Vec<CounterEvent>, ZeroIncrement> {
+///     fn decide(&self, by: &u64) -> Result<Vec<CounterEvent>, ZeroIncrement> {
 ///         if *by == 0 { return Err(ZeroIncrement); }
 ///         Ok(vec![CounterEvent::Incremented { by: *by }])
 ///     }
@@ -70,7 +70,7 @@ pub trait Aggregate: Default + Send + Sync + 'static {
     type Error: std::error::Error + Send + Sync + 'static;
 
     /// Decides on a command: the events that record its effect, or a domain error.
-    fn handle(&self, command: &Self::Command) -> Result<Vec<Self::Event>, Self::Error>;
+    fn decide(&self, command: &Self::Command) -> Result<Vec<Self::Event>, Self::Error>;
 
     /// Evolves the state by one event.
     fn apply(&mut self, event: &Self::Event);

@@ -308,7 +308,7 @@ impl<A: Aggregate> CommandHandler<A> {
                 }
                 _ => ExpectedVersion::Exact(version),
             };
-            let events = match state.handle(command) {
+            let events = match state.decide(command) {
                 Ok(events) => events,
                 Err(refusal) => {
                     // Another delivery may have executed the command meanwhile: its outcome
@@ -351,7 +351,7 @@ impl<A: Aggregate> CommandHandler<A> {
                             &state,
                             version,
                             append.last_version,
-                            loaded.snapshot_version,
+                            loaded.snapshot_at,
                         )
                         .await;
                     return Ok(Executed {

@@ -63,7 +63,7 @@
 //!     type Event = AccountEvent;
 //!     type Error = InsufficientFunds;
 //!
-//!     fn handle(&self, command: &AccountCommand) -> Result<Vec<AccountEvent>, InsufficientFunds> {
+//!     fn decide(&self, command: &AccountCommand) -> Result<Vec<AccountEvent>, InsufficientFunds> {
 //!         match *command {
 //!             AccountCommand::Deposit(amount) => Ok(vec![AccountEvent::Deposited { amount }]),
 //!             AccountCommand::Withdraw(amount) if amount > self.balance => Err(InsufficientFunds),

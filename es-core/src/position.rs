@@ -18,7 +18,9 @@ use serde::{Deserialize, Serialize};
     Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
 )]
 pub struct Position {
-    /// The id of the transaction that wrote the event.
+    /// The id of the transaction the event is ordered under: the one that wrote it, or (on
+    /// PostgreSQL) the newer one of its stream's previous event, which keeps every stream in
+    /// version order.
     pub transaction: u64,
     /// The event's unique sequence number, ordering events within one transaction.
     pub sequence: u64,
@@ -40,9 +42,11 @@ impl Position {
     }
 }
 
+/// Shown as `#{sequence} (tx {transaction})`: the event's number, then the transaction it is
+/// ordered under, which comes first in the order.
 impl fmt::Display for Position {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.transaction, self.sequence)
+        write!(f, "#{} (tx {})", self.sequence, self.transaction)
     }
 }
 
@@ -56,6 +60,6 @@ mod tests {
         assert!(Position::new(7, 100) < Position::new(8, 50));
         assert!(Position::new(8, 50) < Position::new(8, 51));
         assert!(Position::START < Position::new(0, 1));
-        assert_eq!(Position::new(3, 9).to_string(), "3/9");
+        assert_eq!(Position::new(3, 9).to_string(), "#9 (tx 3)");
     }
 }

@@ -21,8 +21,8 @@ pub struct Loaded<A> {
     /// The version of the last applied event; 0 for a new aggregate.
     pub version: u64,
     /// The stream version of the snapshot the load started from; 0 when it replayed from the
-    /// first event.
-    pub snapshot_version: u64,
+    /// first event. (The snapshot's format version is `Aggregate::SNAPSHOT_VERSION`.)
+    pub snapshot_at: u64,
 }
 
 /// How a repository reads and writes snapshots of `A` (only built where `A` is serializable).
@@ -164,7 +164,7 @@ impl<A: Aggregate> Repository<A> {
         .unwrap_or(Loaded {
             state: A::default(),
             version: 0,
-            snapshot_version: 0,
+            snapshot_at: 0,
         });
 
         let mut events = match until {
@@ -220,7 +220,7 @@ impl<A: Aggregate> Repository<A> {
             Ok(state) => Some(Loaded {
                 state,
                 version: snapshot.stream_version,
-                snapshot_version: snapshot.stream_version,
+                snapshot_at: snapshot.stream_version,
             }),
             Err(error) => {
                 tracing::warn!(%stream, %error, "ignoring a snapshot that does not deserialize; replaying all events");
@@ -237,7 +237,7 @@ impl<A: Aggregate> Repository<A> {
         state: &A,
         previous_version: u64,
         new_version: u64,
-        snapshot_version: u64,
+        snapshot_at: u64,
     ) {
         let Some(snapshots) = &self.snapshots else {
             return;
@@ -245,7 +245,7 @@ impl<A: Aggregate> Repository<A> {
         let due = SnapshotDue {
             previous_version,
             new_version,
-            snapshot_version,
+            snapshot_at,
         };
         if !snapshots.policy.is_due(&due) {
             return;

@@ -54,8 +54,9 @@ pub struct SnapshotDue {
     pub previous_version: u64,
     /// The stream version after it.
     pub new_version: u64,
-    /// The version the last usable snapshot covered when the aggregate was loaded (0: none).
-    pub snapshot_version: u64,
+    /// The stream version the last usable snapshot was taken at when the aggregate was loaded
+    /// (0: none). Not the snapshot's format version (`Aggregate::SNAPSHOT_VERSION`).
+    pub snapshot_at: u64,
 }
 
 impl SnapshotPolicy {
@@ -122,7 +123,7 @@ mod tests {
         let due = |previous_version, new_version| SnapshotDue {
             previous_version,
             new_version,
-            snapshot_version: 0,
+            snapshot_at: 0,
         };
         assert!(!policy.is_due(&due(0, 9)));
         assert!(policy.is_due(&due(9, 10)));

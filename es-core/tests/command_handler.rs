@@ -84,7 +84,7 @@ impl Aggregate for Account {
     type Event = AccountEvent;
     type Error = AccountError;
 
-    fn handle(&self, command: &AccountCommand) -> Result<Vec<AccountEvent>, AccountError> {
+    fn decide(&self, command: &AccountCommand) -> Result<Vec<AccountEvent>, AccountError> {
         match *command {
             AccountCommand::Open if self.open => Err(AccountError::AlreadyOpen),
             AccountCommand::Open => Ok(vec![AccountEvent::Opened]),

@@ -141,7 +141,7 @@ pub(crate) fn expand(input: DeriveInput) -> syn::Result<TokenStream> {
 
             #policy
 
-            fn handle(
+            fn decide(
                 &self,
                 command: &Self::Command,
             ) -> ::core::result::Result<::std::vec::Vec<Self::Event>, Self::Error> {

@@ -390,7 +390,7 @@ fn expand_apply_trait(input: &DeriveInput, defs: &[EventDef], trait_ident: &Iden
                     .iter()
                     .filter_map(|f| f.ident.clone())
                     .collect();
-                let types = fields.named.iter().map(|f| &f.ty);
+                let types = fields.named.iter().map(|f| borrowed(&f.ty));
                 methods.push(quote!(#[doc = #doc] fn #method(&mut self, #(#names: &#types),*);));
                 arms.push(quote!(Self::#variant { #(#names),* } => target.#method(#(#names),*)));
             }
@@ -398,7 +398,7 @@ fn expand_apply_trait(input: &DeriveInput, defs: &[EventDef], trait_ident: &Iden
                 let names: Vec<_> = (0..fields.unnamed.len())
                     .map(|i| Ident::new(&format!("field{i}"), variant.span()))
                     .collect();
-                let types = fields.unnamed.iter().map(|f| &f.ty);
+                let types = fields.unnamed.iter().map(|f| borrowed(&f.ty));
                 methods.push(quote!(#[doc = #doc] fn #method(&mut self, #(#names: &#types),*);));
                 arms.push(quote!(Self::#variant(#(#names),*) => target.#method(#(#names),*)));
             }
@@ -412,8 +412,9 @@ fn expand_apply_trait(input: &DeriveInput, defs: &[EventDef], trait_ident: &Iden
         format!("One method per `{ident}` event, for aggregates that apply them one by one.");
     quote! {
         #[doc = #trait_doc]
-        // Parameters mirror the variants' field types (`&String` for a `String` field).
-        #[allow(clippy::ptr_arg, clippy::too_many_arguments)]
+        // Parameters borrow the variants' fields: `&str` for a `String`, `&[T]` for a
+        // `Vec<T>`, `&T` otherwise.
+        #[allow(clippy::too_many_arguments)]
         #vis trait #trait_ident {
             #(#methods)*
         }
@@ -425,6 +426,27 @@ fn expand_apply_trait(input: &DeriveInput, defs: &[EventDef], trait_ident: &Iden
             }
         }
     }
+}
+
+/// What a field of type `ty` is lent as: `str` for `String`, `[T]` for `Vec<T>` (the usual
+/// borrowed forms, which the `&String` and `&Vec<T>` bound in the match coerce to), `ty`
+/// otherwise.
+fn borrowed(ty: &syn::Type) -> TokenStream {
+    if let syn::Type::Path(path) = ty
+        && path.qself.is_none()
+        && let Some(last) = path.path.segments.last()
+    {
+        match (&last.ident.to_string()[..], &last.arguments) {
+            ("String", syn::PathArguments::None) => return quote!(str),
+            ("Vec", syn::PathArguments::AngleBracketed(args)) if args.args.len() == 1 => {
+                if let Some(syn::GenericArgument::Type(item)) = args.args.first() {
+                    return quote!([#item]);
+                }
+            }
+            _ => {}
+        }
+    }
+    quote!(#ty)
 }
 
 fn snake_case(name: &str) -> String {

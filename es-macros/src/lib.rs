@@ -110,7 +110,7 @@ pub fn derive_domain_event(input: TokenStream) -> TokenStream {
 ///
 /// use es_core::Aggregate as _;
 /// let mut counter = Counter::default();
-/// for event in counter.handle(&5).unwrap() { counter.apply(&event); }
+/// for event in counter.decide(&5).unwrap() { counter.apply(&event); }
 /// assert_eq!(counter.value, 5);
 /// assert_eq!(Counter::CATEGORY, "counter");
 /// ```

@@ -74,10 +74,10 @@ impl ApplyAccount for Account {
         self.open = true;
         self.balance = *balance;
     }
-    fn on_debited(&mut self, _: &String, amount: &i64) {
+    fn on_debited(&mut self, _: &str, amount: &i64) {
         self.balance -= amount;
     }
-    fn on_credited(&mut self, _: &String, amount: &i64) {
+    fn on_credited(&mut self, _: &str, amount: &i64) {
         self.balance += amount;
     }
 }
@@ -136,10 +136,10 @@ impl Transfer {
 }
 
 impl ApplyTransfer for Transfer {
-    fn on_requested(&mut self, _: &String, _: &String, _: &i64) {}
-    fn on_step_failed(&mut self, _: &String) {}
-    fn on_finished(&mut self, outcome: &String) {
-        self.outcome = Some(outcome.clone());
+    fn on_requested(&mut self, _: &str, _: &str, _: &i64) {}
+    fn on_step_failed(&mut self, _: &str) {}
+    fn on_finished(&mut self, outcome: &str) {
+        self.outcome = Some(outcome.to_owned());
     }
 }
 

@@ -53,8 +53,8 @@ impl Note {
 }
 
 impl ApplyNote for Note {
-    fn on_written(&mut self, text: &String) {
-        self.lines.push(text.clone());
+    fn on_written(&mut self, text: &str) {
+        self.lines.push(text.to_owned());
     }
 }
 

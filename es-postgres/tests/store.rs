@@ -143,7 +143,7 @@ impl Aggregate for Door {
     type Command = ();
     type Event = DoorEvent;
     type Error = Never;
-    fn handle(&self, _: &()) -> Result<Vec<DoorEvent>, Never> {
+    fn decide(&self, _: &()) -> Result<Vec<DoorEvent>, Never> {
         Ok(vec![DoorEvent::Opened { by: "me".into() }])
     }
     fn apply(&mut self, _: &DoorEvent) {

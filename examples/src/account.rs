@@ -203,9 +203,9 @@ impl Account {
 }
 
 impl ApplyAccountEvent for Account {
-    fn on_opened(&mut self, owner: &String, currency: &String) {
-        self.owner = Some(owner.clone());
-        self.currency = Some(currency.clone());
+    fn on_opened(&mut self, owner: &str, currency: &str) {
+        self.owner = Some(owner.to_owned());
+        self.currency = Some(currency.to_owned());
     }
 
     fn on_deposited(&mut self, amount: &u64) {
@@ -220,15 +220,15 @@ impl ApplyAccountEvent for Account {
         self.closed = true;
     }
 
-    fn on_transfer_debited(&mut self, _transfer: &String, amount: &u64) {
+    fn on_transfer_debited(&mut self, _transfer: &str, amount: &u64) {
         self.balance = self.balance.saturating_sub(*amount);
     }
 
-    fn on_transfer_credited(&mut self, _transfer: &String, amount: &u64) {
+    fn on_transfer_credited(&mut self, _transfer: &str, amount: &u64) {
         self.balance += amount;
     }
 
-    fn on_transfer_refunded(&mut self, _transfer: &String, amount: &u64) {
+    fn on_transfer_refunded(&mut self, _transfer: &str, amount: &u64) {
         self.balance += amount;
     }
 }

@@ -157,30 +157,30 @@ impl Transfer {
 }
 
 impl ApplyTransferEvent for Transfer {
-    fn on_transfer_requested(&mut self, from: &String, to: &String, amount: &u64) {
-        self.from = from.clone();
-        self.to = to.clone();
+    fn on_transfer_requested(&mut self, from: &str, to: &str, amount: &u64) {
+        self.from = from.to_owned();
+        self.to = to.to_owned();
         self.amount = *amount;
         self.status = TransferStatus::Pending;
     }
 
-    fn on_transfer_rejected(&mut self, reason: &String) {
+    fn on_transfer_rejected(&mut self, reason: &str) {
         self.status = TransferStatus::Rejected;
-        self.reason = Some(reason.clone());
+        self.reason = Some(reason.to_owned());
     }
 
-    fn on_credit_refused(&mut self, reason: &String) {
+    fn on_credit_refused(&mut self, reason: &str) {
         self.status = TransferStatus::Compensating;
-        self.reason = Some(reason.clone());
+        self.reason = Some(reason.to_owned());
     }
 
     fn on_transfer_completed(&mut self) {
         self.status = TransferStatus::Completed;
     }
 
-    fn on_transfer_cancelled(&mut self, reason: &String) {
+    fn on_transfer_cancelled(&mut self, reason: &str) {
         self.status = TransferStatus::Cancelled;
-        self.reason = Some(reason.clone());
+        self.reason = Some(reason.to_owned());
     }
 }
 

@@ -102,7 +102,7 @@ impl Aggregate for Ledger {
     type Event = LedgerEvent;
     type Error = Never;
 
-    fn handle(&self, command: &LedgerCommand) -> Result<Vec<LedgerEvent>, Never> {
+    fn decide(&self, command: &LedgerCommand) -> Result<Vec<LedgerEvent>, Never> {
         Ok(vec![match command {
             LedgerCommand::Credit(cents) => LedgerEvent::Credited {
                 cents: *cents,
@@ -293,7 +293,7 @@ pub async fn snapshots_only_shorten_replay(
         assert_eq!(fast.version, replayed.version);
         assert_eq!(executed.state, replayed.state);
         assert_eq!(
-            fast.snapshot_version,
+            fast.snapshot_at,
             (replayed.version / every) * every,
             "the newest due snapshot is used"
         );
@@ -345,7 +345,7 @@ pub async fn unusable_snapshots_are_ignored(
             loaded.state.balance, 123,
             "snapshot v{snapshot_version} ignored"
         );
-        assert_eq!(loaded.snapshot_version, 0, "a full replay");
+        assert_eq!(loaded.snapshot_at, 0, "a full replay");
     }
     // A usable snapshot is used, and only events after it are applied.
     snapshots
@@ -366,7 +366,7 @@ pub async fn unusable_snapshots_are_ignored(
     assert_eq!(
         (
             loaded.state.balance,
-            loaded.snapshot_version,
+            loaded.snapshot_at,
             loaded.version
         ),
         (123, 2, 3)
@@ -416,7 +416,7 @@ pub async fn temporal_loads_replay_a_prefix(
             .expect("load at version");
         assert_eq!(loaded.state.balance, *balance, "as of version {version}");
         assert_eq!(loaded.version, version as u64);
-        assert!(loaded.snapshot_version <= version as u64);
+        assert!(loaded.snapshot_at <= version as u64);
     }
     let events = store.read_stream_to_vec(&stream, 1).await.expect("read");
     let as_of = repository

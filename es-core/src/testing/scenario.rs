@@ -22,7 +22,7 @@ use crate::Aggregate;
 /// # impl Aggregate for Light {
 /// #     const CATEGORY: &'static str = "light";
 /// #     type Command = (); type Event = Switched; type Error = AlreadyOn;
-/// #     fn handle(&self, _: &()) -> Result<Vec<Switched>, AlreadyOn> { if self.on { Err(AlreadyOn) } else { Ok(vec![Switched::On]) } }
+/// #     fn decide(&self, _: &()) -> Result<Vec<Switched>, AlreadyOn> { if self.on { Err(AlreadyOn) } else { Ok(vec![Switched::On]) } }
 /// #     fn apply(&mut self, e: &Switched) { self.on = *e == Switched::On; }
 /// # }
 /// use es_core::testing::AggregateTest;
@@ -55,7 +55,7 @@ impl<A: Aggregate> AggregateTest<A> {
 
     /// Sends `command`.
     pub fn when(self, command: A::Command) -> Outcome<A> {
-        let result = self.state.handle(&command);
+        let result = self.state.decide(&command);
         Outcome {
             state: self.state,
             result,

@@ -223,8 +223,8 @@ async fn main() -> Result<(), BoxError> {
          only the {} events after it",
         loaded.version,
         cents(loaded.state.balance),
-        loaded.snapshot_version,
-        loaded.version - loaded.snapshot_version
+        loaded.snapshot_at,
+        loaded.version - loaded.snapshot_at
     );
 
     step(

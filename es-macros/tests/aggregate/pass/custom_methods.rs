@@ -29,7 +29,7 @@ impl Light {
 
 fn main() {
     let mut light = Light::default();
-    for event in light.handle(&()).unwrap() {
+    for event in light.decide(&()).unwrap() {
         light.apply(&event);
     }
     assert!(light.on);

@@ -44,8 +44,8 @@ impl Account {
 }
 
 impl ApplyEvent for Account {
-    fn on_opened(&mut self, owner: &String) {
-        self.owner = Some(owner.clone());
+    fn on_opened(&mut self, owner: &str) {
+        self.owner = Some(owner.to_owned());
     }
     fn on_deposited(&mut self, amount: &u64) {
         self.balance += amount;
@@ -58,9 +58,9 @@ fn main() {
     assert_eq!(Account::SNAPSHOT_VERSION, 3);
     assert!(matches!(Account::snapshot_policy(), SnapshotPolicy::EveryNEvents(50)));
     let mut account = Account::default();
-    assert!(account.handle(&Command::Deposit(1)).is_err());
+    assert!(account.decide(&Command::Deposit(1)).is_err());
     for command in [Command::Open("ann".into()), Command::Deposit(7)] {
-        for event in account.handle(&command).unwrap() {
+        for event in account.decide(&command).unwrap() {
             account.apply(&event);
         }
     }

@@ -41,8 +41,8 @@ impl ApplyFlow for Seen {
     fn on_transfer(&mut self, _: &TransferRequested) {
         self.0.push("transfer".into());
     }
-    fn on_audit(&mut self, by: &String) {
-        self.0.push(by.clone());
+    fn on_audit(&mut self, by: &str) {
+        self.0.push(by.to_owned());
     }
 }
 

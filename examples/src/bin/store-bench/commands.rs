@@ -77,12 +77,12 @@ impl ApplyOrderEvent for Order {
     fn on_line_added(
         &mut self,
         order_id: &Uuid,
-        _customer: &String,
-        _sku: &String,
+        _customer: &str,
+        _sku: &str,
         quantity: &u32,
         unit_price: &u64,
-        _currency: &String,
-        _note: &String,
+        _currency: &str,
+        _note: &str,
     ) {
         self.id = Some(*order_id);
         self.lines += 1;
