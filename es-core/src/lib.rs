@@ -109,9 +109,14 @@ mod version;
 pub mod testing;
 
 pub use aggregate::Aggregate;
+/// Re-exported for implementing [`CommandDispatcher`] and stores: `#[es_core::async_trait]`.
+pub use async_trait::async_trait;
 pub use command::{CommandContext, CommandHandler, Executed, RetryPolicy, derived_event_id};
 pub use envelope::{Envelope, EventDecodeError, EventRef, RecordedEvent};
 pub use error::{BoxError, CommandError, StoreError};
+/// `#[derive(Aggregate)]` and `#[derive(DomainEvent)]` (feature `derive`): see `es-macros`.
+#[cfg(feature = "derive")]
+pub use es_macros::{Aggregate, DomainEvent};
 pub use event::{
     DecodeError, DomainEvent, EventType, NewEvent, current_version, decode_tagged, encode_tagged,
 };

@@ -1,7 +1,7 @@
 //! An in-memory event store for unit tests, examples and the quickstart.
 
 use std::collections::HashMap;
-use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use async_trait::async_trait;
 use chrono::Utc;
@@ -10,7 +10,7 @@ use futures_core::stream::BoxStream;
 use crate::store::{judge_repeat, validate_append};
 use crate::{
     AppendResult, ConflictError, EventStore, ExpectedVersion, NewEvent, Position, RecordedEvent,
-    StoreError, StreamId,
+    StoreError, StreamId, Upcasters,
 };
 
 /// An event store held in process memory, with the same guarantees as the PostgreSQL store
@@ -21,6 +21,7 @@ use crate::{
 #[derive(Debug, Default)]
 pub struct InMemoryEventStore {
     inner: RwLock<Inner>,
+    upcasters: Option<Arc<Upcasters>>,
 }
 
 #[derive(Debug, Default)]
@@ -35,6 +36,13 @@ impl InMemoryEventStore {
     /// An empty store.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Registers the upcasters readers of this store lift old events through (see
+    /// [`EventStore::upcasters`]).
+    pub fn with_upcasters(mut self, upcasters: Arc<Upcasters>) -> Self {
+        self.upcasters = Some(upcasters);
+        self
     }
 
     /// How many events the store holds.
@@ -191,5 +199,11 @@ impl EventStore for InMemoryEventStore {
             .log
             .last()
             .map_or(Position::START, |e| e.position))
+    }
+
+    fn upcasters(&self) -> Arc<Upcasters> {
+        self.upcasters
+            .clone()
+            .unwrap_or_else(crate::store::no_upcasters)
     }
 }

@@ -71,17 +71,18 @@ enum Until {
 }
 
 impl<A: Aggregate> Repository<A> {
-    /// A repository over `store`, with no upcasters and no snapshots.
+    /// A repository over `store`, lifting old events through the store's upcasters
+    /// ([`EventStore::upcasters`]), with no snapshots.
     pub fn new(store: Arc<dyn EventStore>) -> Self {
         Self {
+            upcasters: store.upcasters(),
             store,
-            upcasters: Arc::new(Upcasters::new()),
             snapshots: None,
         }
     }
 
-    /// Lifts stored events through `upcasters` on every load. Validate the registry first with
-    /// [`Upcasters::validate`].
+    /// Lifts stored events through `upcasters` on every load instead of the store's. Validate
+    /// the registry first with [`Upcasters::validate`].
     pub fn with_upcasters(mut self, upcasters: Arc<Upcasters>) -> Self {
         self.upcasters = upcasters;
         self

@@ -341,10 +341,10 @@ impl<S: Saga, D: CommandDispatcher<S::Command>> SagaRunner<S, D> {
     /// A runner of `saga` over `store`, from the start of the log.
     pub fn new(store: Arc<dyn EventStore>, saga: S, dispatcher: D) -> Self {
         Self {
+            upcasters: store.upcasters(),
             store,
             saga,
             dispatcher,
-            upcasters: Arc::new(Upcasters::new()),
             progress: Mutex::new(Progress {
                 checkpoint: Position::START,
                 states: HashMap::new(),

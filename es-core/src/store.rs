@@ -1,6 +1,7 @@
 //! The event store contract every store implements.
 
 use std::collections::HashSet;
+use std::sync::{Arc, OnceLock};
 
 use async_trait::async_trait;
 use futures_core::stream::BoxStream;
@@ -8,7 +9,7 @@ use futures_util::{StreamExt, TryStreamExt};
 
 use uuid::Uuid;
 
-use crate::{ExpectedVersion, NewEvent, Position, RecordedEvent, StoreError, StreamId};
+use crate::{ExpectedVersion, NewEvent, Position, RecordedEvent, StoreError, StreamId, Upcasters};
 
 /// What an append wrote (or had written before, for a repeated append).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -99,6 +100,13 @@ pub trait EventStore: Send + Sync {
     /// The position of the last event a reader of the global log can see now; `START` when the
     /// log is empty.
     async fn head(&self) -> Result<Position, StoreError>;
+
+    /// The upcasters readers of this store lift old events through: the one place an
+    /// application registers them. Repositories, projection runners and saga runners made over
+    /// the store use these unless given others. None by default.
+    fn upcasters(&self) -> Arc<Upcasters> {
+        no_upcasters()
+    }
 
     /// Collects a stream's events from `from_version` on (convenient for short streams).
     async fn read_stream_to_vec(
@@ -230,4 +238,10 @@ fn same_json(a: &str, b: &str) -> bool {
         (Ok(a), Ok(b)) => a == b,
         _ => false,
     }
+}
+
+/// The empty registry, shared.
+pub(crate) fn no_upcasters() -> Arc<Upcasters> {
+    static EMPTY: OnceLock<Arc<Upcasters>> = OnceLock::new();
+    Arc::clone(EMPTY.get_or_init(|| Arc::new(Upcasters::new())))
 }

@@ -23,6 +23,26 @@ pub enum PgError {
         /// Why it was refused.
         reason: &'static str,
     },
+    /// The server could not be reached or refused the connection.
+    #[error("cannot connect to {target}: {reason}; {hint}")]
+    Connect {
+        /// `user@host:port/database` (never the password).
+        target: String,
+        /// The failure, in the server's words when it gave any.
+        reason: String,
+        /// What to check.
+        hint: String,
+    },
+    /// The store's schema does not exist (nothing was ever written there): read-only
+    /// operations do not create it.
+    #[error(
+        "schema {schema} does not exist in this database: nothing has been written there yet \
+         (run the service first, or pass the schema it uses)"
+    )]
+    NoSuchSchema {
+        /// The schema.
+        schema: String,
+    },
     /// Applying the migrations failed.
     #[error("migrating the event store schema failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),

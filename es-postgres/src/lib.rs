@@ -44,6 +44,7 @@
 //! # }
 //! ```
 
+mod connect;
 mod convert;
 mod error;
 mod follower;
@@ -59,6 +60,9 @@ mod wakeup;
 #[cfg(feature = "testing")]
 pub mod testing;
 
+/// Re-exported for implementing [`PgProjection`]: `#[es_postgres::async_trait]`.
+pub use async_trait::async_trait;
+pub use connect::{connect_pool, parse_url};
 pub use error::PgError;
 pub use follower::LogFollower;
 pub use import::ImportReport;
@@ -69,4 +73,7 @@ pub use projection::{
 pub use saga::{DeadLetter, DeadlineStatus, OutboxStatus, PgSagaRunner, SagaProjection};
 pub use schema::{MAX_SCHEMA_NAME_LEN, SchemaName};
 pub use snapshot::PgSnapshotStore;
+/// The driver, re-exported: read models write through `sqlx::PgConnection` with the version the
+/// store uses.
+pub use sqlx;
 pub use store::{Horizon, PgEventStore};

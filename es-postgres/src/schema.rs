@@ -42,6 +42,22 @@ impl SchemaName {
         format!("\"{}\"", self.0)
     }
 
+    /// SQL text for a read model in this schema: `template` with every `{schema}` replaced by
+    /// the schema's quoted name. sqlx 0.9 takes dynamic SQL only as `AssertSqlSafe`; this is
+    /// safe because the schema is a validated identifier and nothing else is spliced in, so
+    /// bind every value as a parameter. Hand multi-statement setup to `sqlx::raw_sql`:
+    ///
+    /// ```
+    /// # use es_postgres::SchemaName;
+    /// let schema = SchemaName::new("shop")?;
+    /// let insert = schema.sql("INSERT INTO {schema}.units (sku, units) VALUES ($1, $2)");
+    /// assert_eq!(insert.0, "INSERT INTO \"shop\".units (sku, units) VALUES ($1, $2)");
+    /// # Ok::<(), es_postgres::PgError>(())
+    /// ```
+    pub fn sql(&self, template: &str) -> AssertSqlSafe<String> {
+        AssertSqlSafe(template.replace("{schema}", &self.quoted()))
+    }
+
     /// The LISTEN/NOTIFY channel appends notify on.
     pub fn channel(&self) -> String {
         format!("{}.events", self.0)

@@ -6,11 +6,11 @@ use std::time::Duration;
 use async_trait::async_trait;
 use es_core::{
     AppendResult, ConflictError, EventStore, ExpectedVersion, NewEvent, Position, RecordedEvent,
-    StoreError, StreamId, judge_repeat, validate_append,
+    StoreError, StreamId, Upcasters, judge_repeat, validate_append,
 };
 use futures_core::stream::BoxStream;
 use futures_util::StreamExt;
-use sqlx::postgres::{PgPoolOptions, PgRow};
+use sqlx::postgres::PgRow;
 use sqlx::{AssertSqlSafe, Connection, PgConnection, PgExecutor, PgPool, Row};
 use uuid::Uuid;
 
@@ -41,6 +41,7 @@ struct Inner {
     schema: SchemaName,
     sql: Statements,
     wakeup: Arc<Wakeup>,
+    upcasters: Arc<Upcasters>,
 }
 
 /// Every statement of the store, built once with the schema name in it. The schema name is
@@ -235,10 +236,20 @@ impl PgEventStore {
 
     /// A store in the validated schema `schema`.
     pub fn in_schema(pool: PgPool, schema: SchemaName) -> Self {
-        Self::build(pool, schema, DEFAULT_WAKEUP_INTERVAL)
+        Self::build(
+            pool,
+            schema,
+            DEFAULT_WAKEUP_INTERVAL,
+            Arc::new(Upcasters::new()),
+        )
     }
 
-    fn build(pool: PgPool, schema: SchemaName, wakeup_interval: Duration) -> Self {
+    fn build(
+        pool: PgPool,
+        schema: SchemaName,
+        wakeup_interval: Duration,
+        upcasters: Arc<Upcasters>,
+    ) -> Self {
         let sql = Statements::new(&schema);
         let wakeup = Arc::new(Wakeup::new(schema.channel(), wakeup_interval));
         Self {
@@ -247,6 +258,7 @@ impl PgEventStore {
                 schema,
                 sql,
                 wakeup,
+                upcasters,
             }),
         }
     }
@@ -255,7 +267,25 @@ impl PgEventStore {
     /// bound on how long a live follower in another process may wait for a new event, when
     /// the notification arrives. Shorter costs more tiny transactions; appends never wait.
     pub fn with_wakeup_interval(self, interval: Duration) -> Self {
-        Self::build(self.inner.pool.clone(), self.inner.schema.clone(), interval)
+        Self::build(
+            self.inner.pool.clone(),
+            self.inner.schema.clone(),
+            interval,
+            Arc::clone(&self.inner.upcasters),
+        )
+    }
+
+    /// Registers the application's upcasters in one place: repositories, projection runners
+    /// and saga runners made over this store lift old events through them (see
+    /// [`EventStore::upcasters`]). Validate the registry at start-up with
+    /// [`Upcasters::validate`].
+    pub fn with_upcasters(self, upcasters: Arc<Upcasters>) -> Self {
+        Self::build(
+            self.inner.pool.clone(),
+            self.inner.schema.clone(),
+            self.inner.wakeup.interval(),
+            upcasters,
+        )
     }
 
     /// Tells followers (in this process and others) that new events may be readable. Appends
@@ -267,14 +297,24 @@ impl PgEventStore {
     }
 
     /// Connects a pool of up to 10 connections to `url`, and migrates the default schema.
+    /// A server that is not there, a missing database or a refused login fails at once, with
+    /// the reason ([`PgError::Connect`]).
     pub async fn connect(url: &str) -> Result<Self, PgError> {
-        let pool = PgPoolOptions::new()
-            .max_connections(10)
-            .connect(url)
-            .await?;
-        let store = Self::new(pool);
+        let store = Self::new(crate::connect_pool(url, 10).await?);
         store.migrate().await?;
         Ok(store)
+    }
+
+    /// Whether the store's schema exists: read-only tools check it instead of migrating, so
+    /// that they never create a schema.
+    pub async fn exists(&self) -> Result<bool, PgError> {
+        let found: Option<i32> = sqlx::query_scalar(
+            "SELECT 1 FROM information_schema.tables WHERE table_schema = $1 AND table_name = 'events'",
+        )
+        .bind(self.inner.schema.as_str())
+        .fetch_optional(&self.inner.pool)
+        .await?;
+        Ok(found.is_some())
     }
 
     /// Creates the schema and applies pending migrations. Idempotent; safe to run from several
@@ -629,6 +669,10 @@ impl EventStore for PgEventStore {
 
     async fn stream_version(&self, stream: &StreamId) -> Result<Option<u64>, StoreError> {
         self.version_on(&self.inner.pool, stream).await
+    }
+
+    fn upcasters(&self) -> Arc<Upcasters> {
+        Arc::clone(&self.inner.upcasters)
     }
 
     async fn head(&self) -> Result<Position, StoreError> {

@@ -31,6 +31,10 @@ impl Wakeup {
         }
     }
 
+    pub(crate) fn interval(&self) -> Duration {
+        self.interval
+    }
+
     /// Announces appended events: a notification goes out within the interval. Cheap (an
     /// atomic store) after the first call, which starts the sending task when a tokio runtime
     /// is there to run it (without one, followers find the events by polling).

@@ -8,10 +8,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use async_trait::async_trait;
 use es_core::{
-    AppendResult, CommandContext, CommandError, CommandHandler, EventStore, ExpectedVersion,
-    NewEvent, Position, RecordedEvent, StoreError, StreamId,
+    Aggregate, AppendResult, CommandContext, CommandError, CommandHandler, DomainEvent, EventStore,
+    ExpectedVersion, NewEvent, Position, RecordedEvent, StoreError, StreamId,
 };
-use es_macros::{Aggregate, DomainEvent};
 use es_postgres::PgEventStore;
 use es_postgres::testing::TestDatabase;
 use futures_core::stream::BoxStream;

@@ -10,10 +10,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use es_core::{
-    BoxError, CommandContext, CommandDispatcher, CommandHandler, Deadline, Envelope, EventStore,
-    Repository, Saga, StreamId,
+    Aggregate, BoxError, CommandContext, CommandDispatcher, CommandHandler, Deadline, DomainEvent,
+    Envelope, EventStore, Repository, Saga, StreamId,
 };
-use es_macros::{Aggregate, DomainEvent};
 use es_postgres::testing::TestDatabase;
 use es_postgres::{PgEventStore, PgSagaRunner};
 use rand::Rng;

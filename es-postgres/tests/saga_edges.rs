@@ -8,10 +8,10 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use es_core::{
-    BoxError, CommandContext, CommandDispatcher, CommandHandler, Deadline, Envelope, EventStore,
-    ExpectedVersion, NewEvent, Repository, Saga, SagaRunner, StreamId, Upcasted, Upcasters,
+    Aggregate, BoxError, CommandContext, CommandDispatcher, CommandHandler, Deadline, DomainEvent,
+    Envelope, EventStore, ExpectedVersion, NewEvent, Repository, Saga, SagaRunner, StreamId,
+    Upcasted, Upcasters,
 };
-use es_macros::{Aggregate, DomainEvent};
 use es_postgres::testing::TestDatabase;
 use es_postgres::{PgEventStore, PgSagaRunner};
 use serde::{Deserialize, Serialize};

@@ -11,10 +11,9 @@ use async_trait::async_trait;
 use chrono::DateTime;
 use es_core::testing::conformance::{test_event, unique_stream};
 use es_core::{
-    BoxError, CommandContext, CommandDispatcher, Deadline, Envelope, EventStore, ExpectedVersion,
-    NewEvent, Saga, StreamId,
+    BoxError, CommandContext, CommandDispatcher, Deadline, DomainEvent, Envelope, EventStore,
+    ExpectedVersion, NewEvent, Saga, StreamId,
 };
-use es_macros::DomainEvent;
 use es_postgres::testing::TestDatabase;
 use es_postgres::{PgEventStore, PgSagaRunner};
 use serde::{Deserialize, Serialize};

@@ -52,7 +52,7 @@ pub enum AccountCommand {
 }
 
 /// What happened to an account.
-#[derive(Clone, Debug, PartialEq, es_macros::DomainEvent, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, es_core::DomainEvent, Serialize, Deserialize)]
 #[event(apply_trait = ApplyAccountEvent)]
 pub enum AccountEvent {
     /// The account was opened. Version 1 had no currency: every account was in euros
@@ -137,7 +137,7 @@ pub enum AccountError {
 }
 
 /// The state of an account, rebuilt from its events; snapshotted every 100 events.
-#[derive(Clone, Debug, Default, PartialEq, es_macros::Aggregate, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, es_core::Aggregate, Serialize, Deserialize)]
 #[aggregate(
     category = "account",
     command = AccountCommand,

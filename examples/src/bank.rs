@@ -11,7 +11,7 @@ use es_core::{
 use es_postgres::{PgEventStore, PgSagaRunner};
 use uuid::Uuid;
 
-use crate::account::{self, Account, AccountCommand};
+use crate::account::{Account, AccountCommand};
 use crate::transfer::{Transfer, TransferCommand, TransferError};
 use crate::transfer_saga::{TransferAction, TransferSaga, TransferStep};
 use crate::welcome_bonus::{PayBonus, WelcomeBonus};
@@ -26,11 +26,10 @@ pub struct Bank {
 }
 
 impl Bank {
-    /// The bank over `store`, with account snapshots in `snapshots`.
+    /// The bank over `store` (which carries the account upcasters, [`account::upcasters`]),
+    /// with account snapshots in `snapshots`.
     pub fn new(store: Arc<dyn EventStore>, snapshots: Arc<dyn SnapshotStore>) -> Self {
-        let accounts = Repository::new(Arc::clone(&store))
-            .with_upcasters(Arc::new(account::upcasters()))
-            .with_snapshot_store(snapshots);
+        let accounts = Repository::new(Arc::clone(&store)).with_snapshot_store(snapshots);
         Self {
             accounts: CommandHandler::with_repository(accounts),
             transfers: CommandHandler::new(store),
@@ -38,7 +37,7 @@ impl Bank {
     }
 
     /// The transfer saga and the welcome-bonus policy on in-memory runners over `store`,
-    /// dispatching to this bank. Both read account events, so through the account upcasters.
+    /// dispatching to this bank. Both read account events through the store's upcasters.
     pub fn memory_sagas(
         &self,
         store: Arc<dyn EventStore>,
@@ -46,11 +45,9 @@ impl Bank {
         SagaRunner<TransferSaga, Bank>,
         SagaRunner<WelcomeBonus, Bank>,
     ) {
-        let upcasters = Arc::new(account::upcasters());
         (
-            SagaRunner::new(Arc::clone(&store), TransferSaga, self.clone())
-                .with_upcasters(Arc::clone(&upcasters)),
-            SagaRunner::new(store, WelcomeBonus::default(), self.clone()).with_upcasters(upcasters),
+            SagaRunner::new(Arc::clone(&store), TransferSaga, self.clone()),
+            SagaRunner::new(store, WelcomeBonus::default(), self.clone()),
         )
     }
 
@@ -62,12 +59,9 @@ impl Bank {
         PgSagaRunner<TransferSaga, Bank>,
         PgSagaRunner<WelcomeBonus, Bank>,
     ) {
-        let upcasters = Arc::new(account::upcasters());
         (
-            PgSagaRunner::new(store.clone(), TransferSaga, self.clone())
-                .configure(|r| r.with_upcasters(Arc::clone(&upcasters))),
-            PgSagaRunner::new(store.clone(), WelcomeBonus::default(), self.clone())
-                .configure(|r| r.with_upcasters(upcasters)),
+            PgSagaRunner::new(store.clone(), TransferSaga, self.clone()),
+            PgSagaRunner::new(store.clone(), WelcomeBonus::default(), self.clone()),
         )
     }
 
@@ -193,12 +187,13 @@ impl CommandDispatcher<PayBonus> for Bank {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::account;
     use crate::transfer::TransferStatus;
     use es_core::{InMemoryEventStore, InMemorySnapshotStore};
 
     async fn bank_with(accounts: &[(&str, u64)]) -> Bank {
         let bank = Bank::new(
-            Arc::new(InMemoryEventStore::new()),
+            Arc::new(InMemoryEventStore::new().with_upcasters(Arc::new(account::upcasters()))),
             Arc::new(InMemorySnapshotStore::new()),
         );
         for (id, balance) in accounts {

@@ -1,6 +1,7 @@
 //! Runnable domain services built on the framework. The `bank` binary is the README's main
-//! example; `bank-admin` lists, rebuilds and repairs its projections; `store-bench` measures the
-//! PostgreSQL store beside raw SQL.
+//! example; `bank-admin` (the `es-admin` CLI with the bank's parts registered) lists, rebuilds
+//! and repairs its projections and sagas; `store-bench` measures the PostgreSQL store beside
+//! raw SQL.
 //!
 //! - `account.rs`: the bank account aggregate, with an upcaster for its version-1 events.
 //! - `transfer.rs`: the transfer aggregate, the record of one transfer.
@@ -10,24 +11,21 @@
 //! - `bank.rs`: the command handlers and the dispatcher that runs what the saga and the
 //!   policy issue.
 //! - `projections.rs`: the read models in PostgreSQL; `bank-admin` operates them.
-//! - `trace.rs`: one correlation id's events as a tree of causes and effects.
 
 pub mod account;
 pub mod bank;
 pub mod projections;
-pub mod trace;
 pub mod transfer;
 pub mod transfer_saga;
 pub mod welcome_bonus;
 
 /// The README and the guides in `docs/`: every Rust block in them is compiled and run as a
-/// doctest, so they stay true.
+/// doctest, so they stay true. (docs/getting-started.md is made of whole files a reader pastes
+/// into a crate of their own: `tests/getting_started.rs` does exactly that instead.)
 #[cfg(doctest)]
 pub mod docs {
     #[doc = include_str!("../../README.md")]
     pub struct Readme;
-    #[doc = include_str!("../../docs/getting-started.md")]
-    pub struct GettingStarted;
     #[doc = include_str!("../../docs/concepts.md")]
     pub struct Concepts;
     #[doc = include_str!("../../docs/schema-evolution.md")]

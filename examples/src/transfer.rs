@@ -36,7 +36,7 @@ pub enum TransferCommand {
 }
 
 /// What happened to a transfer.
-#[derive(Clone, Debug, PartialEq, es_macros::DomainEvent, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, es_core::DomainEvent, Serialize, Deserialize)]
 #[event(apply_trait = ApplyTransferEvent)]
 pub enum TransferEvent {
     /// A transfer was asked for.
@@ -113,7 +113,7 @@ impl TransferStatus {
 }
 
 /// The state of a transfer.
-#[derive(Clone, Debug, Default, PartialEq, es_macros::Aggregate, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, es_core::Aggregate, Serialize, Deserialize)]
 #[aggregate(
     category = "transfer",
     command = TransferCommand,

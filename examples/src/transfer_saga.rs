@@ -20,7 +20,7 @@ use crate::account::AccountEvent;
 use crate::transfer::TransferEvent;
 
 /// The events the saga follows: every event of both aggregates, under their stored names.
-#[derive(Clone, Debug, PartialEq, es_macros::DomainEvent)]
+#[derive(Clone, Debug, PartialEq, es_core::DomainEvent)]
 pub enum TransferFlow {
     /// An account's event.
     #[event(flatten)]

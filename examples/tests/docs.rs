@@ -9,10 +9,11 @@ fn every_guide_is_included_as_doctests() {
     let mut guides: Vec<String> = std::fs::read_dir(format!("{root}/docs"))
         .unwrap()
         .map(|entry| entry.unwrap().file_name().into_string().unwrap())
-        .filter(|name| name.ends_with(".md") && name != "README.md")
+        // getting-started.md is pasted into a crate of its own by tests/getting_started.rs.
+        .filter(|name| name.ends_with(".md") && name != "README.md" && name != "getting-started.md")
         .collect();
     guides.sort();
-    assert!(guides.len() >= 9, "{guides:?}");
+    assert!(guides.len() >= 8, "{guides:?}");
     for guide in guides {
         assert!(
             lib.contains(&format!("include_str!(\"../../docs/{guide}\")")),

@@ -364,11 +364,7 @@ pub async fn unusable_snapshots_are_ignored(
         .expect("save");
     let loaded = repository.load(&stream).await.expect("load");
     assert_eq!(
-        (
-            loaded.state.balance,
-            loaded.snapshot_at,
-            loaded.version
-        ),
+        (loaded.state.balance, loaded.snapshot_at, loaded.version),
         (123, 2, 3)
     );
     // An older snapshot never replaces a newer one.

@@ -67,6 +67,17 @@ impl<P: PgProjection> ProjectionRunner<P> {
             .await
     }
 
+    /// As [`rebuild_from_scratch`](Self::rebuild_from_scratch), but `Ok(None)` at once when
+    /// another instance holds the projection (or one of its parts).
+    pub async fn try_rebuild_from_scratch(
+        &self,
+        policy: ErrorPolicy,
+        mut progress: impl FnMut(Progress) + Send,
+    ) -> Result<Option<u64>, ProjectionError> {
+        self.rebuild_with(policy, &mut progress, Start::Afresh, false)
+            .await
+    }
+
     /// Takes every lock the rebuild needs (waiting for them, or `Ok(None)` when one is held
     /// and `wait` is false), then rebuilds.
     async fn rebuild_with(

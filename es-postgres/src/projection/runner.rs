@@ -120,16 +120,17 @@ pub struct ProjectionRunner<P> {
 
 impl<P: PgProjection> ProjectionRunner<P> {
     /// A runner of `projection` over `store`'s global log, with the default error policy
-    /// (retry, then park), batches of 500 events and no upcasters.
+    /// (retry, then park), batches of 500 events and the store's upcasters.
     pub fn new(store: PgEventStore, projection: P) -> Self {
         let sql = Arc::new(Statements::new(store.schema()));
+        let upcasters = store.upcasters();
         Self {
             store,
             key: projection.name().to_owned(),
             part: None,
             all_parts: None,
             projection: Arc::new(projection),
-            upcasters: Arc::new(Upcasters::new()),
+            upcasters,
             policy: ErrorPolicy::default(),
             batch_size: 500,
             poll_interval: Duration::from_millis(500),
@@ -159,7 +160,8 @@ impl<P: PgProjection> ProjectionRunner<P> {
         self
     }
 
-    /// Lifts old events through `upcasters` before the projection sees them.
+    /// Lifts old events through `upcasters` before the projection sees them, instead of the
+    /// store's ([`PgEventStore::with_upcasters`]).
     pub fn with_upcasters(mut self, upcasters: Arc<Upcasters>) -> Self {
         self.upcasters = upcasters;
         self

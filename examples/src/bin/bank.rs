@@ -8,6 +8,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use es_admin::trace::trace;
 use es_core::{
     CommandDispatcher, CommandError, EventStore, ExpectedVersion, InMemoryEventStore,
     InMemorySnapshotStore, NewEvent, Saga, SagaRunner, SnapshotStore, StreamId,
@@ -15,7 +16,6 @@ use es_core::{
 use es_examples::account::{self, AccountCommand, AccountError};
 use es_examples::bank::Bank;
 use es_examples::projections::{AccountBalances, ActivityByType, TransferHistory};
-use es_examples::trace::trace;
 use es_examples::transfer::TransferStatus;
 use es_examples::transfer_saga::TransferSaga;
 use es_examples::welcome_bonus::WelcomeBonus;
@@ -285,16 +285,17 @@ impl Backend {
                 "Running on the in-memory store (set DATABASE_URL to run the same on PostgreSQL)."
             );
             return Ok(Self::Memory {
-                store: Arc::new(InMemoryEventStore::new()),
+                // The one place the upcasters are registered: every reader of the store
+                // (repositories, projections, sagas) lifts old events through them.
+                store: Arc::new(
+                    InMemoryEventStore::new().with_upcasters(Arc::new(account::upcasters())),
+                ),
                 snapshots: Arc::new(InMemorySnapshotStore::new()),
             });
         };
-        let pool = sqlx::postgres::PgPoolOptions::new()
-            .max_connections(12)
-            .connect(&url)
-            .await
-            .map_err(|e| format!("cannot connect to DATABASE_URL={url}: {e}"))?;
-        let store = PgEventStore::with_schema(pool, schema)?;
+        let pool = es_postgres::connect_pool(&url, 12).await?;
+        let store =
+            PgEventStore::with_schema(pool, schema)?.with_upcasters(Arc::new(account::upcasters()));
         sqlx::query(sqlx::AssertSqlSafe(format!(
             "DROP SCHEMA IF EXISTS \"{}\" CASCADE",
             store.schema()
@@ -330,11 +331,9 @@ impl Backend {
             return Ok(());
         };
         let schema = store.schema();
-        let balances = ProjectionRunner::new(store.clone(), AccountBalances::new(schema))
-            .with_upcasters(Arc::new(account::upcasters()));
+        let balances = ProjectionRunner::new(store.clone(), AccountBalances::new(schema));
         let history = ProjectionRunner::new(store.clone(), TransferHistory::new(schema));
-        let activity = ProjectionRunner::new(store.clone(), ActivityByType::new(schema))
-            .with_upcasters(Arc::new(account::upcasters()));
+        let activity = ProjectionRunner::new(store.clone(), ActivityByType::new(schema));
         let read = [
             balances.catch_up().await?,
             history.catch_up().await?,

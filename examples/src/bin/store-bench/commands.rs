@@ -29,7 +29,7 @@ pub struct AddLine {
 }
 
 /// A line was added: about 300 bytes of JSON.
-#[derive(Clone, Debug, PartialEq, es_macros::DomainEvent, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, es_core::DomainEvent, Serialize, Deserialize)]
 #[event(apply_trait = ApplyOrderEvent)]
 pub enum OrderEvent {
     LineAdded {
@@ -50,7 +50,7 @@ pub enum OrderError {
 }
 
 /// An order: its lines and total; snapshotted every 100 events.
-#[derive(Clone, Debug, Default, es_macros::Aggregate, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, es_core::Aggregate, Serialize, Deserialize)]
 #[aggregate(
     category = "order",
     command = AddLine,
