@@ -7,7 +7,9 @@ use es_postgres::{ErrorPolicy, OnFailure, ProjectionError};
 use uuid::Uuid;
 
 use crate::registry::Rebuild;
-use crate::{Admin, AdminError, Out, progress, run, status, trace};
+use es_core::trace;
+
+use crate::{Admin, AdminError, Out, progress, run, status};
 
 /// The admin subcommands a service's CLI embeds (`#[command(subcommand)]`, or flattened into
 /// its own subcommand enum).

@@ -11,8 +11,8 @@
 //! - `database.rs`: [`Database`], the `--database-url` and `--schema` options, connecting
 //!   without creating anything.
 //! - `registry.rs`: [`Admin`], what a service registers.
-//! - `commands.rs`: [`AdminCommand`] and what each subcommand does; `status.rs`, `run.rs`,
-//!   `progress.rs` and `trace.rs` hold the larger ones.
+//! - `commands.rs`: [`AdminCommand`] and what each subcommand does; `status.rs`, `run.rs` and
+//!   `progress.rs` hold the larger ones (traces are drawn by `es_core::trace`).
 //! - `output.rs`: [`Out`], where commands print. `error.rs`: [`AdminError`].
 //!
 //! # Example
@@ -54,7 +54,6 @@ mod progress;
 mod registry;
 mod run;
 mod status;
-pub mod trace;
 
 pub use commands::{AdminCommand, DeadLetterCommand, OnError};
 pub use database::Database;

@@ -82,13 +82,20 @@ fn outcome(joined: Result<Ended, tokio::task::JoinError>) -> (String, Result<(),
     }
 }
 
-/// Logs to stderr (`RUST_LOG`, default `info`), so retries, parked events and warnings show;
-/// a service that installed its own subscriber keeps it.
+/// Logs to stderr at the level `RUST_LOG` names (`error`, `warn`, `info`, `debug`, `trace`;
+/// default `info`), so retries, parked events and warnings show; a service that installed its
+/// own subscriber keeps it.
 fn install_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let level = std::env::var("RUST_LOG")
+        .ok()
+        .and_then(|level| {
+            level
+                .parse::<tracing_subscriber::filter::LevelFilter>()
+                .ok()
+        })
+        .unwrap_or(tracing_subscriber::filter::LevelFilter::INFO);
     let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+        .with_max_level(level)
         .with_writer(std::io::stderr)
         .try_init();
 }

@@ -107,6 +107,7 @@ mod version;
 
 #[cfg(feature = "testing")]
 pub mod testing;
+pub mod trace;
 
 pub use aggregate::Aggregate;
 /// Re-exported for implementing [`CommandDispatcher`] and stores: `#[es_core::async_trait]`.

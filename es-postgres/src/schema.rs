@@ -2,7 +2,10 @@
 
 use std::fmt;
 
-use sqlx::migrate::Migrator;
+use std::borrow::Cow;
+
+use sqlx::SqlSafeStr;
+use sqlx::migrate::{Migration, MigrationType, Migrator};
 use sqlx::{AssertSqlSafe, Connection, Executor, PgPool};
 
 use crate::PgError;
@@ -11,7 +14,66 @@ use crate::PgError;
 /// (`{schema}.events`) within PostgreSQL's 63-byte identifier limit.
 pub const MAX_SCHEMA_NAME_LEN: usize = 48;
 
-static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
+/// The migrations, embedded: (version, description, SQL). Built by hand rather than with
+/// `sqlx::migrate!`, which would compile sqlx's macro crates (and sqlx itself a second time)
+/// into every service; checksums are the same. A test checks every file of `migrations/` is
+/// listed here.
+const MIGRATIONS: [(i64, &str, &str); 9] = [
+    (
+        1,
+        "event store",
+        include_str!("../migrations/0001_event_store.sql"),
+    ),
+    (
+        2,
+        "snapshots",
+        include_str!("../migrations/0002_snapshots.sql"),
+    ),
+    (
+        3,
+        "projections",
+        include_str!("../migrations/0003_projections.sql"),
+    ),
+    (4, "sagas", include_str!("../migrations/0004_sagas.sql")),
+    (
+        5,
+        "saga deadlines",
+        include_str!("../migrations/0005_saga_deadlines.sql"),
+    ),
+    (6, "edges", include_str!("../migrations/0006_edges.sql")),
+    (
+        7,
+        "validate checks",
+        include_str!("../migrations/0007_validate_checks.sql"),
+    ),
+    (
+        8,
+        "outbox leases",
+        include_str!("../migrations/0008_outbox_leases.sql"),
+    ),
+    (
+        9,
+        "coalesced wakeup",
+        include_str!("../migrations/0009_coalesced_wakeup.sql"),
+    ),
+];
+
+fn migrator() -> Migrator {
+    Migrator::with_migrations(
+        MIGRATIONS
+            .iter()
+            .map(|(version, description, sql)| {
+                Migration::new(
+                    *version,
+                    Cow::Borrowed(*description),
+                    MigrationType::Simple,
+                    sql.into_sql_str(),
+                    sql.starts_with("-- no-transaction"),
+                )
+            })
+            .collect(),
+    )
+}
 
 /// A validated PostgreSQL schema name: lowercase ASCII letters, digits and `_`, not starting
 /// with a digit, at most [`MAX_SCHEMA_NAME_LEN`] bytes.
@@ -131,7 +193,7 @@ async fn migrate_on(conn: &mut sqlx::PgConnection, schema: &SchemaName) -> Resul
         .bind(schema.quoted())
         .execute(&mut *conn)
         .await?;
-    let mut migrator = Migrator::with_migrations(MIGRATOR.iter().cloned().collect());
+    let mut migrator = migrator();
     // Our per-schema lock above already serialises migrators of this schema; sqlx's own lock is
     // per database and would serialise unrelated schemas too.
     migrator.set_locking(false);
@@ -146,6 +208,27 @@ async fn migrate_on(conn: &mut sqlx::PgConnection, schema: &SchemaName) -> Resul
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_migration_file_is_embedded_in_order() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/migrations");
+        let mut files: Vec<String> = std::fs::read_dir(dir)
+            .map(|entries| {
+                entries
+                    .filter_map(|e| e.ok()?.file_name().into_string().ok())
+                    .filter(|name| name.ends_with(".sql"))
+                    .collect()
+            })
+            .unwrap_or_default();
+        files.sort();
+        assert_eq!(files.len(), MIGRATIONS.len(), "{files:?}");
+        for (file, (version, _, sql)) in files.iter().zip(MIGRATIONS) {
+            let number: i64 = file[..4].parse().unwrap_or(-1);
+            assert_eq!(number, version, "{file}");
+            let text = std::fs::read_to_string(format!("{dir}/{file}")).unwrap_or_default();
+            assert_eq!(text, sql, "{file} is embedded as it is");
+        }
+    }
 
     #[test]
     fn schema_names_admit_only_plain_identifiers() {

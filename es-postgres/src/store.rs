@@ -549,6 +549,14 @@ impl PgEventStore {
     }
 }
 
+impl std::fmt::Debug for PgEventStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgEventStore")
+            .field("schema", &self.inner.schema)
+            .finish_non_exhaustive()
+    }
+}
+
 #[async_trait]
 impl EventStore for PgEventStore {
     async fn append(

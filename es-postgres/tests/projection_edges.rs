@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use common::*;
-use es_core::{EventStore, ExpectedVersion, Position, StoreError, StreamId};
+use es_core::{EventStore, ExpectedVersion, NewEvent, Position, StoreError, StreamId};
 use es_postgres::testing::TestDatabase;
 use es_postgres::{ErrorPolicy, OnFailure, ProjectionError};
 use sqlx::AssertSqlSafe;
@@ -500,5 +500,63 @@ async fn an_interrupted_rebuild_resumes_instead_of_starting_over() {
         total
     );
     assert_eq!(totals(&db, "resumed").await, expected);
+    db.drop().await;
+}
+
+/// Collects what is logged, for a test to read.
+#[derive(Clone, Default)]
+struct Logs(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Logs {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_type_renamed_without_an_upcaster_is_passed_over_with_a_warning() {
+    let logs = Logs::default();
+    let writer = logs.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let db = TestDatabase::new().await;
+    credits(&db, "ledger-n", &[1]).await;
+    // A later release renamed `Credited`; this projection's code still knows the old name.
+    let renamed = NewEvent::new(
+        "FundsCredited",
+        1,
+        serde_json::value::to_raw_value(&serde_json::json!({"cents": 5, "memo": ""})).unwrap(),
+    );
+    db.store
+        .append(
+            &StreamId::new("ledger-n").unwrap(),
+            ExpectedVersion::Any,
+            vec![renamed],
+        )
+        .await
+        .unwrap();
+    let runner = runner(&db, "renamed");
+    wait_until("both events are readable", async || {
+        runner.status().await.unwrap().lag_events == 2
+    })
+    .await;
+    runner.catch_up().await.unwrap();
+    assert_eq!(
+        totals(&db, "renamed").await,
+        vec![("ledger-n".into(), 1, 1)]
+    );
+    let logged = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+    assert!(
+        logged.contains("passing over events") && logged.contains("FundsCredited"),
+        "{logged}"
+    );
     db.drop().await;
 }

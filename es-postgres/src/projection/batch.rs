@@ -308,11 +308,21 @@ impl<P: PgProjection> ProjectionRunner<P> {
     /// the stream is this part's).
     pub(super) fn wants_raw(&self, stream: &str, event_type: &str) -> bool {
         let category = stream.split_once('-').map_or(stream, |(c, _)| c);
-        (current_version::<P::Event>(event_type).is_some() || self.upcasters.lifts(event_type))
-            && self.projection.wants_category(category)
-            && self.part.is_none_or(|(index, parts)| {
-                stream_hash(stream) % u64::from(parts) == u64::from(index)
-            })
+        let known =
+            current_version::<P::Event>(event_type).is_some() || self.upcasters.lifts(event_type);
+        if !self.projection.wants_category(category) {
+            return false;
+        }
+        if !known {
+            if !self.projection.ignores(event_type) {
+                self.unknown_types
+                    .passed_over(&self.key, category, event_type);
+            }
+            return false;
+        }
+        self.unknown_types.known(category);
+        self.part
+            .is_none_or(|(index, parts)| stream_hash(stream) % u64::from(parts) == u64::from(index))
     }
 
     /// Hands a stored row that does not read as an event (at `at`, the next after `from`) to
@@ -516,6 +526,45 @@ async fn caught(
                 .or_else(|| panic.downcast_ref::<String>().cloned())
                 .unwrap_or_else(|| "a panic without a message".to_owned());
             Err(format!("the projection panicked: {message}").into())
+        }
+    }
+}
+
+/// Notices event types passed over in categories where the projection does read other types:
+/// what a type renamed without an upcaster looks like. Warns once per type.
+#[derive(Default)]
+pub(super) struct TypeWatch {
+    seen: std::sync::Mutex<(
+        std::collections::HashSet<String>,
+        std::collections::HashSet<String>,
+    )>,
+}
+
+impl TypeWatch {
+    fn known(&self, category: &str) {
+        let mut seen = self
+            .seen
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if !seen.0.contains(category) {
+            seen.0.insert(category.to_owned());
+        }
+    }
+
+    fn passed_over(&self, projection: &str, category: &str, event_type: &str) {
+        let mut seen = self
+            .seen
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if seen.0.contains(category) && seen.1.insert(event_type.to_owned()) {
+            tracing::warn!(
+                projection,
+                category,
+                event_type,
+                "passing over events of a type this projection does not know and no upcaster \
+                 lifts, in a category it reads: if the type was renamed, add an upcaster; if the \
+                 projection does not need it, list it in PgProjection::ignores"
+            );
         }
     }
 }

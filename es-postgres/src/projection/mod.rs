@@ -43,6 +43,15 @@ pub trait PgProjection: Send + Sync + 'static {
         true
     }
 
+    /// Event types of the categories it reads that it deliberately does not take; none by
+    /// default. The runner passes over events whose type neither `Self::Event` knows nor an
+    /// upcaster lifts, and warns once per type it was not told to ignore: a renamed type
+    /// without an upcaster would otherwise vanish from the read model in silence.
+    fn ignores(&self, event_type: &str) -> bool {
+        let _ = event_type;
+        false
+    }
+
     /// The tables it writes, when it can be rebuilt blue/green
     /// ([`ProjectionRunner::rebuild_blue_green`]); `None` (the default) when it cannot.
     ///

@@ -230,6 +230,7 @@ impl<P: PgProjection> ProjectionRunner<P> {
             active: Arc::clone(&self.active),
             contact: Arc::clone(&self.contact),
             state: Arc::clone(&self.state),
+            unknown_types: Arc::clone(&self.unknown_types),
         }
     }
 

@@ -116,6 +116,8 @@ pub struct ProjectionRunner<P> {
     pub(super) active: Arc<AtomicBool>,
     pub(super) contact: Arc<Contact>,
     pub(super) state: Arc<Mutex<RunnerState>>,
+    /// Types of read categories passed over because nothing reads them, warned about once.
+    pub(super) unknown_types: Arc<super::batch::TypeWatch>,
 }
 
 impl<P: PgProjection> ProjectionRunner<P> {
@@ -140,6 +142,7 @@ impl<P: PgProjection> ProjectionRunner<P> {
             active: Arc::new(AtomicBool::new(false)),
             contact: Arc::new(Contact::new()),
             state: Arc::new(Mutex::new(RunnerState::Idle)),
+            unknown_types: Arc::default(),
         }
     }
 

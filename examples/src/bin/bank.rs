@@ -8,7 +8,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use es_admin::trace::trace;
+use es_core::trace::trace;
 use es_core::{
     CommandDispatcher, CommandError, EventStore, ExpectedVersion, InMemoryEventStore,
     InMemorySnapshotStore, NewEvent, Saga, SagaRunner, SnapshotStore, StreamId,
@@ -24,20 +24,22 @@ use tokio::sync::watch;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-/// The bank example, end to end.
-#[derive(clap::Parser)]
-#[command(name = "bank")]
-struct Cli {
-    /// The PostgreSQL schema to (re)create and use when DATABASE_URL is set.
-    #[arg(long, default_value = "bank_example")]
-    schema: String,
+/// The PostgreSQL schema to (re)create and use when `DATABASE_URL` is set: `bank_example`, or
+/// the one `--schema NAME` names.
+fn schema_argument() -> Result<String, BoxError> {
+    let mut args = std::env::args().skip(1);
+    match (args.next().as_deref(), args.next()) {
+        (None, _) => Ok("bank_example".to_owned()),
+        (Some("--schema"), Some(schema)) if args.next().is_none() => Ok(schema),
+        _ => Err("usage: bank [--schema NAME]".into()),
+    }
 }
 
 #[tokio::main]
 async fn main() -> Result<(), BoxError> {
     let started = Instant::now();
-    let cli = <Cli as clap::Parser>::parse();
-    let backend = Backend::open(&cli.schema).await?;
+    let schema = schema_argument()?;
+    let backend = Backend::open(&schema).await?;
     let bank = Bank::new(backend.store(), backend.snapshots());
     let workflows = Workflows::start(&backend, &bank);
 
@@ -241,7 +243,7 @@ async fn main() -> Result<(), BoxError> {
             other => format!("--schema {other} "),
         };
         println!(
-            "Try: cargo run -p es-examples --bin bank-admin -- {schema}trace {}",
+            "Try: cargo run -p es-examples --features admin --bin bank-admin -- {schema}trace {}",
             correlations[2]
         );
     }

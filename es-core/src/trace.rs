@@ -4,7 +4,7 @@
 use std::collections::{HashMap, HashSet};
 use std::fmt::Write as _;
 
-use es_core::{EventStore, RecordedEvent, StoreError};
+use crate::{EventStore, RecordedEvent, StoreError};
 use uuid::Uuid;
 
 /// The most events a trace shows.
@@ -54,7 +54,7 @@ pub fn render(events: &[RecordedEvent]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use es_core::{ExpectedVersion, InMemoryEventStore, NewEvent, StreamId};
+    use crate::{ExpectedVersion, InMemoryEventStore, NewEvent, StreamId};
     use std::sync::Arc;
 
     fn event(event_type: &str) -> NewEvent {
