@@ -24,7 +24,7 @@ use crate::DomainEvent;
 ///     const TYPES: &'static [EventType] = &[EventType { name: "Incremented", version: 1 }];
 ///     fn event_type(&self) -> &'static str { "Incremented" }
 ///     fn encode(&self) -> Result<Box<RawValue>, serde_json::Error> { es_core::encode_tagged(self) }
-///     fn decode(t: &str, p: &RawValue) -> Result<Self, DecodeError> { Ok(es_core::decode_tagged(t, p)?) }
+///     fn decode(t: &str, p: &str) -> Result<Self, DecodeError> { Ok(es_core::decode_tagged(t, p)?) }
 /// }
 ///
 /// #[derive(Debug, thiserror::Error)]

@@ -42,8 +42,47 @@ pub struct Envelope<P> {
     pub payload: P,
 }
 
-/// An event as a store returns it: the payload still raw JSON at its stored schema version.
-pub type RecordedEvent = Envelope<Box<RawValue>>;
+/// An event as a store returns it: the payload still JSON text at its stored schema version.
+pub type RecordedEvent = Envelope<Payload>;
+
+/// An event's payload as stored: JSON text, kept as the store returned it.
+///
+/// Not parsed when read: a store's column already holds JSON (PostgreSQL's `json` type checks
+/// it on the way in), and decoding into a typed event parses it once, where it is needed. Text
+/// that is not JSON (a hand-written row) fails that decoding with a [`DecodeError`] naming the
+/// event, never earlier.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Payload(Box<str>);
+
+impl Payload {
+    /// Payload text a store read back from where it keeps JSON.
+    pub fn from_stored(text: impl Into<Box<str>>) -> Self {
+        Self(text.into())
+    }
+
+    /// The JSON text.
+    pub fn get(&self) -> &str {
+        &self.0
+    }
+}
+
+impl From<Box<RawValue>> for Payload {
+    fn from(raw: Box<RawValue>) -> Self {
+        Self(Box::<str>::from(raw))
+    }
+}
+
+impl std::fmt::Debug for Payload {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::fmt::Display for Payload {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
 
 impl<P> Envelope<P> {
     /// Who this event is, for error messages and logs.
@@ -99,7 +138,7 @@ impl RecordedEvent {
     /// Decodes the payload into `E`, which must be at `E`'s current schema version (use the
     /// upcasters' decode to lift older events first).
     pub fn decode<E: DomainEvent>(self) -> Result<Envelope<E>, EventDecodeError> {
-        match E::decode(&self.event_type, &self.payload) {
+        match E::decode(&self.event_type, self.payload.get()) {
             Ok(event) => Ok(self.map(|_| event)),
             Err(source) => Err(EventDecodeError {
                 event: Box::new(self.event_ref()),

@@ -50,7 +50,7 @@
 //!         match self { Self::Deposited { .. } => "Deposited", Self::Withdrawn { .. } => "Withdrawn" }
 //!     }
 //!     fn encode(&self) -> Result<Box<RawValue>, serde_json::Error> { es_core::encode_tagged(self) }
-//!     fn decode(t: &str, p: &RawValue) -> Result<Self, DecodeError> { Ok(es_core::decode_tagged(t, p)?) }
+//!     fn decode(t: &str, p: &str) -> Result<Self, DecodeError> { Ok(es_core::decode_tagged(t, p)?) }
 //! }
 //!
 //! #[derive(Debug, thiserror::Error)]
@@ -113,7 +113,7 @@ pub use aggregate::Aggregate;
 /// Re-exported for implementing [`CommandDispatcher`] and stores: `#[es_core::async_trait]`.
 pub use async_trait::async_trait;
 pub use command::{CommandContext, CommandHandler, Executed, RetryPolicy, derived_event_id};
-pub use envelope::{Envelope, EventDecodeError, EventRef, RecordedEvent};
+pub use envelope::{Envelope, EventDecodeError, EventRef, Payload, RecordedEvent};
 pub use error::{BoxError, CommandError, StoreError};
 /// `#[derive(Aggregate)]` and `#[derive(DomainEvent)]` (feature `derive`): see `es-macros`.
 #[cfg(feature = "derive")]

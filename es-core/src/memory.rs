@@ -127,7 +127,7 @@ impl EventStore for InMemoryEventStore {
                 causation_id: event.causation_id,
                 metadata: event.metadata,
                 split_index: 0,
-                payload: event.payload,
+                payload: event.payload.into(),
             });
         }
         Ok(AppendResult {

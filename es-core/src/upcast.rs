@@ -301,7 +301,7 @@ impl Upcasters {
                 None => {
                     check_current::<E>(&item.event_type, item.schema_version)
                         .map_err(|e| fail(&recorded, e))?;
-                    let raw = serde_json::value::to_raw_value(&item.payload)
+                    let raw = serde_json::to_string(&item.payload)
                         .map_err(|e| fail(&recorded, DecodeError::Payload(e)))?;
                     let event =
                         E::decode(&item.event_type, &raw).map_err(|e| fail(&recorded, e))?;
@@ -327,7 +327,7 @@ impl Upcasters {
 /// Decodes a payload stored at its type's current version.
 fn decode_current<E: DomainEvent>(recorded: &RecordedEvent) -> Result<E, EventDecodeError> {
     check_current::<E>(&recorded.event_type, recorded.schema_version)
-        .and_then(|()| E::decode(&recorded.event_type, &recorded.payload))
+        .and_then(|()| E::decode(&recorded.event_type, recorded.payload.get()))
         .map_err(|source| EventDecodeError {
             event: Box::new(recorded.event_ref()),
             source,

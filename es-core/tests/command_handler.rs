@@ -60,7 +60,7 @@ impl DomainEvent for AccountEvent {
     fn encode(&self) -> Result<Box<RawValue>, serde_json::Error> {
         es_core::encode_tagged(self)
     }
-    fn decode(event_type: &str, payload: &RawValue) -> Result<Self, DecodeError> {
+    fn decode(event_type: &str, payload: &str) -> Result<Self, DecodeError> {
         if es_core::current_version::<Self>(event_type).is_none() {
             return Err(DecodeError::UnknownType(event_type.to_owned()));
         }

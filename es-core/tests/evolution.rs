@@ -164,10 +164,7 @@ impl es_core::DomainEvent for DebitsOnly {
     fn encode(&self) -> Result<Box<serde_json::value::RawValue>, serde_json::Error> {
         es_core::encode_tagged(self)
     }
-    fn decode(
-        event_type: &str,
-        payload: &serde_json::value::RawValue,
-    ) -> Result<Self, DecodeError> {
+    fn decode(event_type: &str, payload: &str) -> Result<Self, DecodeError> {
         if es_core::current_version::<Self>(event_type).is_none() {
             return Err(DecodeError::UnknownType(event_type.to_owned()));
         }

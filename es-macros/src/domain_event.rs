@@ -321,7 +321,7 @@ fn expand_enum(input: &DeriveInput, defs: &[EventDef]) -> TokenStream {
 
             fn decode(
                 event_type: &str,
-                payload: &::es_core::__private::serde_json::value::RawValue,
+                payload: &str,
             ) -> ::core::result::Result<Self, ::es_core::DecodeError> {
                 match event_type {
                     #(#decode_arms,)*
@@ -356,14 +356,14 @@ fn expand_struct(input: &DeriveInput, name: &str, version: u32) -> TokenStream {
 
             fn decode(
                 event_type: &str,
-                payload: &::es_core::__private::serde_json::value::RawValue,
+                payload: &str,
             ) -> ::core::result::Result<Self, ::es_core::DecodeError> {
                 if event_type != #name {
                     return ::core::result::Result::Err(
                         ::es_core::DecodeError::UnknownType(event_type.to_owned()),
                     );
                 }
-                ::es_core::__private::serde_json::from_str(payload.get()).map_err(::es_core::DecodeError::Payload)
+                ::es_core::__private::serde_json::from_str(payload).map_err(::es_core::DecodeError::Payload)
             }
         }
     }

@@ -24,7 +24,7 @@
 //! assert_eq!(event.schema_version(), 2);
 //! let payload = event.encode().unwrap();
 //! assert_eq!(payload.get(), r#"{"amount":5,"currency":"EUR"}"#);
-//! assert_eq!(AccountEvent::decode("FundsDeposited", &payload).unwrap(), event);
+//! assert_eq!(AccountEvent::decode("FundsDeposited", payload.get()).unwrap(), event);
 //! assert_eq!(AccountEvent::TYPES.len(), 3);
 //! ```
 

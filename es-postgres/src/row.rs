@@ -1,7 +1,6 @@
 //! Turning `events` rows into envelopes, refusing malformed ones with errors that name them.
 
-use es_core::{Metadata, Position, RecordedEvent, StoreError, StreamId};
-use serde_json::value::RawValue;
+use es_core::{Metadata, Payload, Position, RecordedEvent, StoreError, StreamId};
 use sqlx::Row;
 use sqlx::postgres::PgRow;
 
@@ -62,8 +61,8 @@ pub(crate) fn decode_event(row: &PgRow) -> Result<RecordedEvent, StoreError> {
 
     let metadata = Metadata::from_stored_json(metadata_text)
         .map_err(|e| cx.malformed("metadata", e.to_string()))?;
-    let payload = RawValue::from_string(payload_text)
-        .map_err(|e| cx.malformed("payload", format!("not JSON: {e}")))?;
+    // JSON by the column's type: decoding parses it once, later, where it is needed.
+    let payload = Payload::from_stored(payload_text);
 
     Ok(RecordedEvent {
         event_id,

@@ -126,7 +126,7 @@ impl DomainEvent for DoorEvent {
     fn encode(&self) -> Result<Box<RawValue>, serde_json::Error> {
         es_core::encode_tagged(self)
     }
-    fn decode(event_type: &str, payload: &RawValue) -> Result<Self, DecodeError> {
+    fn decode(event_type: &str, payload: &str) -> Result<Self, DecodeError> {
         match event_type {
             "Opened" => Ok(es_core::decode_tagged(event_type, payload)?),
             other => Err(DecodeError::UnknownType(other.to_owned())),

@@ -79,10 +79,7 @@ impl crate::DomainEvent for LedgerEvent {
     fn encode(&self) -> Result<Box<serde_json::value::RawValue>, serde_json::Error> {
         crate::encode_tagged(self)
     }
-    fn decode(
-        event_type: &str,
-        payload: &serde_json::value::RawValue,
-    ) -> Result<Self, crate::DecodeError> {
+    fn decode(event_type: &str, payload: &str) -> Result<Self, crate::DecodeError> {
         if crate::current_version::<Self>(event_type).is_none() {
             return Err(crate::DecodeError::UnknownType(event_type.to_owned()));
         }

@@ -16,7 +16,7 @@ use crate::Aggregate;
 /// #     const TYPES: &'static [EventType] = &[EventType { name: "On", version: 1 }, EventType { name: "Off", version: 1 }];
 /// #     fn event_type(&self) -> &'static str { match self { Switched::On => "On", Switched::Off => "Off" } }
 /// #     fn encode(&self) -> Result<Box<RawValue>, serde_json::Error> { es_core::encode_tagged(self) }
-/// #     fn decode(t: &str, p: &RawValue) -> Result<Self, DecodeError> { Ok(es_core::decode_tagged(t, p)?) }
+/// #     fn decode(t: &str, p: &str) -> Result<Self, DecodeError> { Ok(es_core::decode_tagged(t, p)?) }
 /// # }
 /// # #[derive(Debug, PartialEq, thiserror::Error)] #[error("already on")] struct AlreadyOn;
 /// # impl Aggregate for Light {

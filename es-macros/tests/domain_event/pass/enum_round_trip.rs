@@ -22,11 +22,11 @@ fn main() {
         assert_eq!(event.event_type(), name);
         assert_eq!(event.schema_version(), version);
         let payload = event.encode().unwrap();
-        assert_eq!(Event::decode(name, &payload).unwrap(), event);
+        assert_eq!(Event::decode(name, payload.get()).unwrap(), event);
     }
     let payload = serde_json::value::to_raw_value(&5).unwrap();
     assert!(matches!(
-        Event::decode("Deposited", &payload),
+        Event::decode("Deposited", payload.get()),
         Err(es_core::DecodeError::UnknownType(_))
     ));
 }

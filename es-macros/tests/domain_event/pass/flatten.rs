@@ -62,11 +62,11 @@ fn main() {
         assert_eq!(event.schema_version(), version);
         let payload = event.encode().unwrap();
         assert_eq!(payload.get(), json, "the payload is the inner event's own");
-        assert_eq!(Flow::decode(name, &payload).unwrap(), event);
+        assert_eq!(Flow::decode(name, payload.get()).unwrap(), event);
     }
     let payload = serde_json::value::to_raw_value(&5).unwrap();
     assert!(matches!(
-        Flow::decode("Closed", &payload),
+        Flow::decode("Closed", payload.get()),
         Err(es_core::DecodeError::UnknownType(_))
     ));
 
@@ -78,7 +78,7 @@ fn main() {
     assert_eq!(Flattened::TYPES.len(), 2);
     let payload = Flattened::Account(AccountEvent::Deposited { cents: 3 }).encode().unwrap();
     assert_eq!(
-        Flattened::decode("Deposited", &payload).unwrap(),
+        Flattened::decode("Deposited", payload.get()).unwrap(),
         Flattened::Account(AccountEvent::Deposited { cents: 3 })
     );
 }

@@ -14,5 +14,5 @@ fn main() {
     assert_eq!(event.schema_version(), 2);
     let payload = event.encode().unwrap();
     assert_eq!(payload.get(), r#"{"e-mail":"a@b.c"}"#);
-    assert_eq!(UserRegistered::decode("user.registered", &payload).unwrap(), event);
+    assert_eq!(UserRegistered::decode("user.registered", payload.get()).unwrap(), event);
 }
