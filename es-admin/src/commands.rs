@@ -1,5 +1,6 @@
 //! The subcommands, and what each does.
 
+use std::io::Write as _;
 use std::process::ExitCode;
 
 use es_core::EventStore;
@@ -123,7 +124,8 @@ impl Admin {
         match self.execute(command, &mut out).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(error) => {
-                eprintln!("{}", error.report());
+                // Not eprintln!, which panics when stderr is closed (`2>&1 | head`).
+                let _ = writeln!(std::io::stderr(), "{}", error.report());
                 ExitCode::from(error.exit_code())
             }
         }
@@ -132,13 +134,11 @@ impl Admin {
     /// Runs `command`, writing to `out`.
     pub async fn execute(&self, command: AdminCommand, out: &mut Out) -> Result<(), AdminError> {
         if matches!(command, AdminCommand::Run) {
-            // Running is what the service does: it creates the schema when it is new.
+            // Running is what the service does: it creates or migrates the schema.
             self.store.migrate().await?;
-        } else if !self.store.exists().await? {
-            return Err(es_postgres::PgError::NoSuchSchema {
-                schema: self.store.schema().to_string(),
-            }
-            .into());
+            self.check_pool()?;
+        } else {
+            self.check_schema().await?;
         }
         match command {
             AdminCommand::Status => status::print(self, out).await,
@@ -202,6 +202,56 @@ impl Admin {
         }
     }
 
+    /// The store must exist and be migrated by this release: other commands change nothing
+    /// about the schema, and a schema an older or newer release migrated would fail halfway.
+    async fn check_schema(&self) -> Result<(), AdminError> {
+        let schema = self.store.schema().to_string();
+        match self.store.migration_state().await? {
+            es_postgres::MigrationState::Missing => {
+                Err(es_postgres::PgError::NoSuchSchema { schema }.into())
+            }
+            es_postgres::MigrationState::Behind { applied, required } => {
+                Err(es_postgres::PgError::MigrationMismatch {
+                    schema,
+                    applied,
+                    known: required,
+                    advice: "start the service (or `run`) once to migrate it",
+                }
+                .into())
+            }
+            es_postgres::MigrationState::Ahead { applied, known } => {
+                Err(es_postgres::PgError::MigrationMismatch {
+                    schema,
+                    applied,
+                    known,
+                    advice: "use the admin binary of the release that migrated it",
+                }
+                .into())
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Every registered runner shares the store's pool: refuse at once when what they may
+    /// use together exceeds it, rather than stall on its acquire timeout.
+    fn check_pool(&self) -> Result<(), AdminError> {
+        let size = self.store.pool().options().get_max_connections();
+        let wanted: u32 = self
+            .projections
+            .iter()
+            .map(|p| p.pool_demand())
+            .sum::<u32>()
+            + self.sagas.iter().map(|s| s.pool_demand()).sum::<u32>();
+        if wanted > size {
+            return Err(AdminError::Config(format!(
+                "the registered projections and sagas may use {wanted} pool connections at once \
+                 (a read each, and each saga's dispatcher and the commands it runs), but the \
+                 pool allows {size}: raise --pool-size, or lower the sagas' dispatch concurrency"
+            )));
+        }
+        Ok(())
+    }
+
     async fn rebuild(
         &self,
         name: &str,
@@ -240,21 +290,16 @@ impl Admin {
                     }
                 ))
             }
+            Ok(None) if how == Rebuild::BlueGreen => {
+                let by = describe(projection.build_holder().await?);
+                Err(AdminError::Busy(format!(
+                    "the next version of {name} is being built by {by} already: wait for it, or \
+                     stop it first"
+                )))
+            }
             Ok(None) => {
                 let holder = projection.holder().await?;
-                let by = holder.map_or_else(
-                    || "another process".to_owned(),
-                    |h| {
-                        format!(
-                            "process {} ({}{})",
-                            h.pid,
-                            h.application_name,
-                            h.client_addr
-                                .map(|a| format!(" from {a}"))
-                                .unwrap_or_default()
-                        )
-                    },
-                );
+                let by = describe(holder);
                 Err(AdminError::Busy(format!(
                     "{name} is running in {by}: a rebuild in place needs it stopped. Stop it, or \
                      rebuild with --blue-green, which builds beside it and swaps"
@@ -264,7 +309,8 @@ impl Admin {
                 let status = projection.status().await.ok();
                 let state = match (how, status) {
                     (Rebuild::BlueGreen, _) => {
-                        "The live read model is untouched; the next version was not swapped in."
+                        "The live read model is untouched; the next version was not swapped in, \
+                         and the next --blue-green rebuild builds it from the start."
                             .to_owned()
                     }
                     (_, Some(status)) => format!(
@@ -333,6 +379,23 @@ impl Admin {
             }
         }
     }
+}
+
+/// Who holds a lock, for a sentence.
+fn describe(holder: Option<es_postgres::LockHolder>) -> String {
+    holder.map_or_else(
+        || "another process".to_owned(),
+        |h| {
+            format!(
+                "process {} ({}{})",
+                h.pid,
+                h.application_name,
+                h.client_addr
+                    .map(|a| format!(" from {a}"))
+                    .unwrap_or_default()
+            )
+        },
+    )
 }
 
 fn missing(asked: usize, done: u64) -> String {

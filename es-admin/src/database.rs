@@ -19,6 +19,9 @@ pub struct Database {
     /// The event store's schema.
     #[arg(long, default_value = "es")]
     pub schema: String,
+    /// Connections in the pool the commands (and `run`'s runners) share.
+    #[arg(long, default_value_t = 16)]
+    pub pool_size: u32,
 }
 
 impl Database {
@@ -26,7 +29,7 @@ impl Database {
     /// reached) but not migrated: nothing is created.
     pub async fn connect(&self) -> Result<PgEventStore, AdminError> {
         let schema = SchemaName::new(self.schema.clone())?;
-        let pool = es_postgres::connect_pool(&self.database_url, 8).await?;
+        let pool = es_postgres::connect_pool(&self.database_url, self.pool_size).await?;
         Ok(PgEventStore::in_schema(pool, schema))
     }
 

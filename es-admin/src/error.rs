@@ -28,6 +28,9 @@ pub enum AdminError {
     /// Another process holds what the command needs.
     #[error("{0}")]
     Busy(String),
+    /// The registered parts do not fit how the CLI was started.
+    #[error("{0}")]
+    Config(String),
     /// A runner's task ended abnormally (it panicked).
     #[error("{0}")]
     Runner(String),

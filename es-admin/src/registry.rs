@@ -31,6 +31,11 @@ pub(crate) trait ManagedProjection: Send + Sync {
     async fn status(&self) -> Result<ProjectionStatus, ProjectionError>;
     async fn holder(&self) -> Result<Option<LockHolder>, ProjectionError>;
     fn can_blue_green(&self) -> bool;
+    async fn build_holder(&self) -> Result<Option<LockHolder>, ProjectionError>;
+    /// Pool connections it may use at once while running.
+    fn pool_demand(&self) -> u32 {
+        1
+    }
     /// `Ok(None)`: another instance holds the projection.
     async fn rebuild(
         &self,
@@ -66,6 +71,9 @@ impl<P: PgProjection> ManagedProjection for Projection<P> {
     fn can_blue_green(&self) -> bool {
         self.next.is_some()
     }
+    async fn build_holder(&self) -> Result<Option<LockHolder>, ProjectionError> {
+        self.runner.blue_green_holder().await
+    }
     async fn rebuild(
         &self,
         how: Rebuild,
@@ -83,9 +91,8 @@ impl<P: PgProjection> ManagedProjection for Projection<P> {
                     });
                 };
                 self.runner
-                    .rebuild_blue_green(build(schema), policy, progress)
+                    .try_rebuild_blue_green(build(schema), policy, progress)
                     .await
-                    .map(Some)
             }
         }
     }
@@ -121,12 +128,17 @@ pub(crate) trait ManagedSaga: Send + Sync {
     async fn retry(&self, ids: &[Uuid]) -> Result<u64, ProjectionError>;
     async fn discard(&self, ids: &[Uuid]) -> Result<u64, ProjectionError>;
     async fn run(&self, stop: watch::Receiver<bool>) -> Result<(), ProjectionError>;
+    /// Pool connections it may use at once while running.
+    fn pool_demand(&self) -> u32;
 }
 
 #[async_trait]
 impl<S: Saga, D: CommandDispatcher<S::Command> + 'static> ManagedSaga for PgSagaRunner<S, D> {
     fn name(&self) -> &str {
         self.feed().key()
+    }
+    fn pool_demand(&self) -> u32 {
+        PgSagaRunner::pool_demand(self)
     }
     async fn status(&self) -> Result<SagaStatus, ProjectionError> {
         Ok(SagaStatus {

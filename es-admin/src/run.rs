@@ -50,7 +50,8 @@ pub(crate) async fn run(admin: &Admin, out: &mut Out) -> Result<(), AdminError> 
     let _ = stop.send(true);
     let forced = tokio::spawn(async {
         if tokio::signal::ctrl_c().await.is_ok() {
-            eprintln!("stopping at once");
+            use std::io::Write as _;
+            let _ = writeln!(std::io::stderr(), "stopping at once");
             std::process::exit(130);
         }
     });

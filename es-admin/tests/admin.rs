@@ -137,6 +137,7 @@ fn database(schema: &str) -> Database {
     Database {
         database_url: database_url(),
         schema: schema.to_owned(),
+        pool_size: 8,
     }
 }
 
@@ -357,6 +358,7 @@ fn database_at(url: &str) -> Database {
     Database {
         database_url: url.to_owned(),
         schema: "es".to_owned(),
+        pool_size: 8,
     }
 }
 

@@ -14,6 +14,9 @@ ALTER TABLE saga_outbox
 -- command is ready; when it is done (or dead-lettered) the next one becomes ready. The
 -- dispatcher claims among ready commands only, so its scan never walks an instance's backlog.
 ALTER TABLE saga_outbox ADD COLUMN ready boolean NOT NULL DEFAULT true;
+-- Commands already waiting: only each instance's oldest is ready.
+UPDATE saga_outbox o SET ready = (o.seq = (SELECT min(e.seq) FROM saga_outbox e
+    WHERE e.saga = o.saga AND e.instance = o.instance));
 CREATE INDEX saga_outbox_instance ON saga_outbox (saga, instance, seq) WHERE dead_at IS NULL;
 CREATE INDEX saga_outbox_ready ON saga_outbox (saga, seq) WHERE ready AND dead_at IS NULL;
 

@@ -43,6 +43,21 @@ pub enum PgError {
         /// The schema.
         schema: String,
     },
+    /// The store's schema was migrated by another release than this one.
+    #[error(
+        "the store in schema {schema} is at migration {applied}, this release has {known}: \
+         {advice}"
+    )]
+    MigrationMismatch {
+        /// The schema.
+        schema: String,
+        /// The last migration applied there.
+        applied: i64,
+        /// The last one this release has.
+        known: i64,
+        /// What to do.
+        advice: &'static str,
+    },
     /// Applying the migrations failed.
     #[error("migrating the event store schema failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
@@ -74,6 +89,16 @@ pub(crate) fn store_error(err: sqlx::Error) -> StoreError {
     StoreError::Backend {
         source: Box::new(err),
         transient,
+    }
+}
+
+/// Error text as PostgreSQL can store it in a `text` column: a NUL character (which text cannot
+/// hold, and which would make the statement recording the error fail) is written `\0`.
+pub(crate) fn storable(text: &str) -> std::borrow::Cow<'_, str> {
+    if text.contains('\0') {
+        std::borrow::Cow::Owned(text.replace('\0', "\\0"))
+    } else {
+        std::borrow::Cow::Borrowed(text)
     }
 }
 

@@ -71,7 +71,7 @@ pub use projection::{
     ProjectionRunner, ProjectionStatus, ReadModel, ReplayReport, RunnerState,
 };
 pub use saga::{DeadLetter, DeadlineStatus, OutboxStatus, PgSagaRunner, SagaProjection};
-pub use schema::{MAX_SCHEMA_NAME_LEN, SchemaName};
+pub use schema::{MAX_SCHEMA_NAME_LEN, MigrationState, SchemaName};
 pub use snapshot::PgSnapshotStore;
 /// The driver, re-exported: read models write through `sqlx::PgConnection` with the version the
 /// store uses.

@@ -166,6 +166,66 @@ impl fmt::Display for SchemaName {
     }
 }
 
+/// Where a store's schema stands against this release's migrations.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum MigrationState {
+    /// No store in that schema: nothing was ever written there.
+    Missing,
+    /// Migrated up to `applied`; this release needs `required` (run `migrate`).
+    Behind {
+        /// The last migration applied.
+        applied: i64,
+        /// The last one this release has.
+        required: i64,
+    },
+    /// Migrated by this release.
+    Current,
+    /// Migrated by a newer release than this one (up to `applied`; this one knows `known`).
+    Ahead {
+        /// The last migration applied.
+        applied: i64,
+        /// The last one this release has.
+        known: i64,
+    },
+}
+
+/// Where `schema` stands, without changing anything.
+pub(crate) async fn migration_state(
+    pool: &PgPool,
+    schema: &SchemaName,
+) -> Result<MigrationState, PgError> {
+    let table: Option<String> = sqlx::query_scalar(
+        "SELECT table_name::text FROM information_schema.tables \
+         WHERE table_schema = $1 AND table_name = '_sqlx_migrations'",
+    )
+    .bind(schema.as_str())
+    .fetch_optional(pool)
+    .await?;
+    if table.is_none() {
+        return Ok(MigrationState::Missing);
+    }
+    let applied: Option<i64> = sqlx::query_scalar(AssertSqlSafe(format!(
+        "SELECT max(version) FROM {}._sqlx_migrations WHERE success",
+        schema.quoted()
+    )))
+    .fetch_one(pool)
+    .await?;
+    let latest = MIGRATIONS[MIGRATIONS.len() - 1].0;
+    Ok(match applied {
+        None => MigrationState::Missing,
+        Some(applied) if applied < latest => MigrationState::Behind {
+            applied,
+            required: latest,
+        },
+        Some(applied) if applied > latest => MigrationState::Ahead {
+            applied,
+            known: latest,
+        },
+        Some(_) => MigrationState::Current,
+    })
+}
+
 /// Creates the schema if needed and applies every migration not yet applied. Idempotent, and
 /// safe to call from several processes at once: they serialise on an advisory lock per schema.
 ///
@@ -208,6 +268,42 @@ async fn migrate_on(conn: &mut sqlx::PgConnection, schema: &SchemaName) -> Resul
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The checksum of every released migration. sqlx refuses to migrate a database whose
+    /// applied migration's text changed since: a released migration is never edited, its
+    /// changes go into a new one. Add the new one's checksum here.
+    const RELEASED: [&str; 9] = [
+        "4e40d51ec5368ec567a44341d900df3f32fe782227ebea8f8c8899a2b806cb9ecfe9ab7bc0ca6cff281b0b8775c24129",
+        "60adec5713da08d6253034feb72eb74713d2bc8147d320aecc8a9faf227f7e70396a7a3864f4ed024f5190aa2aa826a9",
+        "c0f0ce96c82c4c8af2d930b66ceebaac30fb52a0026d7046443113514a9353978fafbe79df3ee0fd2c5e29e976299d22",
+        "4a34bf6add919e1ebc96de0db84c6fdf21050ab2d189505c2f8aa96cafdf156dd2601d66c3dc78f2d966c9ecb398115c",
+        "7caf0e78dd8c010cc199e2b2c5fd63ab32a9e6e9e5746171528787645775f45d815747fa9f7b3c874cb3824a6139c0d3",
+        "13cc98260cd97042e24ff0265a54a446438ee71201d7df0c4c8c91b7141d3ec8044f5b1c2d6fa076b9735430f9cdc601",
+        "34b94af66b0ae2b1e00d040ad419e6032889f54cdbdd802bee4c7f8bc83247da97061c9cacb9c6dcf273fe650f272fb0",
+        "919b39dae4ed155cabbebc87918155f2d2d37c98a80939c3f780797144ad10704296dc4fa9c5c1085463eba832483444",
+        "f0ee7fb2e108215ec452f23f24ab759ce0f53d9bc694f4fa59c86762cb51c490a79b62c1529fed10d81c6c4e33b38220",
+    ];
+
+    #[test]
+    fn released_migrations_never_change() {
+        let checksums: Vec<String> = migrator()
+            .iter()
+            .map(|m| m.checksum.iter().map(|b| format!("{b:02x}")).collect())
+            .collect();
+        assert_eq!(
+            checksums.len(),
+            RELEASED.len(),
+            "a new migration needs its checksum pinned"
+        );
+        for ((version, ..), (found, pinned)) in
+            MIGRATIONS.iter().zip(checksums.iter().zip(RELEASED))
+        {
+            assert_eq!(
+                found, pinned,
+                "migration {version} was edited after its release"
+            );
+        }
+    }
 
     #[test]
     fn every_migration_file_is_embedded_in_order() {

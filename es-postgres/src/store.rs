@@ -305,16 +305,15 @@ impl PgEventStore {
         Ok(store)
     }
 
-    /// Whether the store's schema exists: read-only tools check it instead of migrating, so
-    /// that they never create a schema.
+    /// Where the store's schema stands against this release's migrations, changing nothing:
+    /// what read-only tools check instead of migrating, so that they never create a schema.
+    pub async fn migration_state(&self) -> Result<crate::MigrationState, PgError> {
+        schema::migration_state(&self.inner.pool, &self.inner.schema).await
+    }
+
+    /// Whether the store's schema exists (has been migrated at least once).
     pub async fn exists(&self) -> Result<bool, PgError> {
-        let found: Option<i32> = sqlx::query_scalar(
-            "SELECT 1 FROM information_schema.tables WHERE table_schema = $1 AND table_name = 'events'",
-        )
-        .bind(self.inner.schema.as_str())
-        .fetch_optional(&self.inner.pool)
-        .await?;
-        Ok(found.is_some())
+        Ok(self.migration_state().await? != crate::MigrationState::Missing)
     }
 
     /// Creates the schema and applies pending migrations. Idempotent; safe to run from several

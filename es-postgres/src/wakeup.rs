@@ -39,12 +39,14 @@ impl Wakeup {
     /// atomic store) after the first call, which starts the sending task when a tokio runtime
     /// is there to run it (without one, followers find the events by polling).
     pub(crate) fn signal(self: &Arc<Self>, pool: &PgPool) {
-        self.pending.store(true, Ordering::Release);
-        if self.running.load(Ordering::Acquire) || self.running.swap(true, Ordering::AcqRel) {
+        // SeqCst on both flags, here and in the task: the task's "stop when nothing is
+        // pending" and this "start unless running" must not both read the other's old value.
+        self.pending.store(true, Ordering::SeqCst);
+        if self.running.load(Ordering::SeqCst) || self.running.swap(true, Ordering::SeqCst) {
             return;
         }
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            self.running.store(false, Ordering::Release);
+            self.running.store(false, Ordering::SeqCst);
             return;
         };
         let wakeup = Arc::downgrade(self);
@@ -52,16 +54,36 @@ impl Wakeup {
     }
 }
 
+/// Marks the task stopped however it ends, its runtime shutting down included: a later append
+/// starts a new one.
+struct Running {
+    wakeup: Weak<Wakeup>,
+    /// Off once the task cleared the flag itself (a new task may own it by then).
+    armed: bool,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(wakeup) = self.wakeup.upgrade().filter(|_| self.armed) {
+            wakeup.running.store(false, Ordering::SeqCst);
+        }
+    }
+}
+
 /// Sends one notification per interval in which appends were announced; ends when the store
 /// is dropped, or after an idle minute (the next append starts it again).
 async fn send_while_alive(wakeup: Weak<Wakeup>, pool: PgPool) {
+    let mut running = Running {
+        wakeup: wakeup.clone(),
+        armed: true,
+    };
     let mut idle = Duration::ZERO;
     loop {
         let Some(this) = wakeup.upgrade() else {
             return;
         };
         let interval = this.interval;
-        if this.pending.swap(false, Ordering::AcqRel) {
+        if this.pending.swap(false, Ordering::SeqCst) {
             idle = Duration::ZERO;
             let sent = sqlx::query("SELECT pg_notify($1, '')")
                 .bind(&this.channel)
@@ -73,14 +95,14 @@ async fn send_while_alive(wakeup: Weak<Wakeup>, pool: PgPool) {
         } else {
             idle += interval;
             if idle >= Duration::from_secs(60) {
-                this.running.store(false, Ordering::Release);
-                // An append that raced with the stop restarts the task itself; one that
-                // raised the flag just before is sent by a new task.
-                if this.pending.load(Ordering::Acquire)
-                    && !this.running.swap(true, Ordering::AcqRel)
+                this.running.store(false, Ordering::SeqCst);
+                // An append that raised the flag after the check above but saw the task still
+                // running started none: go on for it, unless another task took over.
+                if this.pending.load(Ordering::SeqCst) && !this.running.swap(true, Ordering::SeqCst)
                 {
                     idle = Duration::ZERO;
                 } else {
+                    running.armed = false;
                     return;
                 }
             }

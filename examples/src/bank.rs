@@ -59,9 +59,12 @@ impl Bank {
         PgSagaRunner<TransferSaga, Bank>,
         PgSagaRunner<WelcomeBonus, Bank>,
     ) {
+        // Four commands at once each: with three projections, what bank-admin's pool of 16
+        // holds (see PgSagaRunner::pool_demand).
         (
-            PgSagaRunner::new(store.clone(), TransferSaga, self.clone()),
-            PgSagaRunner::new(store.clone(), WelcomeBonus::default(), self.clone()),
+            PgSagaRunner::new(store.clone(), TransferSaga, self.clone()).dispatch_concurrency(4),
+            PgSagaRunner::new(store.clone(), WelcomeBonus::default(), self.clone())
+                .dispatch_concurrency(4),
         )
     }
 

@@ -413,7 +413,7 @@ impl<P: PgProjection> ProjectionRunner<P> {
             .bind(sequence)
             .bind(stream)
             .bind(event_type)
-            .bind(error)
+            .bind(crate::error::storable(error).as_ref())
             .bind(i32::try_from(attempts).unwrap_or(i32::MAX))
             .execute(&mut *conn)
             .await

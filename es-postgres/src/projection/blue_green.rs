@@ -2,6 +2,8 @@
 //! swapped in by one transaction, so readers see the old version or the new, never a half-built
 //! one.
 
+use std::sync::Arc;
+
 use es_core::Position;
 use sqlx::{AssertSqlSafe, Executor};
 
@@ -35,9 +37,39 @@ impl<P: PgProjection> ProjectionRunner<P> {
         policy: ErrorPolicy,
         mut progress: impl FnMut(Progress) + Send,
     ) -> Result<u64, ProjectionError> {
+        self.blue_green(next, policy, &mut progress, true)
+            .await
+            .map(|read| read.unwrap_or(0))
+    }
+
+    /// As [`rebuild_blue_green`](Self::rebuild_blue_green), but `Ok(None)` at once when
+    /// another process is building the next version already.
+    pub async fn try_rebuild_blue_green(
+        &self,
+        next: P,
+        policy: ErrorPolicy,
+        mut progress: impl FnMut(Progress) + Send,
+    ) -> Result<Option<u64>, ProjectionError> {
+        self.blue_green(next, policy, &mut progress, false).await
+    }
+
+    async fn blue_green(
+        &self,
+        next: P,
+        policy: ErrorPolicy,
+        progress: &mut (dyn FnMut(Progress) + Send),
+        wait: bool,
+    ) -> Result<Option<u64>, ProjectionError> {
         let (live_model, next_model) = self.blue_green_models(&next)?;
         let builder = self.builder(next);
-        let mut lock = builder.acquire_lock().await?;
+        let mut lock = if wait {
+            builder.acquire_lock().await?
+        } else {
+            match builder.try_acquire_locks(builder.checkpoint_keys()).await? {
+                Some(lock) => lock,
+                None => return Ok(None),
+            }
+        };
         let result = async {
             builder.start_build(&mut lock, &next_model).await?;
             let mut reached = Position::START;
@@ -50,11 +82,21 @@ impl<P: PgProjection> ProjectionRunner<P> {
             self.whole()
                 .swap(&builder, &mut lock, reached, &live_model, &next_model)
                 .await?;
-            Ok(events)
+            Ok(Some(events))
         }
         .await;
         builder.release(lock).await;
         result
+    }
+
+    /// The holder of the next version's build, when one is being built.
+    pub async fn blue_green_holder(&self) -> Result<Option<super::LockHolder>, ProjectionError> {
+        let mut builder = self.derived(
+            format!("{}~next", self.projection.name()),
+            Arc::clone(&self.projection),
+        );
+        builder.part = None;
+        builder.holder().await
     }
 
     fn blue_green_models(&self, next: &P) -> Result<(ReadModel, ReadModel), ProjectionError> {

@@ -477,6 +477,11 @@ impl<P: PgProjection> ProjectionRunner<P> {
         }
     }
 
+    /// Whether a rebuild reset the read model and has not caught up yet.
+    pub(crate) async fn rebuild_unfinished(&self) -> Result<bool, ProjectionError> {
+        Ok(self.load_checkpoint().await?.1)
+    }
+
     /// The checkpoint (and whether a rebuild is unfinished), from the pool.
     pub(super) async fn load_checkpoint(&self) -> Result<(Position, bool), ProjectionError> {
         let row: Option<(i64, i64, bool)> =

@@ -42,8 +42,18 @@ impl<S: Saga, D: CommandDispatcher<S::Command>> PgSagaRunner<S, D> {
     /// fires once. A deadline whose reaction fails (its state does not deserialize, say) is
     /// recorded with its error and tried again later, waiting longer each time; the others
     /// fire meanwhile. Returns how many fired.
+    ///
+    /// While the saga's feed is being rebuilt, nothing fires: deadlines derived from a state
+    /// that has not yet seen its later events may be ones history cancelled.
     pub async fn fire_deadlines_due_by(&self, at: DateTime<Utc>) -> Result<u64, ProjectionError> {
         const PAGE: i64 = 100;
+        if self.runner.rebuild_unfinished().await? {
+            tracing::debug!(
+                saga = self.name(),
+                "the feed is being rebuilt: deadlines wait"
+            );
+            return Ok(0);
+        }
         let projection = self.runner.projection();
         let mut fired = 0;
         let mut after = (String::new(), String::new());
@@ -95,7 +105,7 @@ impl<S: Saga, D: CommandDispatcher<S::Command>> PgSagaRunner<S, D> {
                 .bind(self.name())
                 .bind(instance)
                 .bind(name)
-                .bind(error)
+                .bind(crate::error::storable(error).as_ref())
                 .fetch_optional(self.store.pool())
                 .await
                 .map_err(|e| self.error(e))?;

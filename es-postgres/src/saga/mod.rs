@@ -22,7 +22,6 @@ pub use outbox::{DeadLetter, OutboxStatus};
 
 use crate::PgEventStore;
 use crate::error::Transient;
-use crate::projection::supervise::Backoff;
 use crate::projection::{ProjectionError, ProjectionRunner};
 use sql::Statements;
 
@@ -154,7 +153,15 @@ impl<S: Saga, D: CommandDispatcher<S::Command>> PgSagaRunner<S, D> {
             let _ = stop.send(true);
             result
         };
-        let dispatch = self.dispatch_until(stopped.clone());
+        let dispatch = async {
+            let result = self.dispatch_until(stopped.clone()).await;
+            if result.is_err() {
+                // A dispatcher that stopped for good ends the feed too: commands would pile up
+                // with nothing to run them.
+                let _ = stop.send(true);
+            }
+            result
+        };
         let work = async { tokio::join!(feed, dispatch) };
         tokio::pin!(work, shutdown);
         let (fed, dispatched) = tokio::select! {
@@ -167,47 +174,12 @@ impl<S: Saga, D: CommandDispatcher<S::Command>> PgSagaRunner<S, D> {
         fed.and(dispatched)
     }
 
-    /// The dispatch loop: fires due deadlines and runs claimed commands, round after round;
-    /// between rounds it waits for more work, backs off after database faults, and checks for
-    /// the stop (a round in flight finishes first: commands are not cancelled halfway).
-    async fn dispatch_until(
-        &self,
-        mut stopped: tokio::sync::watch::Receiver<bool>,
-    ) -> Result<(), ProjectionError> {
-        let mut backoff = Backoff::new();
-        loop {
-            if *stopped.borrow() {
-                return Ok(());
-            }
-            let round = async {
-                let fired = self.fire_due_deadlines().await?;
-                let ran = self.dispatch_round().await?;
-                Ok::<_, ProjectionError>(fired + ran)
-            };
-            let wait = match round.await {
-                Ok(0) => {
-                    backoff.reset();
-                    self.dispatch.interval
-                }
-                Ok(_) => {
-                    backoff.reset();
-                    continue;
-                }
-                Err(error) if !error.is_transient() => {
-                    tracing::error!(saga = self.name(), %error, "dispatching stopped");
-                    return Err(error);
-                }
-                Err(error) => {
-                    let wait = backoff.next();
-                    tracing::warn!(saga = self.name(), %error, retry_in = ?wait, "dispatching failed; retrying");
-                    wait
-                }
-            };
-            tokio::select! {
-                _ = stopped.changed() => {}
-                () = tokio::time::sleep(wait) => {}
-            }
-        }
+    /// Pool connections this runner may use at once while it runs: one for its feed's reads,
+    /// one for claiming and finishing commands, and one per command running (commands that use
+    /// the same pool; see [`dispatch_concurrency`](Self::dispatch_concurrency)).
+    pub fn pool_demand(&self) -> u32 {
+        let pool = self.store.pool().options().get_max_connections() as usize;
+        2 + self.dispatch.concurrency.min(pool) as u32
     }
 
     /// Feeds the saga every event readable now (state and outbox only; see

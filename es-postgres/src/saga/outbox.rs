@@ -6,12 +6,16 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use es_core::{CommandContext, CommandDispatcher, Saga};
-use futures_util::StreamExt;
+use std::panic::AssertUnwindSafe;
+
+use futures_util::stream::FuturesUnordered;
+use futures_util::{FutureExt, StreamExt};
 use sqlx::{AssertSqlSafe, Row};
 use uuid::Uuid;
 
 use super::{PgSagaRunner, retry_wait};
 use crate::projection::ProjectionError;
+use crate::projection::supervise::Backoff;
 
 /// The longest wait between two attempts of a failing command.
 const MAX_RETRY_WAIT: Duration = Duration::from_secs(300);
@@ -66,31 +70,96 @@ impl<S: Saga, D: CommandDispatcher<S::Command>> PgSagaRunner<S, D> {
     pub async fn dispatch_pending(&self) -> Result<u64, ProjectionError> {
         let mut tried = 0;
         loop {
-            let round = self.dispatch_round().await?;
-            if round == 0 {
+            let claimed = self.claim(self.concurrency()).await?;
+            if claimed.is_empty() {
                 return Ok(tried);
             }
-            tried += round;
+            tried += claimed.len() as u64;
+            let mut runs: FuturesUnordered<_> =
+                claimed.into_iter().map(|c| self.run_claimed(c)).collect();
+            let mut first_error = None;
+            while let Some(result) = runs.next().await {
+                if let Err(error) = result {
+                    first_error.get_or_insert(error);
+                }
+            }
+            if let Some(error) = first_error {
+                return Err(error);
+            }
         }
     }
 
-    /// Claims up to the dispatcher's concurrency of due commands and runs them; returns how
-    /// many it claimed.
-    pub(super) async fn dispatch_round(&self) -> Result<u64, ProjectionError> {
-        let claimed = self.claim().await?;
-        let count = claimed.len() as u64;
-        let mut runs = futures_util::stream::iter(claimed)
-            .map(|command| self.run_claimed(command))
-            .buffer_unordered(self.concurrency());
-        let mut first_error = None;
-        while let Some(result) = runs.next().await {
-            if let Err(error) = result {
-                first_error.get_or_insert(error);
+    /// The dispatcher of `run`: keeps up to the dispatcher's concurrency of commands running,
+    /// claiming more as soon as one finishes (a slow command holds up no other), and fires
+    /// due deadlines every interval meanwhile. On stop it claims nothing more and lets the
+    /// commands in flight finish. Database faults are ridden out with backoff; a permanent
+    /// one ends it.
+    pub(super) async fn dispatch_until(
+        &self,
+        mut stopped: tokio::sync::watch::Receiver<bool>,
+    ) -> Result<(), ProjectionError> {
+        let mut running = FuturesUnordered::new();
+        let mut backoff = Backoff::new();
+        let mut next_round = tokio::time::Instant::now();
+        loop {
+            let stopping = *stopped.borrow();
+            if stopping && running.is_empty() {
+                return Ok(());
             }
-        }
-        match first_error {
-            Some(error) => Err(error),
-            None => Ok(count),
+            let now = tokio::time::Instant::now();
+            if !stopping && now >= next_round {
+                // Computed before the round: it must not hold a borrow of the running commands
+                // across its awaits.
+                let free = self.concurrency().saturating_sub(running.len());
+                let round = async {
+                    let fired = self.fire_due_deadlines().await?;
+                    let claimed = if free > 0 {
+                        self.claim(free).await?
+                    } else {
+                        Vec::new()
+                    };
+                    Ok::<_, ProjectionError>((fired, claimed))
+                };
+                next_round = match round.await {
+                    Ok((fired, claimed)) => {
+                        backoff.reset();
+                        let busy = fired > 0 || !claimed.is_empty();
+                        running.extend(claimed.into_iter().map(|c| self.run_claimed(c)));
+                        if busy {
+                            now
+                        } else {
+                            now + self.dispatch.interval
+                        }
+                    }
+                    Err(error) if !error.is_transient() => {
+                        tracing::error!(saga = self.name(), %error, "dispatching stopped");
+                        return Err(error);
+                    }
+                    Err(error) => {
+                        let wait = backoff.next();
+                        tracing::warn!(saga = self.name(), %error, retry_in = ?wait, "dispatching failed; retrying");
+                        now + wait
+                    }
+                };
+                continue;
+            }
+            tokio::select! {
+                Some(finished) = running.next(), if !running.is_empty() => {
+                    if let Err(error) = finished {
+                        // The command's own failure is recorded; this is the database's, when
+                        // recording the outcome: the lease expires and the command runs again.
+                        if !error.is_transient() {
+                            tracing::error!(saga = self.name(), %error, "dispatching stopped");
+                            return Err(error);
+                        }
+                        tracing::warn!(saga = self.name(), %error, "recording a command's outcome failed; it runs again after its lease");
+                    }
+                    // A slot is free: claim again now.
+                    next_round = tokio::time::Instant::now();
+                }
+                () = tokio::time::sleep_until(next_round), if !stopping => {}
+                _ = stopped.changed(), if !stopping => {}
+            }
         }
     }
 
@@ -101,12 +170,13 @@ impl<S: Saga, D: CommandDispatcher<S::Command>> PgSagaRunner<S, D> {
         self.dispatch.concurrency.min(pool.saturating_sub(1).max(1))
     }
 
-    async fn claim(&self) -> Result<Vec<Claimed>, ProjectionError> {
+    /// Claims up to `limit` ready, due commands; the claim counts an attempt.
+    async fn claim(&self, limit: usize) -> Result<Vec<Claimed>, ProjectionError> {
         let rows = sqlx::query(AssertSqlSafe(self.sql.claim.clone()))
             .bind(self.name())
             .bind(self.dispatch.id.to_string())
             .bind(millis(self.dispatch.lease))
-            .bind(self.concurrency() as i64)
+            .bind(limit as i64)
             .fetch_all(self.store.pool())
             .await
             .map_err(|e| self.error(e))?;
@@ -127,8 +197,19 @@ impl<S: Saga, D: CommandDispatcher<S::Command>> PgSagaRunner<S, D> {
     }
 
     /// Runs one claimed command, renewing its lease while it runs, then removes it or records
-    /// the failure. Errors are the database's only: the command's own failure is recorded.
+    /// the failure. A command claimed more often than the cap without an outcome (its
+    /// dispatcher died with it, or it brought the process down) is dead-lettered unrun; a
+    /// panic is a failure like any other. Errors are the database's only.
     async fn run_claimed(&self, claimed: Claimed) -> Result<(), ProjectionError> {
+        let cap = self.dispatch.max_attempts;
+        if claimed.attempts > cap {
+            let reason = format!(
+                "claimed {} times without an outcome: its dispatchers died while it ran",
+                claimed.attempts - 1
+            );
+            tracing::error!(saga = self.name(), command_id = %claimed.command_id, %reason, "dead-lettering the command");
+            return self.finish(&claimed, Some(&reason), 0).await;
+        }
         let command: S::Command = match serde_json::from_str(&claimed.command) {
             Ok(command) => command,
             Err(error) => {
@@ -141,7 +222,7 @@ impl<S: Saga, D: CommandDispatcher<S::Command>> PgSagaRunner<S, D> {
             .idempotent(claimed.command_id)
             .correlated_with(claimed.correlation)
             .caused_by(claimed.causation);
-        let dispatch = self.dispatcher.dispatch(command, context);
+        let dispatch = AssertUnwindSafe(self.dispatcher.dispatch(command, context)).catch_unwind();
         tokio::pin!(dispatch);
         let mut renew = tokio::time::interval(self.dispatch.lease / 3);
         renew.tick().await;
@@ -151,19 +232,13 @@ impl<S: Saga, D: CommandDispatcher<S::Command>> PgSagaRunner<S, D> {
                 _ = renew.tick() => self.renew(&claimed).await,
             }
         };
-        match outcome {
-            Ok(()) => self.finish(&claimed, None, 0).await,
-            Err(error) => {
-                let attempts = claimed.attempts + 1;
-                tracing::warn!(saga = self.name(), command_id = %claimed.command_id, %error, attempts, "the command failed");
-                self.finish(
-                    &claimed,
-                    Some(&error.to_string()),
-                    self.dispatch.max_attempts,
-                )
-                .await
-            }
-        }
+        let error = match outcome {
+            Ok(Ok(())) => return self.finish(&claimed, None, cap).await,
+            Ok(Err(error)) => error.to_string(),
+            Err(panic) => format!("the dispatcher panicked: {}", panic_message(&*panic)),
+        };
+        tracing::warn!(saga = self.name(), command_id = %claimed.command_id, %error, attempts = claimed.attempts, "the command failed");
+        self.finish(&claimed, Some(&error), cap).await
     }
 
     async fn renew(&self, claimed: &Claimed) {
@@ -206,11 +281,11 @@ impl<S: Saga, D: CommandDispatcher<S::Command>> PgSagaRunner<S, D> {
                 true
             }
             Some(error) => {
-                let wait = retry_wait(self.dispatch.backoff, claimed.attempts + 1, MAX_RETRY_WAIT);
+                let wait = retry_wait(self.dispatch.backoff, claimed.attempts, MAX_RETRY_WAIT);
                 let dead: Option<bool> = sqlx::query_scalar(AssertSqlSafe(self.sql.failed.clone()))
                     .bind(claimed.seq)
                     .bind(self.dispatch.id.to_string())
-                    .bind(error)
+                    .bind(crate::error::storable(error).as_ref())
                     .bind(millis(wait))
                     .bind(i32::try_from(cap).unwrap_or(i32::MAX))
                     .fetch_optional(&mut *tx)
@@ -274,9 +349,38 @@ impl<S: Saga, D: CommandDispatcher<S::Command>> PgSagaRunner<S, D> {
     }
 
     /// Puts dead-lettered commands back in line, with their attempts reset; returns how many.
+    /// A retried command runs after the commands of its instance already in line, never beside
+    /// them.
     pub async fn retry_dead_letters(&self, command_ids: &[Uuid]) -> Result<u64, ProjectionError> {
-        self.on_dead_letters(&self.sql.retry_dead, command_ids)
-            .await
+        let mut retried = 0;
+        for id in command_ids {
+            let mut tx = self.store.pool().begin().await.map_err(|e| self.error(e))?;
+            let instance: Option<String> =
+                sqlx::query_scalar(AssertSqlSafe(self.sql.instance_of_command.clone()))
+                    .bind(self.name())
+                    .bind(id)
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .map_err(|e| self.error(e))?;
+            let Some(instance) = instance else {
+                continue;
+            };
+            sqlx::query(AssertSqlSafe(self.sql.lock_state.clone()))
+                .bind(self.name())
+                .bind(&instance)
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| self.error(e))?;
+            let done = sqlx::query(AssertSqlSafe(self.sql.retry_dead.clone()))
+                .bind(self.name())
+                .bind(id)
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| self.error(e))?;
+            tx.commit().await.map_err(|e| self.error(e))?;
+            retried += done.rows_affected();
+        }
+        Ok(retried)
     }
 
     /// Removes dead-lettered commands for good (the saga is not told); returns how many.
@@ -302,4 +406,13 @@ impl<S: Saga, D: CommandDispatcher<S::Command>> PgSagaRunner<S, D> {
 
 fn millis(duration: Duration) -> f64 {
     duration.as_secs_f64() * 1000.0
+}
+
+/// A panic's message, when it has one.
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".to_owned())
 }

@@ -16,6 +16,7 @@ pub(crate) struct Statements {
     pub(crate) outbox_status: String,
     pub(crate) dead_letters: String,
     pub(crate) retry_dead: String,
+    pub(crate) instance_of_command: String,
     pub(crate) discard_dead: String,
     pub(crate) reset_states: String,
     pub(crate) reset_outbox: String,
@@ -60,7 +61,8 @@ impl Statements {
             // rows.
             claim: format!(
                 "UPDATE {s}.saga_outbox o \
-                 SET claimed_by = $2, claimed_until = clock_timestamp() + $3 * interval '1 millisecond' \
+                 SET claimed_by = $2, claimed_until = clock_timestamp() + $3 * interval '1 millisecond', \
+                     attempts = o.attempts + 1 \
                  WHERE o.seq IN ( \
                      SELECT c.seq FROM {s}.saga_outbox c \
                      WHERE c.saga = $1 AND c.ready AND c.dead_at IS NULL \
@@ -86,13 +88,13 @@ impl Statements {
                  WHERE seq = $1 AND claimed_by = $2"
             ),
             done: format!("DELETE FROM {s}.saga_outbox WHERE seq = $1 AND claimed_by = $2"),
-            // $4: the wait before the next attempt (ms); $5: the attempt cap, 0 to dead-letter
-            // at once.
+            // The claim counted the attempt. $4: the wait before the next attempt (ms); $5:
+            // the attempt cap, 0 to dead-letter at once.
             failed: format!(
-                "UPDATE {s}.saga_outbox SET attempts = attempts + 1, last_error = $3, \
+                "UPDATE {s}.saga_outbox SET last_error = $3, \
                      claimed_by = NULL, claimed_until = NULL, \
                      next_attempt_at = clock_timestamp() + $4 * interval '1 millisecond', \
-                     dead_at = CASE WHEN attempts + 1 >= $5 THEN clock_timestamp() END \
+                     dead_at = CASE WHEN attempts >= $5 THEN clock_timestamp() END \
                  WHERE seq = $1 AND claimed_by = $2 RETURNING dead_at IS NOT NULL"
             ),
             outbox_status: format!(
@@ -106,10 +108,19 @@ impl Statements {
                    dead_at FROM {s}.saga_outbox WHERE saga = $1 AND dead_at IS NOT NULL \
                  ORDER BY seq"
             ),
+            // One command at a time, under its instance's state row locked for update (what
+            // finishing a command takes in share mode): it is ready only when no other command
+            // of its instance is live, or it would run beside them.
             retry_dead: format!(
-                "UPDATE {s}.saga_outbox SET dead_at = NULL, attempts = 0, next_attempt_at = now(), \
-                   claimed_by = NULL, claimed_until = NULL, ready = true \
-                 WHERE saga = $1 AND command_id = ANY($2) AND dead_at IS NOT NULL"
+                "UPDATE {s}.saga_outbox o SET dead_at = NULL, attempts = 0, next_attempt_at = now(), \
+                   claimed_by = NULL, claimed_until = NULL, \
+                   ready = NOT EXISTS (SELECT 1 FROM {s}.saga_outbox e \
+                       WHERE e.saga = o.saga AND e.instance = o.instance AND e.dead_at IS NULL \
+                         AND e.seq <> o.seq) \
+                 WHERE saga = $1 AND command_id = $2 AND dead_at IS NOT NULL"
+            ),
+            instance_of_command: format!(
+                "SELECT instance FROM {s}.saga_outbox WHERE saga = $1 AND command_id = $2"
             ),
             discard_dead: format!(
                 "DELETE FROM {s}.saga_outbox \
