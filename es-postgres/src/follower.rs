@@ -21,6 +21,9 @@ pub struct LogFollower {
     listening: bool,
     /// Whether to LISTEN at all; readers that never wait do not.
     notifications: bool,
+    /// The store whose server the follower listens on, when not the one it reads (a hot
+    /// standby can neither send nor receive notifications).
+    wake_source: Option<PgEventStore>,
     /// After a notification whose events the horizon still hides: the next short wait before
     /// reading again.
     held_back: Option<Duration>,
@@ -39,8 +42,18 @@ impl LogFollower {
             listener: None,
             listening: false,
             notifications: true,
+            wake_source: None,
             held_back: None,
         }
+    }
+
+    /// Listens for wake-ups on `primary`'s server instead of the one it reads: for a follower
+    /// of a hot standby (see [`ProjectionRunner::read_from`](crate::ProjectionRunner::read_from)),
+    /// where LISTEN is refused. A wake-up may come before the standby has replayed the append;
+    /// the follower then re-reads after a short backoff, as when the horizon hides an event.
+    pub fn wake_on(mut self, primary: &PgEventStore) -> Self {
+        self.wake_source = Some(primary.clone());
+        self
     }
 
     /// Reads at most `size` events per batch (default 500).
@@ -96,15 +109,16 @@ impl LogFollower {
         }
         // A connection of its own, not one from the store's pool: a pool busy with batches
         // would make the follower wait out the pool's acquire timeout before every read.
+        let source = self.wake_source.as_ref().unwrap_or(&self.store);
         let own = PgPoolOptions::new()
             .max_connections(1)
             .min_connections(0)
             .max_lifetime(None)
             .idle_timeout(None)
             .acquire_timeout(Duration::from_secs(10))
-            .connect_lazy_with(self.store.pool().connect_options().as_ref().clone());
+            .connect_lazy_with(source.pool().connect_options().as_ref().clone());
         match PgListener::connect_with(&own).await {
-            Ok(mut listener) => match listener.listen(&self.store.schema().channel()).await {
+            Ok(mut listener) => match listener.listen(&source.schema().channel()).await {
                 Ok(()) => {
                     self.listener = Some(listener);
                     self.listening = true;

@@ -252,6 +252,65 @@ impl TestCluster {
         cluster
     }
 
+    /// Starts a hot standby of this cluster on a free port, streaming from it: a base backup
+    /// (`pg_basebackup -R`, which writes the connection to the primary), with `settings` added
+    /// to its `postgresql.conf` (such as `max_standby_streaming_delay = 0`). Waits until it
+    /// accepts read-only connections.
+    ///
+    /// # Panics
+    /// When the backup or the start fails, with the tool's output.
+    pub fn start_standby(&self, settings: &[&str]) -> Self {
+        static COUNTER: AtomicU32 = AtomicU32::new(0);
+        let port = free_port();
+        let data_dir = std::env::temp_dir().join(format!(
+            "es-standby-{}-{}-{port}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&data_dir);
+        let standby = Self {
+            port,
+            data_dir,
+            bin_dir: self.bin_dir.clone(),
+        };
+        let primary_port = self.port.to_string();
+        standby.run(
+            "pg_basebackup",
+            &[
+                "-D",
+                &standby.data_path(),
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &primary_port,
+                "-U",
+                "postgres",
+                "-R",
+                "-X",
+                "stream",
+                "--no-sync",
+            ],
+        );
+        // Later lines win: the copied configuration names the primary's port and socket
+        // directory.
+        let mut conf = format!(
+            "\nport = {port}\nunix_socket_directories = '{}'\nhot_standby = on\n",
+            standby.data_path()
+        );
+        for setting in settings {
+            conf.push_str(setting);
+            conf.push('\n');
+        }
+        let conf_path = standby.data_dir.join("postgresql.conf");
+        let mut existing = std::fs::read_to_string(&conf_path).expect("reading postgresql.conf");
+        existing.push_str(&conf);
+        std::fs::write(&conf_path, existing).expect("writing postgresql.conf");
+        standby.give_to_server_user(&conf_path);
+        let _ = std::fs::remove_file(standby.data_dir.join("server.log"));
+        standby.pg_ctl(&["start", "-w", "-t", "60", "-l", &standby.log_path()]);
+        standby
+    }
+
     /// The URL of database `postgres` on it.
     pub fn url(&self) -> String {
         format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)

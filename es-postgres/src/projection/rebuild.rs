@@ -216,6 +216,7 @@ impl<P: PgProjection> ProjectionRunner<P> {
     pub(super) fn derived(&self, key: String, projection: Arc<P>) -> ProjectionRunner<P> {
         ProjectionRunner {
             store: self.store.clone(),
+            reader: self.reader.clone(),
             projection,
             key,
             part: None,

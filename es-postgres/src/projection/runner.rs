@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use es_core::{EventStore, Position, StoreError, Upcasters};
-use sqlx::{AssertSqlSafe, PgConnection, Row};
+use sqlx::{AssertSqlSafe, PgConnection, PgPool, Row};
 
 use super::lock::{ActiveLock, Contact};
 use super::sql::Statements;
@@ -98,6 +98,8 @@ pub struct Progress {
 /// reporting itself active and contends again.
 pub struct ProjectionRunner<P> {
     pub(super) store: PgEventStore,
+    /// Where the log is read, when not `store` (a hot standby; see [`Self::read_from`]).
+    pub(super) reader: Option<PgEventStore>,
     pub(super) projection: Arc<P>,
     /// The key its checkpoint, parked events and lock are kept under: the projection's name,
     /// with `#{index}/{parts}` for one part of a split projection.
@@ -128,6 +130,7 @@ impl<P: PgProjection> ProjectionRunner<P> {
         let upcasters = store.upcasters();
         Self {
             store,
+            reader: None,
             key: projection.name().to_owned(),
             part: None,
             all_parts: None,
@@ -160,6 +163,21 @@ impl<P: PgProjection> ProjectionRunner<P> {
         assert!(index < parts, "part {index} of {parts} does not exist");
         self.key = part_key(self.projection.name(), index, parts);
         self.part = Some((index, parts));
+        self
+    }
+
+    /// Reads the global log from `replica`, a pool on a hot standby of the store's server,
+    /// while the read model, checkpoint, lock and parked events stay where the store is: the
+    /// log's reading load leaves the primary. The standby's transaction horizon follows the
+    /// primary's as it replays, so the runner never skips an event there either; it sees an
+    /// event once the standby has replayed it, so its lag ([`status`](Self::status), measured
+    /// against the primary's log) includes the standby's replay lag. It listens for wake-ups
+    /// on the primary (a standby has no notifications). A read the standby cancels for a
+    /// recovery conflict is retried like any transient error.
+    pub fn read_from(mut self, replica: PgPool) -> Self {
+        let reader = PgEventStore::in_schema(replica, self.store.schema().clone())
+            .with_upcasters(self.store.upcasters());
+        self.reader = Some(reader);
         self
     }
 
@@ -297,11 +315,7 @@ impl<P: PgProjection> ProjectionRunner<P> {
     ) -> Result<(), ProjectionError> {
         self.setup(lock).await?;
         let (checkpoint, mut rebuilding) = self.load_checkpoint().await?;
-        let mut follower = self
-            .store
-            .follow(checkpoint)
-            .batch_size(self.batch_size)
-            .poll_interval(self.poll_interval);
+        let mut follower = self.follower_at(checkpoint);
         loop {
             let from = follower.position();
             match follower.try_next_batch().await {
@@ -339,8 +353,11 @@ impl<P: PgProjection> ProjectionRunner<P> {
     }
 
     pub(super) fn follower_at(&self, position: Position) -> crate::LogFollower {
-        self.store
-            .follow(position)
+        let follower = match &self.reader {
+            Some(replica) => replica.follow(position).wake_on(&self.store),
+            None => self.store.follow(position),
+        };
+        follower
             .batch_size(self.batch_size)
             .poll_interval(self.poll_interval)
     }

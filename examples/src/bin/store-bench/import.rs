@@ -27,7 +27,12 @@ pub async fn run(pool: &PgPool) -> Result<Figure, BoxError> {
 
 /// The same orders on both sides: `PER_STREAM` lines per order.
 fn chunk(first: usize) -> Result<Vec<(StreamId, Vec<NewEvent>)>, BoxError> {
-    (first..first + CHUNK)
+    orders(first, CHUNK)
+}
+
+/// Orders `first..first + count` (`order-{n}`), each of `PER_STREAM` lines.
+pub fn orders(first: usize, count: usize) -> Result<Vec<(StreamId, Vec<NewEvent>)>, BoxError> {
+    (first..first + count)
         .map(|s| {
             let order_id = Uuid::now_v7();
             let events = (0..PER_STREAM)

@@ -3,8 +3,9 @@
 //! ```text
 //! cargo run --release -p es-examples --bin store-bench            # every workload
 //! cargo run --release -p es-examples --bin store-bench -- loads   # some: commands, long-stream,
-//!                                                                 # appends, notify, import,
-//!                                                                 # rebuild, reads, loads
+//!                                                                 # appends, notify, follow,
+//!                                                                 # import, rebuild, reads,
+//!                                                                 # loads, growth
 //! ```
 //!
 //! Uses `DATABASE_URL` (default: the local server). Each side works in a schema of its own,
@@ -15,6 +16,8 @@
 
 mod appends;
 mod commands;
+mod follow;
+mod growth;
 mod harness;
 mod import;
 mod reads;
@@ -24,15 +27,17 @@ use harness::{BoxError, print_table};
 use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
 
-const WORKLOADS: [&str; 8] = [
+const WORKLOADS: [&str; 10] = [
     "commands",
     "long-stream",
     "appends",
     "notify",
+    "follow",
     "import",
     "rebuild",
     "reads",
     "loads",
+    "growth",
 ];
 
 #[tokio::main]
@@ -78,6 +83,11 @@ async fn main() -> Result<(), BoxError> {
     if wanted("notify") {
         wakeup.push(appends::notify_cost(&pool).await?);
     }
+    let latency = if wanted("follow") {
+        follow::run(&pool).await?
+    } else {
+        Vec::new()
+    };
     if wanted("import") {
         events.push(import::run(&pool).await?);
     }
@@ -89,6 +99,12 @@ async fn main() -> Result<(), BoxError> {
     }
     let loads = if wanted("loads") {
         reads::loads(&pool).await?
+    } else {
+        Vec::new()
+    };
+    // Last: it leaves the most behind in caches and WAL.
+    let growth = if wanted("growth") {
+        growth::run(&pool).await?
     } else {
         Vec::new()
     };
@@ -109,6 +125,8 @@ async fn main() -> Result<(), BoxError> {
         "ms",
         &loads,
     );
+    follow::print(&latency);
+    growth::print(&growth);
     Ok(())
 }
 
