@@ -32,7 +32,10 @@ impl Context {
     where
         T: sqlx::Decode<'r, sqlx::Postgres> + sqlx::Type<sqlx::Postgres>,
     {
-        row.try_get(index)
+        // The columns' types are the store's own (EVENT_COLUMNS over the migrated table), so
+        // the per-value type check is skipped; each decoder still checks the value's length
+        // and encoding, so a value of another type is an error, never a panic.
+        row.try_get_unchecked(index)
             .map_err(|e| self.malformed(field, e.to_string()))
     }
 

@@ -9,7 +9,7 @@ use es_core::{
     StoreError, StreamId, Upcasters, judge_repeat, validate_append,
 };
 use futures_core::stream::BoxStream;
-use futures_util::StreamExt;
+use futures_util::{StreamExt, TryStreamExt};
 use sqlx::postgres::PgRow;
 use sqlx::{AssertSqlSafe, Connection, PgConnection, PgExecutor, PgPool, Row};
 use uuid::Uuid;
@@ -627,19 +627,18 @@ impl EventStore for PgEventStore {
         limit: usize,
     ) -> Result<Vec<RecordedEvent>, StoreError> {
         let (transaction, sequence) = position_to_columns(after);
-        let rows = sqlx::query(AssertSqlSafe(self.inner.sql.read_all.clone()))
+        let mut rows = sqlx::query(AssertSqlSafe(self.inner.sql.read_all.clone()))
             .bind(transaction)
             .bind(sequence)
             .bind(i64::try_from(limit).unwrap_or(i64::MAX))
-            .fetch_all(&self.inner.pool)
-            .await
-            .map_err(store_error)?;
-        // A row that does not decode ends the batch: the events before it are returned, and
-        // the next read, starting at it, fails naming its position, so a reader can hand that
-        // one event to its error policy and resume after it.
-        let mut events = Vec::with_capacity(rows.len());
-        for row in &rows {
-            match decode_event(row) {
+            .fetch(&self.inner.pool);
+        // Rows are decoded as they arrive, while the server sends the next ones. A row that
+        // does not decode ends the batch: the events before it are returned, and the next
+        // read, starting at it, fails naming its position, so a reader can hand that one
+        // event to its error policy and resume after it.
+        let mut events = Vec::with_capacity(limit.min(1024));
+        while let Some(row) = rows.try_next().await.map_err(store_error)? {
+            match decode_event(&row) {
                 Ok(event) => events.push(event),
                 Err(error) if events.is_empty() => return Err(error),
                 Err(_) => break,

@@ -42,4 +42,6 @@ pub mod docs {
     pub struct Comparison;
     #[doc = include_str!("../../docs/benchmarks.md")]
     pub struct Benchmarks;
+    #[doc = include_str!("../../docs/scaling.md")]
+    pub struct Scaling;
 }

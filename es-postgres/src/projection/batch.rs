@@ -35,19 +35,35 @@ impl<P: PgProjection> ProjectionRunner<P> {
         progress: &mut (dyn FnMut(Progress) + Send),
     ) -> Result<u64, ProjectionError> {
         let head = self.store.head().await.map_err(|e| self.store_error(e))?;
-        let mut follower = self
-            .follower_at(self.load_checkpoint().await?.0)
-            .without_notifications();
+        let mut from = self.load_checkpoint().await?.0;
+        let mut follower = self.follower_at(from).without_notifications();
+        // The next batch, read while the previous one was applied.
+        let mut ahead = None;
         let mut events = 0;
         loop {
-            let from = follower.position();
-            let read = match follower.try_next_batch().await {
+            let next = match ahead.take() {
+                Some(read) => read,
+                None => follower.try_next_batch().await,
+            };
+            let read = match next {
                 Ok(None) => return Ok(events),
                 Ok(Some(batch)) => {
                     let count = batch.len() as u64;
-                    self.process(lock, batch, from, policy)
-                        .await?
-                        .map(|p| (p, count))
+                    let end = batch.last().map_or(from, |e| e.position);
+                    // Reading goes through the pool (or a replica) and applying through the
+                    // lock's session, so the next batch is read while this one is applied.
+                    // It is used only when this batch committed as read.
+                    let mut reader = self.follower_at(end).without_notifications();
+                    let (applied, read_ahead) = tokio::join!(
+                        self.process(lock, batch, from, policy),
+                        reader.try_next_batch()
+                    );
+                    let applied = applied?;
+                    if applied == Some(end) {
+                        ahead = Some(read_ahead);
+                        follower = reader;
+                    }
+                    applied.map(|p| (p, count))
                 }
                 Err(
                     error @ StoreError::Malformed {
@@ -67,12 +83,15 @@ impl<P: PgProjection> ProjectionRunner<P> {
                         position,
                         head,
                     });
-                    follower = self.follower_at(position).without_notifications();
+                    from = position;
+                    if ahead.is_none() {
+                        follower = self.follower_at(position).without_notifications();
+                    }
                 }
                 None => {
-                    follower = self
-                        .follower_at(self.load_checkpoint().await?.0)
-                        .without_notifications();
+                    ahead = None;
+                    from = self.load_checkpoint().await?.0;
+                    follower = self.follower_at(from).without_notifications();
                 }
             }
         }

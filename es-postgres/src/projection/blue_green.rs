@@ -73,12 +73,17 @@ impl<P: PgProjection> ProjectionRunner<P> {
         let result = async {
             builder.start_build(&mut lock, &next_model).await?;
             let mut reached = Position::START;
+            // The build commits its batches without waiting for their flush (see
+            // `relax_commits`); the swap's synchronous commit makes them durable.
+            lock.relax_commits(true);
             let events = builder
                 .catch_up_locked(&mut lock, policy, &mut |p: Progress| {
                     reached = p.position;
                     progress(p)
                 })
-                .await?;
+                .await;
+            lock.relax_commits(false);
+            let events = events?;
             self.whole()
                 .swap(&builder, &mut lock, reached, &live_model, &next_model)
                 .await?;

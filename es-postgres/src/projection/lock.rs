@@ -22,6 +22,8 @@ pub(super) struct ActiveLock {
     last_ok: Instant,
     /// Shared with the runner: when the session last answered, for `is_active`.
     contact: Arc<Contact>,
+    /// Whether batches commit without waiting for their WAL flush (rebuilds).
+    relaxed: bool,
 }
 
 /// When a runner's lock session last answered (or was last put to use), in milliseconds since
@@ -82,7 +84,22 @@ impl ActiveLock {
             .ok_or_else(|| runner.lock_lost("it was lost earlier"))?;
         self.last_ok = Instant::now();
         self.contact.touch();
-        conn.begin().await.map_err(|e| runner.store_error(e))
+        let begun = if self.relaxed {
+            conn.begin_with("BEGIN; SET LOCAL synchronous_commit = off")
+                .await
+        } else {
+            conn.begin().await
+        };
+        begun.map_err(|e| runner.store_error(e))
+    }
+
+    /// Lets batches commit without waiting for their WAL to reach disk, for rebuilds: a crash
+    /// may lose the last fraction of a second of batches, but each batch's read-model writes
+    /// and checkpoint commit or vanish together, so the rebuild resumes from an earlier
+    /// checkpoint and applies them again. Turned off before the rebuild's last commit, whose
+    /// flush makes every earlier batch durable (WAL is flushed in order).
+    pub(super) fn relax_commits(&mut self, relaxed: bool) {
+        self.relaxed = relaxed;
     }
 
     /// When the session has not been used for `interval`, checks it is still alive; a dead
@@ -210,6 +227,7 @@ impl<P: PgProjection> ProjectionRunner<P> {
                     active: Arc::clone(&self.active),
                     last_ok: Instant::now(),
                     contact: self.touched_contact(),
+                    relaxed: false,
                 });
             }
             if !waited {
@@ -237,6 +255,7 @@ impl<P: PgProjection> ProjectionRunner<P> {
             active: Arc::clone(&self.active),
             last_ok: Instant::now(),
             contact: self.touched_contact(),
+            relaxed: false,
         }))
     }
 

@@ -157,20 +157,32 @@ impl<P: PgProjection> ProjectionRunner<P> {
             tx.commit().await.map_err(|e| self.store_error(e))?;
             resume
         };
+        lock.relax_commits(true);
         let events = if resume && self.all_parts.is_some() && !self.parts_level().await? {
             // The parts were resumed separately since the interruption: each catches up
             // from its own checkpoint.
             let mut events = 0;
+            let mut caught_up = Ok(0);
             for index in 0..self.parts() {
-                events += self
+                match self
                     .sibling(index)
                     .catch_up_locked(lock, policy, progress)
-                    .await?;
+                    .await
+                {
+                    Ok(count) => events += count,
+                    Err(error) => {
+                        caught_up = Err(error);
+                        break;
+                    }
+                }
             }
-            events
+            caught_up.map(|_: u64| events)
         } else {
-            self.catch_up_locked(lock, policy, progress).await?
+            self.catch_up_locked(lock, policy, progress).await
         };
+        lock.relax_commits(false);
+        let events = events?;
+        // A synchronous commit: its flush makes every relaxed batch before it durable.
         let conn = lock.conn(self)?;
         self.execute_on_keys(conn, &self.sql.clear_rebuilding, &keys)
             .await?;
