@@ -88,7 +88,7 @@ async fn store_a_malformed_row(db: &TestDatabase) -> uuid::Uuid {
     credits(db, "ledger-m", &[1]).await;
     sqlx::query(sql(
         db,
-        "ALTER TABLE {s}.events DROP CONSTRAINT events_metadata_is_object",
+        "ALTER TABLE {s}.events DROP CONSTRAINT events_row_is_valid",
     ))
     .execute(&db.pool)
     .await

@@ -55,7 +55,7 @@ async fn a_malformed_row_is_a_typed_error_naming_the_event() {
     // but rows stored before it may hold it.
     sqlx::query(sql(
         &db,
-        "ALTER TABLE {s}.events DROP CONSTRAINT events_metadata_is_object",
+        "ALTER TABLE {s}.events DROP CONSTRAINT events_row_is_valid",
     ))
     .execute(&db.pool)
     .await

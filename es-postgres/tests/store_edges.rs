@@ -306,7 +306,7 @@ async fn a_stored_time_no_date_can_hold_is_a_typed_error_not_a_panic() {
     let db = TestDatabase::new().await;
     let schema = format!("\"{}\"", db.schema);
     sqlx::query(AssertSqlSafe(format!(
-        "ALTER TABLE {schema}.events DROP CONSTRAINT events_recorded_at_finite"
+        "ALTER TABLE {schema}.events DROP CONSTRAINT events_row_is_valid"
     )))
     .execute(&db.pool)
     .await

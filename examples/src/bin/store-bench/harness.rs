@@ -117,13 +117,7 @@ pub async fn fresh_store(pool: &PgPool, schema: &str) -> Result<PgEventStore, Bo
         sqlx::raw_sql(AssertSqlSafe(format!(
             "DROP TRIGGER events_are_immutable ON {schema}.events; \
              DROP TRIGGER events_are_not_truncated ON {schema}.events; \
-             ALTER TABLE {schema}.events DROP CONSTRAINT events_metadata_is_object, \
-                 DROP CONSTRAINT events_stream_id_length, \
-                 DROP CONSTRAINT events_position_positive, \
-                 DROP CONSTRAINT events_recorded_at_finite, \
-                 DROP CONSTRAINT events_event_type_check, \
-                 DROP CONSTRAINT events_schema_version_check, \
-                 DROP CONSTRAINT events_stream_version_check"
+             ALTER TABLE {schema}.events DROP CONSTRAINT events_row_is_valid"
         )))
         .execute(pool)
         .await?;
