@@ -56,8 +56,18 @@ pub enum AdminCommand {
         /// The correlation id.
         correlation_id: Uuid,
     },
-    /// Keep every projection and saga running (catch up, then follow) until Ctrl-C.
-    Run,
+    /// Check that every projection and saga can read every event type stored in the
+    /// categories it reads (a type renamed without an upcaster, a schema version the code
+    /// cannot read); exit code 1 naming each one when not.
+    Check,
+    /// Keep every projection and saga running (catch up, then follow) until Ctrl-C. Refused
+    /// at start when `check` fails.
+    Run {
+        /// Start even when a projection or saga cannot read some stored event types (it
+        /// passes over unknown types with a warning and parks what does not decode).
+        #[arg(long)]
+        skip_type_check: bool,
+    },
 }
 
 /// What to do with dead-lettered commands.
@@ -133,7 +143,7 @@ impl Admin {
 
     /// Runs `command`, writing to `out`.
     pub async fn execute(&self, command: AdminCommand, out: &mut Out) -> Result<(), AdminError> {
-        if matches!(command, AdminCommand::Run) {
+        if matches!(command, AdminCommand::Run { .. }) {
             // Running is what the service does: it creates or migrates the schema.
             self.store.migrate().await?;
             self.check_pool()?;
@@ -198,8 +208,42 @@ impl Admin {
                 }
                 Ok(())
             }
-            AdminCommand::Run => run::run(self, out).await,
+            AdminCommand::Check => {
+                self.check_types(out).await?;
+                out.line(
+                    "every projection and saga reads every event type stored in its categories",
+                )
+            }
+            AdminCommand::Run { skip_type_check } => {
+                if !skip_type_check {
+                    self.check_types(out).await?;
+                }
+                run::run(self, out).await
+            }
         }
+    }
+
+    /// Refuses, naming each, the stored event types some registered projection or saga
+    /// cannot read.
+    async fn check_types(&self, out: &mut Out) -> Result<(), AdminError> {
+        let mut refusals = Vec::new();
+        for projection in &self.projections {
+            if let Err(error) = projection.check_stored_types().await {
+                refusals.push(error);
+            }
+        }
+        for saga in &self.sagas {
+            if let Err(error) = saga.check_stored_types().await {
+                refusals.push(error);
+            }
+        }
+        let Some(last) = refusals.pop() else {
+            return Ok(());
+        };
+        for error in refusals {
+            out.line(format_args!("{}", AdminError::from(error).report()))?;
+        }
+        Err(AdminError::from(last))
     }
 
     /// The store must exist and be migrated by this release: other commands change nothing

@@ -46,6 +46,7 @@ pub(crate) trait ManagedProjection: Send + Sync {
     async fn parked(&self) -> Result<Vec<ParkedEvent>, ProjectionError>;
     async fn replay(&self) -> Result<ReplayReport, ProjectionError>;
     async fn run(&self, stop: watch::Receiver<bool>) -> Result<(), ProjectionError>;
+    async fn check_stored_types(&self) -> Result<(), ProjectionError>;
 }
 
 /// Builds an instance of a projection writing into the given schema.
@@ -102,6 +103,9 @@ impl<P: PgProjection> ManagedProjection for Projection<P> {
     async fn replay(&self) -> Result<ReplayReport, ProjectionError> {
         self.runner.replay_parked().await
     }
+    async fn check_stored_types(&self) -> Result<(), ProjectionError> {
+        self.runner.check_stored_types().await
+    }
     async fn run(&self, mut stop: watch::Receiver<bool>) -> Result<(), ProjectionError> {
         self.runner
             .run(async move {
@@ -130,6 +134,7 @@ pub(crate) trait ManagedSaga: Send + Sync {
     async fn run(&self, stop: watch::Receiver<bool>) -> Result<(), ProjectionError>;
     /// Pool connections it may use at once while running.
     fn pool_demand(&self) -> u32;
+    async fn check_stored_types(&self) -> Result<(), ProjectionError>;
 }
 
 #[async_trait]
@@ -158,6 +163,9 @@ impl<S: Saga, D: CommandDispatcher<S::Command> + 'static> ManagedSaga for PgSaga
     }
     async fn discard(&self, ids: &[Uuid]) -> Result<u64, ProjectionError> {
         self.discard_dead_letters(ids).await
+    }
+    async fn check_stored_types(&self) -> Result<(), ProjectionError> {
+        self.feed().check_stored_types().await
     }
     async fn run(&self, mut stop: watch::Receiver<bool>) -> Result<(), ProjectionError> {
         PgSagaRunner::run(self, async move {

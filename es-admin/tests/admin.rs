@@ -369,11 +369,60 @@ async fn run_reports_a_runner_that_stops_and_ends() {
     // A projection whose policy stops at tick 13: `run` must not hang.
     let failing = ticks(&db, true).error_policy(es_postgres::ErrorPolicy::STOP);
     let admin = Admin::new(db.store.clone()).projection(failing);
-    let (result, out) =
-        tokio::time::timeout(Duration::from_secs(30), execute(&admin, AdminCommand::Run))
-            .await
-            .expect("run ends when its runner stops");
+    let (result, out) = tokio::time::timeout(
+        Duration::from_secs(30),
+        execute(
+            &admin,
+            AdminCommand::Run {
+                skip_type_check: false,
+            },
+        ),
+    )
+    .await
+    .expect("run ends when its runner stops");
     assert!(result.is_err());
     assert!(out.contains("stopped") && out.contains("unlucky"), "{out}");
+    db.drop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_refuses_a_registry_that_cannot_read_stored_types_and_check_names_them() {
+    let db = TestDatabase::new().await;
+    let clock = unique_stream("clock");
+    tick(&db.store, &clock, 1, 2).await;
+    let admin = Admin::new(db.store.clone()).projection(ticks(&db, false));
+    let (result, out) = execute(&admin, AdminCommand::Check).await;
+    assert!(result.is_ok(), "{result:?} {out}");
+
+    // `Ticked` renamed `Tocked` in a release that forgot the upcaster.
+    let renamed = NewEvent::new(
+        "Tocked",
+        1,
+        serde_json::value::to_raw_value(&serde_json::json!({"n": 3})).unwrap(),
+    );
+    db.store
+        .append(&clock, ExpectedVersion::Any, vec![renamed])
+        .await
+        .unwrap();
+    let (result, _) = execute(&admin, AdminCommand::Check).await;
+    let report = result.unwrap_err().report();
+    assert!(
+        report.contains("ticks") && report.contains("Tocked v1") && report.contains("renamed"),
+        "{report}"
+    );
+    let (result, out) = tokio::time::timeout(
+        Duration::from_secs(30),
+        execute(
+            &admin,
+            AdminCommand::Run {
+                skip_type_check: false,
+            },
+        ),
+    )
+    .await
+    .expect("a refused run ends at once");
+    let report = result.unwrap_err().report();
+    assert!(report.contains("Tocked"), "{report}");
+    assert!(!out.contains("running"), "nothing was started: {out}");
     db.drop().await;
 }

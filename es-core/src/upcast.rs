@@ -136,6 +136,14 @@ impl Upcasters {
         self.lifted.contains(event_type)
     }
 
+    /// Whether an upcaster lifts `event_type` stored at `schema_version`.
+    pub fn lifts_from(&self, event_type: &str, schema_version: u32) -> bool {
+        self.lifted.contains(event_type)
+            && self
+                .steps
+                .contains_key(&(event_type.to_owned(), schema_version))
+    }
+
     /// Checks, at start-up, that every stored version of every type of `E` can be lifted to the
     /// current one: each version from 1 up to the current one has an upcaster, none is
     /// registered twice, none starts at or beyond the current version.

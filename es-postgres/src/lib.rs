@@ -55,6 +55,7 @@ mod saga;
 mod schema;
 mod snapshot;
 mod store;
+mod types;
 mod wakeup;
 
 #[cfg(feature = "testing")]
@@ -68,7 +69,7 @@ pub use follower::LogFollower;
 pub use import::ImportReport;
 pub use projection::{
     ErrorPolicy, LockHolder, OnFailure, ParkedEvent, PgProjection, Progress, ProjectionError,
-    ProjectionRunner, ProjectionStatus, ReadModel, ReplayReport, RunnerState,
+    ProjectionRunner, ProjectionStatus, ReadModel, ReplayReport, RunnerState, UnreadableType,
 };
 pub use saga::{DeadLetter, DeadlineStatus, OutboxStatus, PgSagaRunner, SagaProjection};
 pub use schema::{MAX_SCHEMA_NAME_LEN, MigrationState, SchemaName};
@@ -77,3 +78,4 @@ pub use snapshot::PgSnapshotStore;
 /// store uses.
 pub use sqlx;
 pub use store::{Horizon, PgEventStore};
+pub use types::StoredType;

@@ -6,6 +6,7 @@ mod blue_green;
 mod lock;
 mod parked;
 mod read_model;
+mod readable;
 mod rebuild;
 mod runner;
 mod sql;
@@ -20,6 +21,7 @@ use sqlx::PgConnection;
 pub use lock::LockHolder;
 pub use parked::{ParkedEvent, ReplayReport};
 pub use read_model::ReadModel;
+pub use readable::UnreadableType;
 pub use runner::{Progress, ProjectionRunner, ProjectionStatus, RunnerState};
 
 /// A read model kept in PostgreSQL, fed the global log in order.
@@ -164,6 +166,19 @@ pub enum ProjectionError {
         /// The store's error, naming the row.
         #[source]
         source: StoreError,
+    },
+    /// Stored event types the projection cannot read (see
+    /// [`ProjectionRunner::check_stored_types`]): running it would pass over or park them.
+    #[error(
+        "projection {projection} cannot read {} stored event type(s): {}",
+        types.len(),
+        types.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")
+    )]
+    UnreadableTypes {
+        /// The projection.
+        projection: String,
+        /// Each type, and why.
+        types: Vec<UnreadableType>,
     },
     /// A blue/green rebuild was asked of projections that do not allow it.
     #[error("projection {projection} cannot be rebuilt blue/green: {reason}")]

@@ -146,6 +146,13 @@ pub async fn vacuum(pool: &PgPool, schema: &str) -> Result<(), BoxError> {
     Ok(())
 }
 
+/// Writes out what earlier work left dirty (a checkpoint), so that a measurement is not of
+/// the server flushing the previous workload's pages.
+pub async fn settle(pool: &PgPool) -> Result<(), BoxError> {
+    sqlx::query("CHECKPOINT").execute(pool).await?;
+    Ok(())
+}
+
 /// About 300 bytes of JSON.
 pub fn payload(n: usize) -> Box<RawValue> {
     let text = format!(

@@ -15,7 +15,7 @@ use uuid::Uuid;
 
 use crate::commands::{Order, add_line, line, line_event};
 use crate::harness::{
-    BoxError, Figure, Rep, Side, alternate, compare_rates, event, fresh_store, log_page,
+    BoxError, Figure, Rep, Side, alternate, compare_rates, event, fresh_store, log_page, settle,
     stream_rows, vacuum,
 };
 
@@ -60,6 +60,7 @@ async fn seed(pool: &PgPool) -> Result<PgEventStore, BoxError> {
             .await?;
     }
     vacuum(pool, "bench_read").await?;
+    settle(pool).await?;
     Ok(store)
 }
 
@@ -150,6 +151,7 @@ pub async fn loads(pool: &PgPool) -> Result<Vec<Figure>, BoxError> {
         }
     }
     vacuum(pool, "bench_load").await?;
+    settle(pool).await?;
     let shared: Arc<dyn EventStore> = Arc::new(store.clone());
     let plain = Repository::<Order>::new(Arc::clone(&shared));
     let snapshotting = Repository::<Order>::new(Arc::clone(&shared)).with_snapshots(

@@ -1,0 +1,97 @@
+//! The event types a store holds, per category and schema version: what start-up checks
+//! compare a service's registry against.
+
+use es_core::StoreError;
+use sqlx::{AssertSqlSafe, Connection};
+
+use crate::PgEventStore;
+use crate::error::store_error;
+
+/// Events counted per transaction while catching the type counts up.
+const CHUNK: i64 = 50_000;
+
+/// Events of one type stored in one category at one schema version.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct StoredType {
+    /// The stream category (the stream id up to its first `-`).
+    pub category: String,
+    /// The event type, as stored.
+    pub event_type: String,
+    /// The schema version, as stored.
+    pub schema_version: u32,
+    /// How many such events are stored.
+    pub events: u64,
+}
+
+impl PgEventStore {
+    /// Every event type stored, per category and schema version, with how many events of
+    /// each, as of the transaction horizon.
+    ///
+    /// The counts are kept in the store and brought up to date here, by counting the events
+    /// appended since the last call (the first call on a large store reads it all, in
+    /// transactions of 50,000 events; calls after that read only what is new). Appends pay
+    /// nothing for them. Concurrent calls take turns.
+    pub async fn stored_types(&self) -> Result<Vec<StoredType>, StoreError> {
+        let s = self.schema().quoted();
+        let horizon = "pg_snapshot_xmin(pg_current_snapshot())::text::bigint";
+        let count = format!(
+            "WITH chunk AS ( \
+                 SELECT stream_id, event_type, schema_version, transaction_id, position \
+                 FROM {s}.events \
+                 WHERE (transaction_id, position) > ($1, $2) \
+                   AND transaction_id < (SELECT {horizon}) \
+                 ORDER BY transaction_id, position LIMIT $3), \
+             counted AS ( \
+                 INSERT INTO {s}.event_types AS t (category, event_type, schema_version, events) \
+                 SELECT split_part(stream_id, '-', 1), event_type, schema_version, count(*) \
+                 FROM chunk GROUP BY 1, 2, 3 \
+                 ON CONFLICT (category, event_type, schema_version) \
+                 DO UPDATE SET events = t.events + EXCLUDED.events), \
+             last AS ( \
+                 SELECT transaction_id, position FROM chunk \
+                 ORDER BY transaction_id DESC, position DESC LIMIT 1) \
+             UPDATE {s}.event_types_counted c \
+             SET transaction_id = last.transaction_id, position = last.position \
+             FROM last RETURNING (SELECT count(*) FROM chunk)"
+        );
+        let mut conn = self.pool().acquire().await.map_err(store_error)?;
+        loop {
+            let mut tx = conn.begin().await.map_err(store_error)?;
+            // The row lock makes concurrent callers take turns: each chunk is counted once.
+            let (transaction, position): (i64, i64) = sqlx::query_as(AssertSqlSafe(format!(
+                "SELECT transaction_id, position FROM {s}.event_types_counted FOR UPDATE"
+            )))
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(store_error)?;
+            let counted: Option<i64> = sqlx::query_scalar(AssertSqlSafe(count.clone()))
+                .bind(transaction)
+                .bind(position)
+                .bind(CHUNK)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(store_error)?;
+            tx.commit().await.map_err(store_error)?;
+            if counted.unwrap_or(0) < CHUNK {
+                break;
+            }
+        }
+        let rows: Vec<(String, String, i32, i64)> = sqlx::query_as(AssertSqlSafe(format!(
+            "SELECT category, event_type, schema_version, events FROM {s}.event_types \
+             ORDER BY category, event_type, schema_version"
+        )))
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(store_error)?;
+        Ok(rows
+            .into_iter()
+            .map(|(category, event_type, version, events)| StoredType {
+                category,
+                event_type,
+                schema_version: u32::try_from(version).unwrap_or(0),
+                events: u64::try_from(events).unwrap_or(0),
+            })
+            .collect())
+    }
+}
