@@ -165,7 +165,7 @@ impl<S: Saga, D: CommandDispatcher<S::Command> + 'static> ManagedSaga for PgSaga
         self.discard_dead_letters(ids).await
     }
     async fn check_stored_types(&self) -> Result<(), ProjectionError> {
-        self.feed().check_stored_types().await
+        PgSagaRunner::check_stored_types(self).await
     }
     async fn run(&self, mut stop: watch::Receiver<bool>) -> Result<(), ProjectionError> {
         PgSagaRunner::run(self, async move {

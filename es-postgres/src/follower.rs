@@ -25,12 +25,15 @@ pub struct LogFollower {
     /// standby can neither send nor receive notifications).
     wake_source: Option<PgEventStore>,
     /// After a notification whose events the horizon still hides: the next short wait before
-    /// reading again.
-    held_back: Option<Duration>,
+    /// reading again, and when the notification came.
+    held_back: Option<(Duration, std::time::Instant)>,
 }
 
 /// The first wait before re-reading when a notified event is not readable yet.
 const HELD_BACK_FIRST_WAIT: Duration = Duration::from_millis(2);
+/// The longest: a transaction holding the horizon for a quarter of a second (an ANALYZE, a
+/// slow writer) then delays the follower by at most this much more.
+const HELD_BACK_MAX_WAIT: Duration = Duration::from_millis(50);
 
 impl LogFollower {
     pub(crate) fn new(store: PgEventStore, after: Position) -> Self {
@@ -135,10 +138,12 @@ impl LogFollower {
         // A notification means an event committed past our position. When the read found
         // nothing, an older transaction still holds the horizon, and its end sends no
         // notification if it appended nothing: re-read soon, backing off up to the poll interval.
-        if let Some(wait) = self.held_back {
+        if let Some((wait, since)) = self.held_back {
             tokio::time::sleep(wait).await;
-            let next = wait.saturating_mul(2);
-            self.held_back = (next < self.poll_interval).then_some(next);
+            // Re-read at growing intervals, up to HELD_BACK_MAX_WAIT, for a poll interval
+            // after the notification; then wait as usual.
+            let next = wait.saturating_mul(2).min(HELD_BACK_MAX_WAIT);
+            self.held_back = (since.elapsed() < self.poll_interval).then_some((next, since));
             return;
         }
         let Some(listener) = self.listener.as_mut() else {
@@ -151,7 +156,7 @@ impl LogFollower {
             Ok(Ok(Some(_))) => {
                 // Several appends may have notified; one read serves them all.
                 while listener.next_buffered().is_some() {}
-                self.held_back = Some(HELD_BACK_FIRST_WAIT);
+                self.held_back = Some((HELD_BACK_FIRST_WAIT, std::time::Instant::now()));
             }
             Ok(Ok(None)) => {
                 // The listener reconnects by itself; notifications sent meanwhile are lost,

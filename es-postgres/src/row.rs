@@ -8,7 +8,8 @@ use sqlx::postgres::PgRow;
 /// `recorded_at` reads as `NULL` when no Rust date can hold it (see `convert::finite`).
 pub(crate) const EVENT_COLUMNS: &str = "transaction_id, position, event_id, stream_id, \
      stream_version, event_type, schema_version, \
-     CASE WHEN recorded_at BETWEEN '4000-01-01 BC'::timestamptz AND '100000-01-01'::timestamptz \
+     CASE WHEN recorded_at BETWEEN '4000-01-01 00:00:00+00 BC'::timestamptz \
+         AND '100000-01-01 00:00:00+00'::timestamptz \
      THEN recorded_at END, correlation_id, causation_id, metadata::text, payload::text";
 
 /// What is known of the row being decoded, for naming it in an error.

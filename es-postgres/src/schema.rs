@@ -18,7 +18,7 @@ pub const MAX_SCHEMA_NAME_LEN: usize = 48;
 /// `sqlx::migrate!`, which would compile sqlx's macro crates (and sqlx itself a second time)
 /// into every service; checksums are the same. A test checks every file of `migrations/` is
 /// listed here.
-const MIGRATIONS: [(i64, &str, &str); 12] = [
+const MIGRATIONS: [(i64, &str, &str); 13] = [
     (
         1,
         "event store",
@@ -70,6 +70,11 @@ const MIGRATIONS: [(i64, &str, &str); 12] = [
         12,
         "event types",
         include_str!("../migrations/0012_event_types.sql"),
+    ),
+    (
+        13,
+        "row check pinned",
+        include_str!("../migrations/0013_row_check_pinned.sql"),
     ),
 ];
 
@@ -287,7 +292,7 @@ mod tests {
     /// The checksum of every released migration. sqlx refuses to migrate a database whose
     /// applied migration's text changed since: a released migration is never edited, its
     /// changes go into a new one. Add the new one's checksum here.
-    const RELEASED: [&str; 12] = [
+    const RELEASED: [&str; 13] = [
         "4e40d51ec5368ec567a44341d900df3f32fe782227ebea8f8c8899a2b806cb9ecfe9ab7bc0ca6cff281b0b8775c24129",
         "60adec5713da08d6253034feb72eb74713d2bc8147d320aecc8a9faf227f7e70396a7a3864f4ed024f5190aa2aa826a9",
         "c0f0ce96c82c4c8af2d930b66ceebaac30fb52a0026d7046443113514a9353978fafbe79df3ee0fd2c5e29e976299d22",
@@ -300,6 +305,7 @@ mod tests {
         "497378e7c276cada97e5c520b14b2b6dbf2da0ad06798a218c70e9bb216679003d1abadd55c0e035cf902fc262e7e276",
         "fde3c407116f96b12c72080f164b7b81f6094ec0bc65a3ecb68a29a4b09917db74406cb209c6aedd860279c5ba20dee2",
         "5b0a468817cc3747a032a5daeff4ffa67afedb47e987c21f6a469a1f1b0b66af5af060f5990600a7044c956cd8ed47e4",
+        "78e8f7335fc354a96aacd9d08a890ae40920fdaf62e03d22df334d0885d46351627422a2c64ca25842b5c8abadc11590",
     ];
 
     #[test]

@@ -64,7 +64,16 @@ impl TestDatabase {
         );
         let schema = SchemaName::new(name).expect("test schema names are valid identifiers");
         let store = PgEventStore::in_schema(pool.clone(), schema.clone());
-        store.migrate().await.expect("migrating the test schema");
+        if let Err(error) = store.migrate().await {
+            // A half-migrated schema is left behind by no one.
+            let _ = sqlx::query(AssertSqlSafe(format!(
+                "DROP SCHEMA IF EXISTS {} CASCADE",
+                schema.quoted()
+            )))
+            .execute(&pool)
+            .await;
+            panic!("migrating the test schema: {error:?}");
+        }
         Self {
             pool,
             schema,

@@ -79,6 +79,32 @@ async fn the_database_refuses_rows_its_readers_cannot_read() {
         let code = error.as_database_error().and_then(|e| e.code()).unwrap();
         assert_eq!(code, "23514", "{what} is refused by a check: {error}");
     }
+
+    // A writer's own search_path cannot swap the functions the check calls.
+    let evil = format!("{}_evil", db.schema);
+    let mut conn = db.pool.acquire().await.unwrap();
+    sqlx::raw_sql(AssertSqlSafe(format!(
+        "CREATE SCHEMA {evil}; \
+         CREATE FUNCTION {evil}.json_typeof(json) RETURNS text LANGUAGE sql AS $$ SELECT 'object' $$; \
+         CREATE FUNCTION {evil}.octet_length(text) RETURNS integer LANGUAGE sql AS $$ SELECT 1 $$; \
+         SET search_path = {evil}, pg_catalog"
+    )))
+    .execute(&mut *conn)
+    .await
+    .unwrap();
+    let error = sqlx::query(sql(&db, &row("s-1", "T", "[1]", "DEFAULT")))
+        .execute(&mut *conn)
+        .await
+        .expect_err("metadata that is not an object, under another search_path");
+    let code = error.as_database_error().and_then(|e| e.code()).unwrap();
+    assert_eq!(code, "23514", "{error}");
+    sqlx::raw_sql(AssertSqlSafe(format!(
+        "RESET search_path; DROP SCHEMA {evil} CASCADE"
+    )))
+    .execute(&mut *conn)
+    .await
+    .unwrap();
+    drop(conn);
     db.drop().await;
 }
 

@@ -346,5 +346,16 @@ async fn a_runner_reading_a_standby_applies_every_event_once_in_order_and_lags_b
 
     stop_runner.send(()).unwrap();
     running.await.unwrap().unwrap();
+
+    // A pool on another cluster (the shared test server) is refused, not read.
+    let elsewhere = PgPoolOptions::new()
+        .max_connections(2)
+        .connect(&es_postgres::testing::database_url())
+        .await
+        .unwrap();
+    let misdirected = ProjectionRunner::new(store.clone(), Journal).read_from(elsewhere);
+    let error = misdirected.catch_up().await.unwrap_err();
+    assert!(!error.is_transient(), "{error}");
+    assert!(error.to_string().contains("another cluster"), "{error}");
     drop(standby);
 }

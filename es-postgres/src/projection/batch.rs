@@ -34,6 +34,7 @@ impl<P: PgProjection> ProjectionRunner<P> {
         policy: ErrorPolicy,
         progress: &mut (dyn FnMut(Progress) + Send),
     ) -> Result<u64, ProjectionError> {
+        self.check_reader().await?;
         let head = self.store.head().await.map_err(|e| self.store_error(e))?;
         let mut from = self.load_checkpoint().await?.0;
         let mut follower = self.follower_at(from).without_notifications();
@@ -327,8 +328,8 @@ impl<P: PgProjection> ProjectionRunner<P> {
     /// the stream is this part's).
     pub(super) fn wants_raw(&self, stream: &str, event_type: &str) -> bool {
         let category = stream.split_once('-').map_or(stream, |(c, _)| c);
-        let known =
-            current_version::<P::Event>(event_type).is_some() || self.upcasters.lifts(event_type);
+        let own = current_version::<P::Event>(event_type).is_some();
+        let known = own || self.upcasters.lifts(event_type);
         if !self.projection.wants_category(category) {
             return false;
         }
@@ -339,7 +340,11 @@ impl<P: PgProjection> ProjectionRunner<P> {
             }
             return false;
         }
-        self.unknown_types.known(category);
+        // A category it reads is one where a type of its own enum is stored: an
+        // application-wide registry's upcasters lift types of every category.
+        if own {
+            self.unknown_types.known(category);
+        }
         self.part
             .is_none_or(|(index, parts)| stream_hash(stream) % u64::from(parts) == u64::from(index))
     }

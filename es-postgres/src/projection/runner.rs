@@ -314,6 +314,7 @@ impl<P: PgProjection> ProjectionRunner<P> {
         backoff: &mut Backoff,
     ) -> Result<(), ProjectionError> {
         self.setup(lock).await?;
+        self.check_reader().await?;
         let (checkpoint, mut rebuilding) = self.load_checkpoint().await?;
         let mut follower = self.follower_at(checkpoint);
         loop {
@@ -349,6 +350,49 @@ impl<P: PgProjection> ProjectionRunner<P> {
                 }
                 Err(error) => return Err(self.store_error(error)),
             }
+        }
+    }
+
+    /// For a runner given a replica: checks it is a physical copy of the store's server (a hot
+    /// standby, or the server itself after a failover). A logical replica numbers transactions
+    /// its own way, and its horizon says nothing of the primary's: reading the log there could
+    /// skip events.
+    pub(super) async fn check_reader(&self) -> Result<(), ProjectionError> {
+        let Some(reader) = &self.reader else {
+            return Ok(());
+        };
+        let in_recovery: bool = sqlx::query_scalar("SELECT pg_is_in_recovery()")
+            .fetch_one(reader.pool())
+            .await
+            .map_err(|e| self.store_error(e))?;
+        // Readable by superusers and members of pg_monitor; without it, only the recovery check.
+        let system = "SELECT system_identifier FROM pg_control_system()";
+        let replica_system: Option<i64> = sqlx::query_scalar(system)
+            .fetch_one(reader.pool())
+            .await
+            .ok();
+        let primary_system: Option<i64> = sqlx::query_scalar(system)
+            .fetch_one(self.store.pool())
+            .await
+            .ok();
+        let refuse = |why: &str| ProjectionError::Store {
+            projection: self.key.clone(),
+            source: format!(
+                "the pool given to read_from {why}: only a streaming (physical) replica of the \
+                 store's server keeps the global log's order"
+            )
+            .into(),
+            transient: false,
+        };
+        match (replica_system, primary_system) {
+            (Some(replica), Some(primary)) if replica != primary => Err(refuse(&format!(
+                "is on another cluster (system identifier {replica}, the store's {primary})"
+            ))),
+            (Some(_), Some(_)) => Ok(()),
+            _ if in_recovery => Ok(()),
+            _ => Err(refuse(
+                "is not on a hot standby (pg_is_in_recovery() is false)",
+            )),
         }
     }
 

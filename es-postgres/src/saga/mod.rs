@@ -206,6 +206,26 @@ impl<S: Saga, D: CommandDispatcher<S::Command>> PgSagaRunner<S, D> {
         &self.runner
     }
 
+    /// The stored event types the saga's events cannot read: versions newer than its code's,
+    /// or older ones no upcaster lifts. Types it does not know are not listed: a saga's event
+    /// type is by design the few it reacts to.
+    pub async fn unreadable_types(&self) -> Result<Vec<crate::UnreadableType>, ProjectionError> {
+        self.runner.unreadable(false).await
+    }
+
+    /// [`unreadable_types`](Self::unreadable_types) as a refusal
+    /// ([`ProjectionError::UnreadableTypes`]), for start-up.
+    pub async fn check_stored_types(&self) -> Result<(), ProjectionError> {
+        let types = self.unreadable_types().await?;
+        if types.is_empty() {
+            return Ok(());
+        }
+        Err(ProjectionError::UnreadableTypes {
+            projection: self.runner.key().to_owned(),
+            types,
+        })
+    }
+
     /// Whether this instance feeds the saga now.
     pub fn is_active(&self) -> bool {
         self.runner.is_active()

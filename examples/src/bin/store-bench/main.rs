@@ -127,6 +127,20 @@ async fn main() -> Result<(), BoxError> {
     );
     follow::print(&latency);
     growth::print(&growth);
+    // What the workloads stored is of no use once measured.
+    for schema in [
+        "bench_fw",
+        "bench_raw",
+        "bench_read",
+        "bench_load",
+        "bench_follow",
+    ] {
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "DROP SCHEMA IF EXISTS {schema} CASCADE"
+        )))
+        .execute(&pool)
+        .await?;
+    }
     Ok(())
 }
 
