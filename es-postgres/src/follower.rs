@@ -84,12 +84,25 @@ impl LogFollower {
     }
 
     /// The next batch of events, not empty; waits until there is one.
+    ///
+    /// Rides out transient errors (a restart, a lost connection, a pool timeout: see
+    /// [`StoreError::is_transient`]) by itself: each is logged through `tracing` and the read
+    /// tried again after a backoff (200 ms doubling to 30 s, with jitter), from the same
+    /// position. Only permanent errors are returned, such as a stored row that cannot be read
+    /// ([`StoreError::Malformed`], naming its position).
     pub async fn next_batch(&mut self) -> Result<Vec<RecordedEvent>, StoreError> {
+        let mut backoff = crate::projection::supervise::Backoff::new();
         loop {
-            if let Some(batch) = self.try_next_batch().await? {
-                return Ok(batch);
+            match self.try_next_batch().await {
+                Ok(Some(batch)) => return Ok(batch),
+                Ok(None) => self.wait_for_more().await,
+                Err(error) if error.is_transient() => {
+                    let wait = backoff.next();
+                    tracing::warn!(%error, after = %self.after, retry_in = ?wait, "reading the global log failed; retrying");
+                    tokio::time::sleep(wait).await;
+                }
+                Err(error) => return Err(error),
             }
-            self.wait_for_more().await;
         }
     }
 

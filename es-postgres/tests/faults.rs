@@ -21,7 +21,7 @@ use common::{Totals, credit};
 use es_core::testing::evolution::LedgerEvent;
 use es_core::{
     BoxError, CommandContext, CommandDispatcher, Envelope, EventStore, ExpectedVersion, NewEvent,
-    Saga, StreamId, derived_event_id,
+    Position, Saga, StreamId, derived_event_id,
 };
 use es_postgres::testing::TestCluster;
 use es_postgres::{PgEventStore, PgSagaRunner, ProjectionRunner, SchemaName};
@@ -302,6 +302,52 @@ fn spawn_projection(
     })
 }
 
+/// A plain `LogFollower` reading the whole log through the faults; when told to stop, it
+/// reads what is left and returns every event id it saw, in order. It must never return an
+/// error: transient ones are its to ride out.
+fn spawn_follower(
+    store: PgEventStore,
+    stop: Arc<AtomicBool>,
+) -> tokio::task::JoinHandle<Vec<(Uuid, Position)>> {
+    tokio::spawn(async move {
+        let mut follower = store
+            .follow(Position::START)
+            .poll_interval(Duration::from_millis(50));
+        let mut seen = Vec::new();
+        while !stop.load(Ordering::SeqCst) {
+            let next = tokio::time::timeout(Duration::from_millis(200), follower.next_batch());
+            if let Ok(batch) = next.await {
+                let batch = batch.expect("a follower returns only permanent errors");
+                seen.extend(batch.iter().map(|e| (e.event_id, e.position)));
+            }
+        }
+        // Drain what the log holds now (the servers are up again by then).
+        let head = store.head().await.unwrap();
+        while follower.position() < head {
+            let batch = follower.next_batch().await.unwrap();
+            seen.extend(batch.iter().map(|e| (e.event_id, e.position)));
+        }
+        seen
+    })
+}
+
+/// What a follower saw is the log: every stored event once, in the log's order.
+async fn check_follower(store: &PgEventStore, seen: Vec<(Uuid, Position)>) {
+    assert!(
+        seen.windows(2).all(|w| w[0].1 < w[1].1),
+        "the follower saw positions out of order or twice"
+    );
+    let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM es.events")
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+    assert_eq!(
+        seen.len() as i64,
+        stored,
+        "the follower saw every stored event"
+    );
+}
+
 fn spawn_saga(
     runner: Arc<PgSagaRunner<Mirror, MirrorWriter>>,
     stop: Arc<AtomicBool>,
@@ -352,6 +398,8 @@ async fn everything_recovers_by_itself_through_server_restarts() {
         .collect();
     let saga_task = spawn_saga(Arc::new(rig.saga()), Arc::clone(&runners_stop));
     let watcher = watch_single_active(projections.clone(), Arc::clone(&runners_stop));
+    let follower_stop = Arc::new(AtomicBool::new(false));
+    let following = spawn_follower(rig.store.clone(), Arc::clone(&follower_stop));
     let writers = rig.writers(4);
     eprintln!("first apply: {:?}", rig.time_to_apply().await);
 
@@ -369,6 +417,8 @@ async fn everything_recovers_by_itself_through_server_restarts() {
         task.await.unwrap().unwrap();
     }
     saga_task.await.unwrap().unwrap();
+    follower_stop.store(true, Ordering::SeqCst);
+    check_follower(&rig.store, following.await.unwrap()).await;
     let overlap = watcher.await.unwrap();
     assert!(
         overlap < Duration::from_millis(1500),
@@ -393,6 +443,8 @@ async fn everything_recovers_while_backends_are_terminated_at_random() {
         .collect();
     let saga_task = spawn_saga(Arc::new(rig.saga()), Arc::clone(&runners_stop));
     let watcher = watch_single_active(projections.clone(), Arc::clone(&runners_stop));
+    let follower_stop = Arc::new(AtomicBool::new(false));
+    let following = spawn_follower(rig.store.clone(), Arc::clone(&follower_stop));
     let writers = rig.writers(4);
     rig.time_to_apply().await;
 
@@ -430,6 +482,8 @@ async fn everything_recovers_while_backends_are_terminated_at_random() {
         task.await.unwrap().unwrap();
     }
     saga_task.await.unwrap().unwrap();
+    follower_stop.store(true, Ordering::SeqCst);
+    check_follower(&rig.store, following.await.unwrap()).await;
     let overlap = watcher.await.unwrap();
     assert!(
         overlap < Duration::from_millis(1500),
