@@ -171,7 +171,7 @@ pub(crate) fn transient_source(error: &(dyn std::error::Error + 'static)) -> boo
 /// 58000/58030 (system I/O error).
 /// Everything else (constraint violations, syntax, permissions, a missing table, data that
 /// does not decode) is permanent: retrying the same work fails the same way.
-pub(crate) fn is_transient(err: &sqlx::Error) -> bool {
+pub fn is_transient(err: &sqlx::Error) -> bool {
     match err {
         sqlx::Error::Io(_)
         | sqlx::Error::PoolTimedOut

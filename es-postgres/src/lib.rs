@@ -64,7 +64,7 @@ pub mod testing;
 /// Re-exported for implementing [`PgProjection`]: `#[es_postgres::async_trait]`.
 pub use async_trait::async_trait;
 pub use connect::{connect_pool, parse_url};
-pub use error::PgError;
+pub use error::{PgError, is_transient};
 pub use follower::LogFollower;
 pub use import::ImportReport;
 pub use projection::{

@@ -123,6 +123,7 @@ impl<P: PgProjection> ProjectionRunner<P> {
             last = %last,
         );
         let result = async {
+            self.deliver(&batch).await?;
             if let Some(done) = self.try_whole_batch(lock, &batch, from, last).await? {
                 return Ok(done);
             }
@@ -152,6 +153,26 @@ impl<P: PgProjection> ProjectionRunner<P> {
         match result {
             Err(error) => Err(lock.classify(self, error).await),
             ok => ok,
+        }
+    }
+
+    /// Hands the events the projection wants to its `before_commit`, outside any transaction.
+    async fn deliver(&self, batch: &[RecordedEvent]) -> Result<(), ProjectionError> {
+        if !self.projection.delivers() {
+            return Ok(());
+        }
+        let wanted: Vec<&RecordedEvent> = batch.iter().filter(|e| self.wants(e)).collect();
+        if wanted.is_empty() {
+            return Ok(());
+        }
+        match caught(self.projection.before_commit(&wanted)).await {
+            Ok(()) => Ok(()),
+            Err(error) if transient_source(error.as_ref()) => Err(self.store_error(error)),
+            Err(error) => Err(ProjectionError::Failed {
+                projection: self.key.clone(),
+                event: Box::new(wanted[0].event_ref()),
+                source: error,
+            }),
         }
     }
 

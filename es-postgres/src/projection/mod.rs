@@ -15,7 +15,7 @@ pub(crate) mod supervise;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use es_core::{BoxError, DomainEvent, Envelope, EventRef, StoreError};
+use es_core::{BoxError, DomainEvent, Envelope, EventRef, RecordedEvent, StoreError};
 use sqlx::PgConnection;
 
 pub use lock::LockHolder;
@@ -62,6 +62,31 @@ pub trait PgProjection: Send + Sync + 'static {
     /// complete next version there.
     fn read_model(&self) -> Option<ReadModel> {
         None
+    }
+
+    /// Hands a batch's events to something outside this database before the batch commits:
+    /// what a relay to a message broker does, waiting for the broker's acknowledgement. None,
+    /// by default.
+    ///
+    /// The runner calls it before the batch's transaction begins, so no transaction (and no
+    /// transaction id holding back the cluster's readers) stays open while it waits. It gets
+    /// the events of the batch the projection wants, as stored (before upcasting). The batch's
+    /// `apply` writes and its checkpoint commit only after it returned `Ok`; when it fails,
+    /// nothing of the batch commits. It must therefore be idempotent: after a crash, a retry or
+    /// a takeover by another instance, the same events are handed to it again. A transient
+    /// error (see [`StoreError::is_transient`]: return
+    /// [`StoreError::Backend`] with `transient: true` for a broker that is away) is ridden out
+    /// by [`ProjectionRunner::run`] with backoff; any other stops the runner naming the batch's
+    /// first event.
+    async fn before_commit(&self, events: &[&RecordedEvent]) -> Result<(), BoxError> {
+        let _ = events;
+        Ok(())
+    }
+
+    /// Whether [`before_commit`](Self::before_commit) does anything; `false` by default, which
+    /// spares the runner collecting each batch's events for it.
+    fn delivers(&self) -> bool {
+        false
     }
 
     /// Creates the read model's tables if they do not exist.

@@ -1,0 +1,204 @@
+//! What goes on the wire: one message per relayed event, its headers, and how a relay reads
+//! its own position back out of a message the broker holds.
+
+use es_core::{Position, RecordedEvent};
+
+/// Header names every relayed message carries (beside the broker's own message id header,
+/// which holds [`Message::id`]).
+pub mod header {
+    /// The event's id.
+    pub const EVENT_ID: &str = "Es-Event-Id";
+    /// The event's type, as published (after upcasting or mapping, when configured).
+    pub const EVENT_TYPE: &str = "Es-Event-Type";
+    /// The schema version of the published payload.
+    pub const SCHEMA_VERSION: &str = "Es-Schema-Version";
+    /// The stream the event belongs to.
+    pub const STREAM: &str = "Es-Stream";
+    /// The event's version in its stream.
+    pub const STREAM_VERSION: &str = "Es-Stream-Version";
+    /// The event's position in the global log, as `transaction/sequence`.
+    pub const POSITION: &str = "Es-Position";
+    /// Which of the events an upcaster made of one stored event this is (0 for most).
+    pub const SPLIT: &str = "Es-Split";
+    /// The correlation id.
+    pub const CORRELATION_ID: &str = "Es-Correlation-Id";
+    /// The causation id, when the event has one.
+    pub const CAUSATION_ID: &str = "Es-Causation-Id";
+    /// When the event was recorded (RFC 3339, UTC).
+    pub const RECORDED_AT: &str = "Es-Recorded-At";
+    /// The relay (and part) that published it.
+    pub const RELAY: &str = "Es-Relay";
+}
+
+/// One message a relay publishes: an event (or what a mapping made of it) with its envelope in
+/// headers.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Message {
+    /// Subject (NATS) or routing key (AMQP), before the publisher's prefix.
+    pub topic: String,
+    /// The broker-level message id: the event id, with `:{split}` for the second and later
+    /// events an upcaster made of one stored event. Brokers deduplicate on it.
+    pub id: String,
+    /// Headers, in order.
+    pub headers: Vec<(&'static str, String)>,
+    /// The payload: JSON text.
+    pub payload: String,
+    /// The event's position in the global log.
+    pub position: Position,
+    /// Which of the events made of one stored event this is.
+    pub split: u32,
+    /// The stream it belongs to: publishers keep one stream's messages in order.
+    pub stream: String,
+}
+
+impl Message {
+    /// The message for one event: `event_type`, `schema_version` and `payload` as published,
+    /// the rest of the envelope from `event`.
+    pub(crate) fn new(
+        relay: &str,
+        topic: String,
+        event: &RecordedEvent,
+        split: u32,
+        event_type: &str,
+        schema_version: u32,
+        payload: String,
+    ) -> Self {
+        let id = if split == 0 {
+            event.event_id.to_string()
+        } else {
+            format!("{}:{split}", event.event_id)
+        };
+        let mut headers = vec![
+            (header::EVENT_ID, event.event_id.to_string()),
+            (header::EVENT_TYPE, event_type.to_owned()),
+            (header::SCHEMA_VERSION, schema_version.to_string()),
+            (header::STREAM, event.stream_id.as_str().to_owned()),
+            (header::STREAM_VERSION, event.stream_version.to_string()),
+            (header::POSITION, format_position(event.position)),
+            (header::SPLIT, split.to_string()),
+            (header::CORRELATION_ID, event.correlation_id.to_string()),
+            (
+                header::RECORDED_AT,
+                event
+                    .recorded_at
+                    .to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+            ),
+            (header::RELAY, relay.to_owned()),
+        ];
+        if let Some(causation) = event.causation_id {
+            headers.push((header::CAUSATION_ID, causation.to_string()));
+        }
+        Self {
+            topic,
+            id,
+            headers,
+            payload,
+            position: event.position,
+            split,
+            stream: event.stream_id.as_str().to_owned(),
+        }
+    }
+
+    /// Where this message stands in the relay's order: position, then split.
+    pub fn mark(&self) -> Mark {
+        Mark {
+            position: self.position,
+            split: self.split,
+        }
+    }
+}
+
+/// How far a relay got on a broker: the position and split of the last message it published.
+/// Messages at or before a mark are never published again.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Mark {
+    /// The event's position.
+    pub position: Position,
+    /// Which of the events made of it.
+    pub split: u32,
+}
+
+impl Mark {
+    /// Reads a mark from a published message's headers (`header` looks one up by name);
+    /// `None` when they do not carry one.
+    pub fn from_headers<'a>(header: impl Fn(&str) -> Option<&'a str>) -> Option<Mark> {
+        let position = parse_position(header(header::POSITION)?)?;
+        let split = header(header::SPLIT).map_or(Some(0), |s| s.parse().ok())?;
+        Some(Mark { position, split })
+    }
+}
+
+/// A position as the `Es-Position` header writes it: `transaction/sequence`.
+pub fn format_position(position: Position) -> String {
+    format!("{}/{}", position.transaction, position.sequence)
+}
+
+/// Reads an `Es-Position` header; `None` when it is not one.
+pub fn parse_position(text: &str) -> Option<Position> {
+    let (transaction, sequence) = text.split_once('/')?;
+    Some(Position::new(
+        transaction.parse().ok()?,
+        sequence.parse().ok()?,
+    ))
+}
+
+/// A topic segment made of stored text (a category, a type): characters brokers give a
+/// meaning to (`.`, `*`, `>`, `#`, whitespace and the like) become `_`, so hostile stream ids
+/// cannot reach other subjects or make a publish fail.
+pub fn topic_segment(text: &str) -> String {
+    let cleaned: String = text
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    if cleaned.is_empty() {
+        "_".to_owned()
+    } else {
+        cleaned
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn positions_round_trip_and_junk_is_refused() {
+        let p = Position::new(123, 456);
+        assert_eq!(parse_position(&format_position(p)), Some(p));
+        assert_eq!(parse_position("12"), None);
+        assert_eq!(parse_position("a/1"), None);
+        assert_eq!(parse_position("-1/1"), None);
+    }
+
+    #[test]
+    fn topic_segments_cannot_reach_other_subjects() {
+        assert_eq!(topic_segment("account"), "account");
+        assert_eq!(topic_segment("a.b*>c d#"), "a_b__c_d_");
+        assert_eq!(topic_segment(""), "_");
+        assert_eq!(topic_segment("é"), "_");
+    }
+
+    #[test]
+    fn marks_order_by_position_then_split() {
+        let a = Mark {
+            position: Position::new(5, 1),
+            split: 1,
+        };
+        let b = Mark {
+            position: Position::new(5, 2),
+            split: 0,
+        };
+        assert!(a < b);
+        let headers = [("Es-Position", "5/2"), ("Es-Split", "0")];
+        let found = Mark::from_headers(|name| {
+            headers.iter().find(|(n, _)| *n == name).map(|(_, v)| *v)
+        });
+        assert_eq!(found, Some(b));
+    }
+}

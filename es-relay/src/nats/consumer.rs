@@ -1,0 +1,250 @@
+//! A JetStream pull consumer that hands each message to a handler in a database transaction
+//! with the inbox, acknowledges only after the commit, and dead-letters what keeps failing.
+
+use std::future::Future;
+use std::time::Duration;
+
+use async_nats::jetstream::AckKind;
+use async_nats::jetstream::consumer::PullConsumer;
+use es_postgres::sqlx::PgPool;
+use futures_util::StreamExt;
+
+use super::unavailable;
+use crate::consumer::{Handler, Received};
+use crate::inbox::InboxDeadLetter;
+use crate::{Inbox, RelayError};
+
+/// Consumes a JetStream pull consumer into a handler, effective once per message.
+///
+/// For each message: a transaction records its id in the [`Inbox`] and, the first time, runs
+/// the handler; after the commit the message is acknowledged (and the ack confirmed by the
+/// server). A crash anywhere before the ack means a redelivery, which the inbox turns into a
+/// no-op when the first handling had committed. A handler error rolls back and asks for a
+/// redelivery after a delay growing with the number of deliveries; after `max_deliveries`
+/// the message is recorded as a dead letter with the error and terminated on the broker.
+/// [`replay_dead_letter`](Self::replay_dead_letter) runs one through the handler again.
+///
+/// The consumer should have explicit acks (`AckPolicy::Explicit`, the default of pull
+/// consumers) and an `ack_wait` longer than the handler takes.
+pub struct JetStreamInbox {
+    pool: PgPool,
+    inbox: Inbox,
+    consumer: String,
+    max_deliveries: u64,
+    retry_delay: Duration,
+}
+
+impl JetStreamInbox {
+    /// A helper for the consumer named `consumer` (its inbox key), writing through `pool`:
+    /// five deliveries at most, redeliveries 1 s apart at first.
+    pub fn new(pool: PgPool, inbox: Inbox, consumer: impl Into<String>) -> Self {
+        Self {
+            pool,
+            inbox,
+            consumer: consumer.into(),
+            max_deliveries: 5,
+            retry_delay: Duration::from_secs(1),
+        }
+    }
+
+    /// How many deliveries a failing message gets before it is dead-lettered.
+    pub fn max_deliveries(mut self, deliveries: u64) -> Self {
+        self.max_deliveries = deliveries.max(1);
+        self
+    }
+
+    /// The delay before the first redelivery of a failed message; it grows with each one.
+    pub fn retry_delay(mut self, delay: Duration) -> Self {
+        self.retry_delay = delay;
+        self
+    }
+
+    /// Consumes `consumer` until `shutdown` completes; returns on a permanent database error.
+    /// Lost NATS connections are ridden out by the client (it reconnects); a message whose
+    /// handling was cut short is delivered again.
+    pub async fn run(
+        &self,
+        consumer: &PullConsumer,
+        handler: &impl Handler,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<(), RelayError> {
+        let mut messages = consumer.messages().await.map_err(unavailable)?;
+        let mut shutdown = std::pin::pin!(shutdown);
+        loop {
+            let next = tokio::select! {
+                () = &mut shutdown => return Ok(()),
+                next = messages.next() => next,
+            };
+            match next {
+                None => return Ok(()),
+                Some(Err(error)) => {
+                    tracing::warn!(consumer = %self.consumer, %error, "receiving from JetStream failed");
+                }
+                Some(Ok(message)) => self.handle(&message, handler).await?,
+            }
+        }
+    }
+
+    async fn handle(
+        &self,
+        message: &async_nats::jetstream::Message,
+        handler: &impl Handler,
+    ) -> Result<(), RelayError> {
+        let received = received(message);
+        let outcome = self.apply(&received, handler).await;
+        let ack = match outcome {
+            Ok(()) => message.double_ack().await,
+            Err(Failure::Database(error)) if error.is_transient() => {
+                tracing::warn!(consumer = %self.consumer, id = %received.id, %error, "the database failed; the message comes again");
+                message.ack_with(AckKind::Nak(Some(self.retry_delay))).await
+            }
+            Err(Failure::Database(error)) => return Err(error),
+            Err(Failure::Handler(error)) if received.deliveries >= self.max_deliveries => {
+                tracing::error!(consumer = %self.consumer, id = %received.id, %error, deliveries = received.deliveries, "dead-lettering the message");
+                self.inbox
+                    .dead_letter(&self.pool, &dead_letter(&self.consumer, &received, &error))
+                    .await?;
+                message.double_ack_with(AckKind::Term).await
+            }
+            Err(Failure::Handler(error)) => {
+                let delay = self
+                    .retry_delay
+                    .saturating_mul(1 << received.deliveries.saturating_sub(1).min(10));
+                tracing::warn!(consumer = %self.consumer, id = %received.id, %error, deliveries = received.deliveries, retry_in = ?delay, "handling failed");
+                message.ack_with(AckKind::Nak(Some(delay))).await
+            }
+        };
+        if let Err(error) = ack {
+            // The message comes again after ack_wait; the inbox makes that harmless.
+            tracing::warn!(consumer = %self.consumer, id = %received.id, %error, "acknowledging failed");
+        }
+        Ok(())
+    }
+
+    async fn apply(&self, received: &Received, handler: &impl Handler) -> Result<(), Failure> {
+        let mut tx = self.pool.begin().await.map_err(db)?;
+        if !self
+            .inbox
+            .receive(&mut tx, &self.consumer, &received.id)
+            .await
+            .map_err(Failure::Database)?
+        {
+            tracing::debug!(consumer = %self.consumer, id = %received.id, "handled before; acknowledging");
+            return tx.commit().await.map_err(db);
+        }
+        if let Err(error) = handler.handle(&mut tx, received).await {
+            let _ = tx.rollback().await;
+            return Err(Failure::Handler(error.to_string()));
+        }
+        tx.commit().await.map_err(db)
+    }
+
+    /// Runs the dead letter `message_id` through `handler` again, with the inbox; `Ok(false)`
+    /// when there is no such dead letter. When the handler fails again the dead letter stays,
+    /// with the new error.
+    pub async fn replay_dead_letter(
+        &self,
+        message_id: &str,
+        handler: &impl Handler,
+    ) -> Result<bool, RelayError> {
+        let mut tx = self.pool.begin().await?;
+        // Taken in the transaction: a replay that fails leaves the row where it was.
+        let row: Option<(String, String, Vec<u8>, i64)> = es_postgres::sqlx::query_as(
+            self.inbox_sql(
+                "DELETE FROM {schema}.inbox_dead_letters WHERE consumer = $1 AND message_id = $2
+                 RETURNING topic, headers::text, payload, deliveries",
+            ),
+        )
+        .bind(&self.consumer)
+        .bind(message_id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some((topic, headers, payload, deliveries)) = row else {
+            return Ok(false);
+        };
+        let headers: Vec<(String, String)> = serde_json::from_str::<
+            serde_json::Map<String, serde_json::Value>,
+        >(&headers)
+        .map(|map| {
+            map.into_iter()
+                .map(|(n, v)| (n, v.as_str().unwrap_or_default().to_owned()))
+                .collect()
+        })
+        .unwrap_or_default();
+        let mut received = Received::new(message_id, topic, headers, payload);
+        received.deliveries = u64::try_from(deliveries).unwrap_or(0) + 1;
+        let first = self
+            .inbox
+            .receive(&mut tx, &self.consumer, message_id)
+            .await?;
+        if first && let Err(error) = handler.handle(&mut tx, &received).await {
+            tx.rollback().await?;
+            self.inbox
+                .dead_letter(
+                    &self.pool,
+                    &dead_letter(&self.consumer, &received, &error.to_string()),
+                )
+                .await?;
+            return Ok(true);
+        }
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    fn inbox_sql(&self, template: &str) -> es_postgres::sqlx::AssertSqlSafe<String> {
+        self.inbox.schema().sql(template)
+    }
+}
+
+enum Failure {
+    Database(RelayError),
+    Handler(String),
+}
+
+fn db(error: es_postgres::sqlx::Error) -> Failure {
+    Failure::Database(RelayError::Database(error))
+}
+
+fn received(message: &async_nats::jetstream::Message) -> Received {
+    let headers: Vec<(String, String)> = message
+        .headers
+        .iter()
+        .flat_map(|map| map.iter())
+        .flat_map(|(name, values)| {
+            values
+                .iter()
+                .map(move |value| (name.to_string(), value.as_str().to_owned()))
+        })
+        .collect();
+    let info = message.info().ok();
+    let deliveries = info
+        .as_ref()
+        .map_or(1, |i| u64::try_from(i.delivered).unwrap_or(1));
+    // Relayed messages carry their id; others are keyed by their place in the stream.
+    let id = headers
+        .iter()
+        .find(|(n, _)| n.eq_ignore_ascii_case("Nats-Msg-Id"))
+        .map(|(_, v)| v.clone())
+        .or_else(|| info.map(|i| format!("{}:{}", i.stream, i.stream_sequence)))
+        .unwrap_or_default();
+    let mut received = Received::new(
+        id,
+        message.subject.to_string(),
+        headers,
+        message.payload.to_vec(),
+    );
+    received.deliveries = deliveries;
+    received
+}
+
+fn dead_letter(consumer: &str, received: &Received, error: &str) -> InboxDeadLetter {
+    InboxDeadLetter {
+        consumer: consumer.to_owned(),
+        message_id: received.id.clone(),
+        topic: received.topic.clone(),
+        headers: received.headers_json(),
+        payload: received.payload.clone(),
+        error: error.to_owned(),
+        deliveries: i64::try_from(received.deliveries).unwrap_or(i64::MAX),
+    }
+}
