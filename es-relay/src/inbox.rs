@@ -128,9 +128,10 @@ impl Inbox {
         consumer: &str,
         message_id: &str,
     ) -> Result<bool, RelayError> {
-        let found: Option<i32> = sqlx::query_scalar(self.schema.sql(
-            "SELECT 1 FROM {schema}.inbox WHERE consumer = $1 AND message_id = $2",
-        ))
+        let found: Option<i32> = sqlx::query_scalar(
+            self.schema
+                .sql("SELECT 1 FROM {schema}.inbox WHERE consumer = $1 AND message_id = $2"),
+        )
         .bind(consumer)
         .bind(message_id)
         .fetch_optional(pool)
@@ -172,7 +173,7 @@ impl Inbox {
         pool: &PgPool,
         consumer: &str,
     ) -> Result<Vec<InboxDeadLetter>, RelayError> {
-        let rows: Vec<(String, String, String, String, Vec<u8>, String, i64)> =
+        let rows: Vec<LetterRow> =
             sqlx::query_as(self.schema.sql(
                 "SELECT consumer, message_id, topic, headers::text, payload, error, deliveries
                  FROM {schema}.inbox_dead_letters WHERE consumer = $1 ORDER BY failed_at, message_id",
@@ -180,22 +181,7 @@ impl Inbox {
             .bind(consumer)
             .fetch_all(pool)
             .await?;
-        Ok(rows
-            .into_iter()
-            .map(
-                |(consumer, message_id, topic, headers, payload, error, deliveries)| {
-                    InboxDeadLetter {
-                        consumer,
-                        message_id,
-                        topic,
-                        headers,
-                        payload,
-                        error,
-                        deliveries,
-                    }
-                },
-            )
-            .collect())
+        Ok(rows.into_iter().map(letter).collect())
     }
 
     /// Removes a dead letter, returning it (for a replay through the handler); `None` when
@@ -206,25 +192,31 @@ impl Inbox {
         consumer: &str,
         message_id: &str,
     ) -> Result<Option<InboxDeadLetter>, RelayError> {
-        let row: Option<(String, String, String, String, Vec<u8>, String, i64)> =
-            sqlx::query_as(self.schema.sql(
-                "DELETE FROM {schema}.inbox_dead_letters WHERE consumer = $1 AND message_id = $2
+        let row: Option<LetterRow> = sqlx::query_as(self.schema.sql(
+            "DELETE FROM {schema}.inbox_dead_letters WHERE consumer = $1 AND message_id = $2
                  RETURNING consumer, message_id, topic, headers::text, payload, error, deliveries",
-            ))
-            .bind(consumer)
-            .bind(message_id)
-            .fetch_optional(pool)
-            .await?;
-        Ok(row.map(
-            |(consumer, message_id, topic, headers, payload, error, deliveries)| InboxDeadLetter {
-                consumer,
-                message_id,
-                topic,
-                headers,
-                payload,
-                error,
-                deliveries,
-            },
         ))
+        .bind(consumer)
+        .bind(message_id)
+        .fetch_optional(pool)
+        .await?;
+        Ok(row.map(letter))
+    }
+}
+
+/// A dead-letter row as selected: consumer, message id, topic, headers, payload, error,
+/// deliveries.
+type LetterRow = (String, String, String, String, Vec<u8>, String, i64);
+
+fn letter(row: LetterRow) -> InboxDeadLetter {
+    let (consumer, message_id, topic, headers, payload, error, deliveries) = row;
+    InboxDeadLetter {
+        consumer,
+        message_id,
+        topic,
+        headers,
+        payload,
+        error,
+        deliveries,
     }
 }

@@ -196,9 +196,8 @@ mod tests {
         };
         assert!(a < b);
         let headers = [("Es-Position", "5/2"), ("Es-Split", "0")];
-        let found = Mark::from_headers(|name| {
-            headers.iter().find(|(n, _)| *n == name).map(|(_, v)| *v)
-        });
+        let found =
+            Mark::from_headers(|name| headers.iter().find(|(n, _)| *n == name).map(|(_, v)| *v));
         assert_eq!(found, Some(b));
     }
 }

@@ -210,12 +210,14 @@ impl<E: DomainEvent> Relay<E> {
                         event.payload.get().to_owned(),
                     ),
                     PayloadForm::Current => {
-                        let payload = envelope.payload.encode().map_err(|error| {
-                            RelayError::Encode {
-                                event: Box::new(event.event_ref()),
-                                source: Box::new(error),
-                            }
-                        })?;
+                        let payload =
+                            envelope
+                                .payload
+                                .encode()
+                                .map_err(|error| RelayError::Encode {
+                                    event: Box::new(event.event_ref()),
+                                    source: Box::new(error),
+                                })?;
                         (
                             envelope.event_type.as_str(),
                             envelope.schema_version,

@@ -78,9 +78,10 @@ async fn rig(tag: &str, streams: usize, per_stream: usize) -> Rig {
     assert_eq!(count(&client, &stream).await, events);
     let inbox = Inbox::new(db.schema.clone());
     inbox.setup(&db.pool).await.unwrap();
-    sqlx::query(db.schema.sql(
-        "CREATE TABLE {schema}.effects (event_id uuid PRIMARY KEY, applied int NOT NULL)",
-    ))
+    sqlx::query(
+        db.schema
+            .sql("CREATE TABLE {schema}.effects (event_id uuid PRIMARY KEY, applied int NOT NULL)"),
+    )
     .execute(&db.pool)
     .await
     .unwrap();
@@ -187,7 +188,11 @@ async fn a_consumer_killed_at_random_applies_each_event_exactly_once() {
     let (finished, ()) = tokio::join!(finishing, waiting);
     finished.unwrap();
     let applied = effects(&rig.db).await;
-    assert_eq!(applied.len() as u64, rig.events, "every event has an effect");
+    assert_eq!(
+        applied.len() as u64,
+        rig.events,
+        "every event has an effect"
+    );
     assert!(
         applied.iter().all(|n| *n == 1),
         "an effect applied twice: {:?}",
@@ -225,15 +230,29 @@ async fn a_poison_message_is_dead_lettered_without_holding_up_the_rest_and_repla
     let waiting = async {
         wait_for_effects(&rig.db, 8, Duration::from_secs(20)).await;
         let started = Instant::now();
-        while rig.inbox.dead_letters(&rig.db.pool, "effects").await.unwrap().len() < 2 {
-            assert!(started.elapsed() < Duration::from_secs(20), "no dead letters");
+        while rig
+            .inbox
+            .dead_letters(&rig.db.pool, "effects")
+            .await
+            .unwrap()
+            .len()
+            < 2
+        {
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "no dead letters"
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         stop.send(()).unwrap();
     };
     let (ran, ()) = tokio::join!(running, waiting);
     ran.unwrap();
-    let letters = rig.inbox.dead_letters(&rig.db.pool, "effects").await.unwrap();
+    let letters = rig
+        .inbox
+        .dead_letters(&rig.db.pool, "effects")
+        .await
+        .unwrap();
     assert_eq!(letters.len(), 2);
     for letter in &letters {
         assert_eq!(letter.deliveries, 3);
@@ -245,19 +264,29 @@ async fn a_poison_message_is_dead_lettered_without_holding_up_the_rest_and_repla
     // Fixed: replaying applies each once, and a second replay finds nothing.
     handler.poisoned.store(false, Ordering::SeqCst);
     for letter in &letters {
-        assert!(helper
-            .replay_dead_letter(&letter.message_id, handler.as_ref())
-            .await
-            .unwrap());
-        assert!(!helper
-            .replay_dead_letter(&letter.message_id, handler.as_ref())
-            .await
-            .unwrap());
+        assert!(
+            helper
+                .replay_dead_letter(&letter.message_id, handler.as_ref())
+                .await
+                .unwrap()
+        );
+        assert!(
+            !helper
+                .replay_dead_letter(&letter.message_id, handler.as_ref())
+                .await
+                .unwrap()
+        );
     }
     let applied = effects(&rig.db).await;
     assert_eq!(applied.len(), 10);
     assert!(applied.iter().all(|n| *n == 1));
-    assert!(rig.inbox.dead_letters(&rig.db.pool, "effects").await.unwrap().is_empty());
+    assert!(
+        rig.inbox
+            .dead_letters(&rig.db.pool, "effects")
+            .await
+            .unwrap()
+            .is_empty()
+    );
     delete_stream(&rig.client, &rig.stream).await;
     rig.db.drop().await;
 }

@@ -56,14 +56,21 @@ async fn each_event_goes_out_once_with_its_envelope_then_live() {
     let db = TestDatabase::new().await;
     let client = nats().await;
     let (name, prefix) = unique("envelope");
-    let store = db.store.clone().with_upcasters(Arc::new(ledger_upcasters()));
+    let store = db
+        .store
+        .clone()
+        .with_upcasters(Arc::new(ledger_upcasters()));
     // Stored before the relay starts: a v1 credit (euros), which goes out as v3 (cents, memo);
     // a stream id full of characters subjects give a meaning to; another category.
     let old = serde_json::value::to_raw_value(&serde_json::json!({ "amount": 5 })).unwrap();
     let v1 = NewEvent::new("Credited", 1, old);
     let v1_id = v1.event_id;
     store
-        .append(&StreamId::new("ledger-a").unwrap(), ExpectedVersion::NoStream, vec![v1])
+        .append(
+            &StreamId::new("ledger-a").unwrap(),
+            ExpectedVersion::NoStream,
+            vec![v1],
+        )
         .await
         .unwrap();
     let hostile = StreamId::new("ledger-x.*> <script>").unwrap();
@@ -72,7 +79,11 @@ async fn each_event_goes_out_once_with_its_envelope_then_live() {
         .await
         .unwrap();
     store
-        .append(&StreamId::new("other-1").unwrap(), ExpectedVersion::Any, vec![credit(1)])
+        .append(
+            &StreamId::new("other-1").unwrap(),
+            ExpectedVersion::Any,
+            vec![credit(1)],
+        )
         .await
         .unwrap();
 
@@ -86,7 +97,11 @@ async fn each_event_goes_out_once_with_its_envelope_then_live() {
     // Live: appended while the relay follows.
     for i in 0..10 {
         store
-            .append(&StreamId::new("ledger-b").unwrap(), ExpectedVersion::Any, vec![credit(i)])
+            .append(
+                &StreamId::new("ledger-b").unwrap(),
+                ExpectedVersion::Any,
+                vec![credit(i)],
+            )
             .await
             .unwrap();
     }
@@ -99,7 +114,11 @@ async fn each_event_goes_out_once_with_its_envelope_then_live() {
     assert_eq!(first.header("Nats-Msg-Id"), v1_id.to_string());
     assert_eq!(first.header(header::EVENT_ID), v1_id.to_string());
     assert_eq!(first.header(header::EVENT_TYPE), "Credited");
-    assert_eq!(first.header(header::SCHEMA_VERSION), "3", "upcast to the current version");
+    assert_eq!(
+        first.header(header::SCHEMA_VERSION),
+        "3",
+        "upcast to the current version"
+    );
     assert_eq!(first.header(header::STREAM), "ledger-a");
     assert_eq!(first.header(header::STREAM_VERSION), "1");
     assert_eq!(first.header(header::RELAY), "ledger-relay");
@@ -119,7 +138,10 @@ async fn each_event_goes_out_once_with_its_envelope_then_live() {
     assert_exactly_once_in_order_of(&messages);
 
     let status = runner.status().await.unwrap();
-    assert_eq!(status.lag_events, 0, "the checkpoint moved past what was published");
+    assert_eq!(
+        status.lag_events, 0,
+        "the checkpoint moved past what was published"
+    );
     stop.send(()).unwrap();
     task.await.unwrap().unwrap();
     delete_stream(&client, &name).await;
@@ -131,7 +153,10 @@ fn assert_exactly_once_in_order_of(messages: &[Held]) {
     let mut ids = std::collections::HashSet::new();
     let mut versions = std::collections::HashMap::new();
     for m in messages {
-        assert!(ids.insert(m.header("Nats-Msg-Id").to_owned()), "repeated: {m:?}");
+        assert!(
+            ids.insert(m.header("Nats-Msg-Id").to_owned()),
+            "repeated: {m:?}"
+        );
         let v: u64 = m.header(header::STREAM_VERSION).parse().unwrap();
         let last = versions.insert(m.header(header::STREAM).to_owned(), v);
         assert_eq!(v, last.unwrap_or(0) + 1, "out of order: {m:?}");
@@ -142,7 +167,10 @@ fn assert_exactly_once_in_order_of(messages: &[Held]) {
 async fn stored_payloads_and_integration_events_as_configured() {
     let db = TestDatabase::new().await;
     let client = nats().await;
-    let store = db.store.clone().with_upcasters(Arc::new(ledger_upcasters()));
+    let store = db
+        .store
+        .clone()
+        .with_upcasters(Arc::new(ledger_upcasters()));
     let old = serde_json::value::to_raw_value(&serde_json::json!({ "amount": 5 })).unwrap();
     store
         .append(
@@ -260,7 +288,9 @@ async fn relays_killed_at_random_publish_each_event_once_in_stream_order() {
     assert_exactly_once_in_order(&db, &messages).await;
     assert_eq!(messages.len(), 400);
     assert!(mid_work >= 10, "only {mid_work} kills came before the end");
-    println!("{kills} relays killed ({mid_work} before all was published); 400 events published once each, in order");
+    println!(
+        "{kills} relays killed ({mid_work} before all was published); 400 events published once each, in order"
+    );
     delete_stream(&client, &name).await;
     db.drop().await;
 }
@@ -294,7 +324,10 @@ async fn a_second_instance_takes_over_and_a_checkpoint_moved_back_republishes_no
     wait_for_count(&client, &name, 100, Duration::from_secs(20)).await;
     let (stop_second, second_task) = spawn(Arc::clone(&second));
     tokio::time::sleep(Duration::from_millis(200)).await;
-    assert!(first.is_active() && !second.is_active(), "one publishes at a time");
+    assert!(
+        first.is_active() && !second.is_active(),
+        "one publishes at a time"
+    );
 
     // The first dies; the second takes over and publishes what follows.
     first_task.abort();

@@ -149,28 +149,26 @@ impl JetStreamInbox {
     ) -> Result<bool, RelayError> {
         let mut tx = self.pool.begin().await?;
         // Taken in the transaction: a replay that fails leaves the row where it was.
-        let row: Option<(String, String, Vec<u8>, i64)> = es_postgres::sqlx::query_as(
-            self.inbox_sql(
+        let row: Option<(String, String, Vec<u8>, i64)> =
+            es_postgres::sqlx::query_as(self.inbox_sql(
                 "DELETE FROM {schema}.inbox_dead_letters WHERE consumer = $1 AND message_id = $2
                  RETURNING topic, headers::text, payload, deliveries",
-            ),
-        )
-        .bind(&self.consumer)
-        .bind(message_id)
-        .fetch_optional(&mut *tx)
-        .await?;
+            ))
+            .bind(&self.consumer)
+            .bind(message_id)
+            .fetch_optional(&mut *tx)
+            .await?;
         let Some((topic, headers, payload, deliveries)) = row else {
             return Ok(false);
         };
-        let headers: Vec<(String, String)> = serde_json::from_str::<
-            serde_json::Map<String, serde_json::Value>,
-        >(&headers)
-        .map(|map| {
-            map.into_iter()
-                .map(|(n, v)| (n, v.as_str().unwrap_or_default().to_owned()))
-                .collect()
-        })
-        .unwrap_or_default();
+        let headers: Vec<(String, String)> =
+            serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(&headers)
+                .map(|map| {
+                    map.into_iter()
+                        .map(|(n, v)| (n, v.as_str().unwrap_or_default().to_owned()))
+                        .collect()
+                })
+                .unwrap_or_default();
         let mut received = Received::new(message_id, topic, headers, payload);
         received.deliveries = u64::try_from(deliveries).unwrap_or(0) + 1;
         let first = self

@@ -82,7 +82,12 @@ impl JetStreamPublisher {
             .get_stream(&self.stream)
             .await
             .map_err(unavailable)?;
-        let sequence = stream.info().await.map_err(unavailable)?.state.last_sequence;
+        let sequence = stream
+            .info()
+            .await
+            .map_err(unavailable)?
+            .state
+            .last_sequence;
         if sequence == 0 {
             return Ok(Tail {
                 sequence,

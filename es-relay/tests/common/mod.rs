@@ -68,7 +68,11 @@ pub fn unique(tag: &str) -> (String, String) {
 /// Creates a stream whose duplicate window is 100 ms, the shortest JetStream allows: what the
 /// relay publishes once must come from its own bookkeeping, not from JetStream dropping
 /// repeats (tests wait longer than that between a kill and the next relay).
-pub async fn stream_without_dedupe(client: &es_relay::async_nats::Client, name: &str, prefix: &str) {
+pub async fn stream_without_dedupe(
+    client: &es_relay::async_nats::Client,
+    name: &str,
+    prefix: &str,
+) {
     jetstream::new(client.clone())
         .create_stream(Config {
             name: name.to_owned(),
@@ -115,11 +119,28 @@ pub async fn held(client: &es_relay::async_nats::Client, name: &str) -> Vec<Held
     let last = stream.info().await.unwrap().state.last_sequence;
     let mut out = Vec::new();
     for sequence in 1..=last {
-        let message = stream.get_raw_message(sequence).await.unwrap();
+        // A cluster that just lost a node may time out a request or two.
+        let mut tries = 0;
+        let message = loop {
+            match stream.get_raw_message(sequence).await {
+                Ok(message) => break message,
+                Err(error) if tries < 20 => {
+                    tries += 1;
+                    eprintln!("reading message {sequence} failed ({error}); again");
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+                Err(error) => panic!("reading message {sequence}: {error}"),
+            }
+        };
         let headers = message
             .headers
             .iter()
-            .map(|(n, v)| (n.to_string(), v.first().map(|v| v.as_str().to_owned()).unwrap_or_default()))
+            .map(|(n, v)| {
+                (
+                    n.to_string(),
+                    v.first().map(|v| v.as_str().to_owned()).unwrap_or_default(),
+                )
+            })
             .collect();
         out.push(Held {
             sequence,
@@ -134,11 +155,31 @@ pub async fn held(client: &es_relay::async_nats::Client, name: &str) -> Vec<Held
 /// How many messages the stream holds.
 pub async fn count(client: &es_relay::async_nats::Client, name: &str) -> u64 {
     let js = jetstream::new(client.clone());
-    let mut stream = js.get_stream(name).await.unwrap();
-    stream.info().await.unwrap().state.messages
+    // A cluster that just lost a node may time out a request or two.
+    for _ in 0..20 {
+        let info = match js.get_stream(name).await {
+            Ok(mut stream) => stream
+                .info()
+                .await
+                .map(|i| i.state.messages)
+                .map_err(|e| e.to_string()),
+            Err(error) => Err(error.to_string()),
+        };
+        match info {
+            Ok(messages) => return messages,
+            Err(error) => eprintln!("reading stream {name} failed ({error}); again"),
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    panic!("stream {name} did not answer")
 }
 
-pub async fn wait_for_count(client: &es_relay::async_nats::Client, name: &str, expected: u64, limit: Duration) {
+pub async fn wait_for_count(
+    client: &es_relay::async_nats::Client,
+    name: &str,
+    expected: u64,
+    limit: Duration,
+) {
     let started = Instant::now();
     loop {
         let n = count(client, name).await;
@@ -192,7 +233,10 @@ pub async fn assert_exactly_once_in_order(db: &TestDatabase, messages: &[Held]) 
         *ids.entry(m.header("Nats-Msg-Id").to_owned()).or_default() += 1;
     }
     let repeated: Vec<_> = ids.iter().filter(|(_, n)| **n > 1).collect();
-    assert!(repeated.is_empty(), "published more than once: {repeated:?}");
+    assert!(
+        repeated.is_empty(),
+        "published more than once: {repeated:?}"
+    );
     for (event_id, stream, version) in &stored {
         assert!(
             ids.contains_key(&event_id.to_string()),
@@ -213,7 +257,11 @@ pub async fn assert_exactly_once_in_order(db: &TestDatabase, messages: &[Held]) 
             m.sequence
         );
         let position = m.mark().position;
-        assert!(position > last_position, "positions go back at message {}", m.sequence);
+        assert!(
+            position > last_position,
+            "positions go back at message {}",
+            m.sequence
+        );
         last_position = position;
     }
 }
