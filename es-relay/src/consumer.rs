@@ -2,11 +2,13 @@
 
 use async_trait::async_trait;
 use es_core::{BoxError, DomainEvent, Position};
-use es_postgres::sqlx::PgConnection;
+use es_postgres::sqlx::{self, PgConnection, PgPool};
 use serde::de::DeserializeOwned;
 use uuid::Uuid;
 
+use crate::inbox::InboxDeadLetter;
 use crate::message::{header, parse_position};
+use crate::{Inbox, RelayError};
 
 /// A message as a consumer helper received it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -102,4 +104,93 @@ pub trait Handler: Send + Sync {
     /// in the inbox: both commit, or neither. An error rolls both back; the message is
     /// delivered again later, and dead-lettered once it has failed too often.
     async fn handle(&self, tx: &mut PgConnection, message: &Received) -> Result<(), BoxError>;
+}
+
+/// Why handling a message did not commit.
+pub(crate) enum Failure {
+    /// The database failed (the message comes again if transient).
+    Database(RelayError),
+    /// The handler failed: counts toward the message's deliveries.
+    Handler(String),
+}
+
+fn db(error: sqlx::Error) -> Failure {
+    Failure::Database(RelayError::Database(error))
+}
+
+/// One transaction: the message's id into the inbox and, the first time, the handler's
+/// effects. Commits both or neither.
+pub(crate) async fn apply(
+    pool: &PgPool,
+    inbox: &Inbox,
+    consumer: &str,
+    received: &Received,
+    handler: &impl Handler,
+) -> Result<(), Failure> {
+    let mut tx = pool.begin().await.map_err(db)?;
+    if !inbox
+        .receive(&mut tx, consumer, &received.id)
+        .await
+        .map_err(Failure::Database)?
+    {
+        tracing::debug!(consumer, id = %received.id, "handled before; acknowledging");
+        return tx.commit().await.map_err(db);
+    }
+    if let Err(error) = handler.handle(&mut tx, received).await {
+        let _ = tx.rollback().await;
+        return Err(Failure::Handler(error.to_string()));
+    }
+    tx.commit().await.map_err(db)
+}
+
+/// Runs a dead letter through `handler` again, with the inbox; `Ok(false)` when there is no
+/// such dead letter. Taken in the handler's transaction, so a replay that fails leaves it
+/// where it was (with the new error).
+pub(crate) async fn replay_dead_letter(
+    pool: &PgPool,
+    inbox: &Inbox,
+    consumer: &str,
+    message_id: &str,
+    handler: &impl Handler,
+) -> Result<bool, RelayError> {
+    let mut tx = pool.begin().await?;
+    let Some(letter) = inbox
+        .take_dead_letter(&mut tx, consumer, message_id)
+        .await?
+    else {
+        return Ok(false);
+    };
+    let headers: Vec<(String, String)> =
+        serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(&letter.headers)
+            .map(|map| {
+                map.into_iter()
+                    .map(|(n, v)| (n, v.as_str().unwrap_or_default().to_owned()))
+                    .collect()
+            })
+            .unwrap_or_default();
+    let mut received = Received::new(message_id, letter.topic, headers, letter.payload);
+    received.deliveries = u64::try_from(letter.deliveries).unwrap_or(0) + 1;
+    let first = inbox.receive(&mut tx, consumer, message_id).await?;
+    if first && let Err(error) = handler.handle(&mut tx, &received).await {
+        tx.rollback().await?;
+        inbox
+            .dead_letter(pool, &dead_letter(consumer, &received, &error.to_string()))
+            .await?;
+        return Ok(true);
+    }
+    tx.commit().await?;
+    Ok(true)
+}
+
+/// The dead-letter record of a message.
+pub(crate) fn dead_letter(consumer: &str, received: &Received, error: &str) -> InboxDeadLetter {
+    InboxDeadLetter {
+        consumer: consumer.to_owned(),
+        message_id: received.id.clone(),
+        topic: received.topic.clone(),
+        headers: received.headers_json(),
+        payload: received.payload.clone(),
+        error: error.to_owned(),
+        deliveries: i64::try_from(received.deliveries).unwrap_or(i64::MAX),
+    }
 }

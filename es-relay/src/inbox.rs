@@ -91,6 +91,12 @@ impl Inbox {
                  deliveries  bigint      NOT NULL,
                  failed_at   timestamptz NOT NULL DEFAULT now(),
                  PRIMARY KEY (consumer, message_id)
+             );
+             CREATE TABLE IF NOT EXISTS {schema}.inbox_failures (
+                 consumer    text   NOT NULL,
+                 message_id  text   NOT NULL,
+                 failures    bigint NOT NULL,
+                 PRIMARY KEY (consumer, message_id)
              );",
         ))
         .execute(&mut *tx)
@@ -184,23 +190,62 @@ impl Inbox {
         Ok(rows.into_iter().map(letter).collect())
     }
 
-    /// Removes a dead letter, returning it (for a replay through the handler); `None` when
-    /// there is none.
+    /// Removes a dead letter within `tx`, returning it (for a replay through the handler, or
+    /// to discard it); `None` when there is none.
     pub async fn take_dead_letter(
         &self,
-        pool: &PgPool,
+        tx: &mut PgConnection,
         consumer: &str,
         message_id: &str,
     ) -> Result<Option<InboxDeadLetter>, RelayError> {
         let row: Option<LetterRow> = sqlx::query_as(self.schema.sql(
             "DELETE FROM {schema}.inbox_dead_letters WHERE consumer = $1 AND message_id = $2
-                 RETURNING consumer, message_id, topic, headers::text, payload, error, deliveries",
+             RETURNING consumer, message_id, topic, headers::text, payload, error, deliveries",
         ))
         .bind(consumer)
         .bind(message_id)
-        .fetch_optional(pool)
+        .fetch_optional(&mut *tx)
         .await?;
         Ok(row.map(letter))
+    }
+
+    /// Counts one more failed handling of `message_id` by `consumer` (for brokers that do not
+    /// count deliveries) and returns how many there were.
+    pub async fn count_failure(
+        &self,
+        pool: &PgPool,
+        consumer: &str,
+        message_id: &str,
+    ) -> Result<u64, RelayError> {
+        let failures: i64 = sqlx::query_scalar(self.schema.sql(
+            "INSERT INTO {schema}.inbox_failures (consumer, message_id, failures) VALUES ($1, $2, 1)
+             ON CONFLICT (consumer, message_id) DO UPDATE
+             SET failures = inbox_failures.failures + 1
+             RETURNING failures",
+        ))
+        .bind(consumer)
+        .bind(message_id)
+        .fetch_one(pool)
+        .await?;
+        Ok(u64::try_from(failures).unwrap_or(0))
+    }
+
+    /// Forgets the failures counted for `message_id`.
+    pub async fn clear_failures(
+        &self,
+        pool: &PgPool,
+        consumer: &str,
+        message_id: &str,
+    ) -> Result<(), RelayError> {
+        sqlx::query(
+            self.schema
+                .sql("DELETE FROM {schema}.inbox_failures WHERE consumer = $1 AND message_id = $2"),
+        )
+        .bind(consumer)
+        .bind(message_id)
+        .execute(pool)
+        .await?;
+        Ok(())
     }
 }
 

@@ -15,6 +15,7 @@
 //! - `message.rs`: [`Message`], its [`header`]s, and the [`Mark`] a relay reads back.
 //! - `publisher.rs`: the [`Publisher`] trait a broker implements.
 //! - `nats/`: [`JetStreamPublisher`], and [`JetStreamInbox`], a pull-consumer helper.
+//! - `rabbitmq/`: [`RabbitMqPublisher`] and [`RabbitMqInbox`] (feature `rabbitmq`, on by default).
 //! - `inbox.rs`: [`Inbox`]: a consumer records each message id in its own transaction.
 //! - `consumer.rs`: [`Received`] messages and the [`Handler`] consumer helpers call.
 //! - `error.rs`: [`RelayError`].
@@ -46,6 +47,8 @@ mod message;
 #[cfg(feature = "nats")]
 mod nats;
 mod publisher;
+#[cfg(feature = "rabbitmq")]
+mod rabbitmq;
 mod relay;
 
 /// Re-exported for implementing [`Handler`] and [`Publisher`]: `#[es_relay::async_trait]`.
@@ -57,11 +60,16 @@ pub use message::{Mark, Message, format_position, header, parse_position, topic_
 #[cfg(feature = "nats")]
 pub use nats::{JetStreamInbox, JetStreamPublisher};
 pub use publisher::Publisher;
+#[cfg(feature = "rabbitmq")]
+pub use rabbitmq::{RabbitMqInbox, RabbitMqPublisher};
 pub use relay::{Outgoing, PayloadForm, Relay};
 
 #[cfg(feature = "nats")]
 /// The NATS client, re-exported: publishers and consumer helpers take its types.
 pub use async_nats;
+#[cfg(feature = "rabbitmq")]
+/// The AMQP client, re-exported: the RabbitMQ consumer helper takes its channels.
+pub use lapin;
 
 /// docs/relay.md: every Rust block in it is compiled as a doctest of this crate (it needs the
 /// broker clients, which the main example does not build).

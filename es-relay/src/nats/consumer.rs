@@ -10,8 +10,7 @@ use es_postgres::sqlx::PgPool;
 use futures_util::StreamExt;
 
 use super::unavailable;
-use crate::consumer::{Handler, Received};
-use crate::inbox::InboxDeadLetter;
+use crate::consumer::{Failure, Handler, Received, apply, dead_letter, replay_dead_letter};
 use crate::{Inbox, RelayError};
 
 /// Consumes a JetStream pull consumer into a handler, effective once per message.
@@ -91,7 +90,7 @@ impl JetStreamInbox {
         handler: &impl Handler,
     ) -> Result<(), RelayError> {
         let received = received(message);
-        let outcome = self.apply(&received, handler).await;
+        let outcome = apply(&self.pool, &self.inbox, &self.consumer, &received, handler).await;
         let ack = match outcome {
             Ok(()) => message.double_ack().await,
             Err(Failure::Database(error)) if error.is_transient() => {
@@ -121,24 +120,6 @@ impl JetStreamInbox {
         Ok(())
     }
 
-    async fn apply(&self, received: &Received, handler: &impl Handler) -> Result<(), Failure> {
-        let mut tx = self.pool.begin().await.map_err(db)?;
-        if !self
-            .inbox
-            .receive(&mut tx, &self.consumer, &received.id)
-            .await
-            .map_err(Failure::Database)?
-        {
-            tracing::debug!(consumer = %self.consumer, id = %received.id, "handled before; acknowledging");
-            return tx.commit().await.map_err(db);
-        }
-        if let Err(error) = handler.handle(&mut tx, received).await {
-            let _ = tx.rollback().await;
-            return Err(Failure::Handler(error.to_string()));
-        }
-        tx.commit().await.map_err(db)
-    }
-
     /// Runs the dead letter `message_id` through `handler` again, with the inbox; `Ok(false)`
     /// when there is no such dead letter. When the handler fails again the dead letter stays,
     /// with the new error.
@@ -147,62 +128,9 @@ impl JetStreamInbox {
         message_id: &str,
         handler: &impl Handler,
     ) -> Result<bool, RelayError> {
-        let mut tx = self.pool.begin().await?;
-        // Taken in the transaction: a replay that fails leaves the row where it was.
-        let row: Option<(String, String, Vec<u8>, i64)> =
-            es_postgres::sqlx::query_as(self.inbox_sql(
-                "DELETE FROM {schema}.inbox_dead_letters WHERE consumer = $1 AND message_id = $2
-                 RETURNING topic, headers::text, payload, deliveries",
-            ))
-            .bind(&self.consumer)
-            .bind(message_id)
-            .fetch_optional(&mut *tx)
-            .await?;
-        let Some((topic, headers, payload, deliveries)) = row else {
-            return Ok(false);
-        };
-        let headers: Vec<(String, String)> =
-            serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(&headers)
-                .map(|map| {
-                    map.into_iter()
-                        .map(|(n, v)| (n, v.as_str().unwrap_or_default().to_owned()))
-                        .collect()
-                })
-                .unwrap_or_default();
-        let mut received = Received::new(message_id, topic, headers, payload);
-        received.deliveries = u64::try_from(deliveries).unwrap_or(0) + 1;
-        let first = self
-            .inbox
-            .receive(&mut tx, &self.consumer, message_id)
-            .await?;
-        if first && let Err(error) = handler.handle(&mut tx, &received).await {
-            tx.rollback().await?;
-            self.inbox
-                .dead_letter(
-                    &self.pool,
-                    &dead_letter(&self.consumer, &received, &error.to_string()),
-                )
-                .await?;
-            return Ok(true);
-        }
-        tx.commit().await?;
-        Ok(true)
-    }
-
-    fn inbox_sql(&self, template: &str) -> es_postgres::sqlx::AssertSqlSafe<String> {
-        self.inbox.schema().sql(template)
+        replay_dead_letter(&self.pool, &self.inbox, &self.consumer, message_id, handler).await
     }
 }
-
-enum Failure {
-    Database(RelayError),
-    Handler(String),
-}
-
-fn db(error: es_postgres::sqlx::Error) -> Failure {
-    Failure::Database(RelayError::Database(error))
-}
-
 fn received(message: &async_nats::jetstream::Message) -> Received {
     let headers: Vec<(String, String)> = message
         .headers
@@ -233,16 +161,4 @@ fn received(message: &async_nats::jetstream::Message) -> Received {
     );
     received.deliveries = deliveries;
     received
-}
-
-fn dead_letter(consumer: &str, received: &Received, error: &str) -> InboxDeadLetter {
-    InboxDeadLetter {
-        consumer: consumer.to_owned(),
-        message_id: received.id.clone(),
-        topic: received.topic.clone(),
-        headers: received.headers_json(),
-        payload: received.payload.clone(),
-        error: error.to_owned(),
-        deliveries: i64::try_from(received.deliveries).unwrap_or(i64::MAX),
-    }
 }

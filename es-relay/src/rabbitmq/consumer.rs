@@ -1,0 +1,196 @@
+//! A RabbitMQ consumer that hands each delivery to a handler in a database transaction with
+//! the inbox, acknowledges only after the commit, and gives up on what keeps failing.
+
+use std::future::Future;
+
+use es_postgres::sqlx::PgPool;
+use futures_util::StreamExt;
+use lapin::Channel;
+use lapin::message::Delivery;
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions, BasicRejectOptions,
+};
+use lapin::types::{AMQPValue, FieldTable, ShortString};
+
+use super::unavailable;
+use crate::consumer::{Failure, Handler, Received, apply, dead_letter, replay_dead_letter};
+use crate::{Inbox, RelayError};
+
+/// Consumes a RabbitMQ queue into a handler, effective once per message.
+///
+/// Deliveries are taken with manual acks. For each: a transaction records its message id in the
+/// [`Inbox`] and, the first time, runs the handler; the delivery is acknowledged after the
+/// commit. A crash before the ack means a redelivery, which the inbox makes a no-op. A handler
+/// error rolls back and requeues the delivery; RabbitMQ does not count deliveries of classic
+/// queues, so the failures are counted in the database, and after `max_deliveries` the message
+/// is recorded as a dead letter and rejected without requeueing, which sends it to the queue's
+/// dead-letter exchange when it has one (`x-dead-letter-exchange`).
+pub struct RabbitMqInbox {
+    pool: PgPool,
+    inbox: Inbox,
+    consumer: String,
+    max_deliveries: u64,
+    prefetch: u16,
+}
+
+impl RabbitMqInbox {
+    /// A helper for the consumer named `consumer` (its inbox key), writing through `pool`:
+    /// five deliveries at most, 32 unacknowledged deliveries at a time.
+    pub fn new(pool: PgPool, inbox: Inbox, consumer: impl Into<String>) -> Self {
+        Self {
+            pool,
+            inbox,
+            consumer: consumer.into(),
+            max_deliveries: 5,
+            prefetch: 32,
+        }
+    }
+
+    /// How many deliveries a failing message gets before it is dead-lettered.
+    pub fn max_deliveries(mut self, deliveries: u64) -> Self {
+        self.max_deliveries = deliveries.max(1);
+        self
+    }
+
+    /// Consumes `queue` on `channel` until `shutdown` completes; returns when the channel or
+    /// connection closes (open a new one and call again) or on a permanent database error.
+    pub async fn run(
+        &self,
+        channel: &Channel,
+        queue: &str,
+        handler: &impl Handler,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<(), RelayError> {
+        channel
+            .basic_qos(self.prefetch, BasicQosOptions::default())
+            .await
+            .map_err(unavailable)?;
+        let mut deliveries = channel
+            .basic_consume(
+                ShortString::from(queue),
+                ShortString::from(format!("{}-{}", self.consumer, uuid::Uuid::now_v7())),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .map_err(unavailable)?;
+        let mut shutdown = std::pin::pin!(shutdown);
+        loop {
+            let next = tokio::select! {
+                () = &mut shutdown => return Ok(()),
+                next = deliveries.next() => next,
+            };
+            match next {
+                None => return Ok(()),
+                Some(Err(error)) => return Err(unavailable(error)),
+                Some(Ok(delivery)) => self.handle(&delivery, handler).await?,
+            }
+        }
+    }
+
+    async fn handle(&self, delivery: &Delivery, handler: &impl Handler) -> Result<(), RelayError> {
+        let received = received(delivery);
+        let acked = match apply(&self.pool, &self.inbox, &self.consumer, &received, handler).await {
+            Ok(()) => {
+                if delivery.redelivered {
+                    self.inbox
+                        .clear_failures(&self.pool, &self.consumer, &received.id)
+                        .await?;
+                }
+                delivery.acker.ack(BasicAckOptions::default()).await
+            }
+            Err(Failure::Database(error)) if error.is_transient() => {
+                tracing::warn!(consumer = %self.consumer, id = %received.id, %error, "the database failed; requeueing");
+                delivery.acker.nack(requeue()).await
+            }
+            Err(Failure::Database(error)) => return Err(error),
+            Err(Failure::Handler(error)) => {
+                let failures = self
+                    .inbox
+                    .count_failure(&self.pool, &self.consumer, &received.id)
+                    .await?;
+                if failures >= self.max_deliveries {
+                    tracing::error!(consumer = %self.consumer, id = %received.id, %error, failures, "dead-lettering the message");
+                    let mut received = received.clone();
+                    received.deliveries = failures;
+                    self.inbox
+                        .dead_letter(&self.pool, &dead_letter(&self.consumer, &received, &error))
+                        .await?;
+                    self.inbox
+                        .clear_failures(&self.pool, &self.consumer, &received.id)
+                        .await?;
+                    delivery
+                        .acker
+                        .reject(BasicRejectOptions { requeue: false })
+                        .await
+                } else {
+                    tracing::warn!(consumer = %self.consumer, id = %received.id, %error, failures, "handling failed; requeueing");
+                    delivery.acker.nack(requeue()).await
+                }
+            }
+        };
+        if let Err(error) = acked {
+            // The delivery comes again when the channel closes; the inbox makes that harmless.
+            tracing::warn!(consumer = %self.consumer, id = %received.id, %error, "acknowledging failed");
+        }
+        Ok(())
+    }
+
+    /// Runs the dead letter `message_id` through `handler` again, with the inbox; `Ok(false)`
+    /// when there is no such dead letter. When the handler fails again the dead letter stays,
+    /// with the new error.
+    pub async fn replay_dead_letter(
+        &self,
+        message_id: &str,
+        handler: &impl Handler,
+    ) -> Result<bool, RelayError> {
+        replay_dead_letter(&self.pool, &self.inbox, &self.consumer, message_id, handler).await
+    }
+}
+
+fn requeue() -> BasicNackOptions {
+    BasicNackOptions {
+        multiple: false,
+        requeue: true,
+    }
+}
+
+fn received(delivery: &Delivery) -> Received {
+    let headers: Vec<(String, String)> = delivery
+        .properties
+        .headers()
+        .as_ref()
+        .map(|table| {
+            table
+                .inner()
+                .iter()
+                .filter_map(|(name, value)| {
+                    let text = match value {
+                        AMQPValue::LongString(s) => {
+                            String::from_utf8_lossy(s.as_bytes()).into_owned()
+                        }
+                        AMQPValue::ShortString(s) => s.as_str().to_owned(),
+                        _ => return None,
+                    };
+                    Some((name.as_str().to_owned(), text))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    // Relayed messages carry their id; others are keyed by exchange, routing key and payload
+    // digest would be guesswork, so they are keyed by their delivery tag's message id if any.
+    let id = delivery
+        .properties
+        .message_id()
+        .as_ref()
+        .map(|id| id.as_str().to_owned())
+        .unwrap_or_default();
+    let mut received = Received::new(
+        id,
+        delivery.routing_key.as_str(),
+        headers,
+        delivery.data.clone(),
+    );
+    received.deliveries = if delivery.redelivered { 2 } else { 1 };
+    received
+}
