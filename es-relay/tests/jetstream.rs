@@ -379,3 +379,99 @@ async fn a_stream_with_messages_of_another_publisher_stops_the_relay_saying_so()
     delete_stream(&client, &name).await;
     db.drop().await;
 }
+
+/// Set in the environment of a relay child process (see the next test): the test schema.
+const CHILD_SCHEMA: &str = "ES_RELAY_CHILD_SCHEMA";
+const CHILD_STREAM: &str = "ES_RELAY_CHILD_STREAM";
+const CHILD_PREFIX: &str = "ES_RELAY_CHILD_PREFIX";
+
+/// Not a test of its own: the body of the relay process the next test starts and kills.
+#[tokio::test]
+#[ignore = "run as a child process by relay_processes_killed_with_sigkill_publish_each_event_once"]
+async fn relay_child_process() {
+    let schema = std::env::var(CHILD_SCHEMA).expect("started by the parent test");
+    let pool = es_postgres::connect_pool(&es_postgres::testing::database_url(), 4)
+        .await
+        .unwrap();
+    let store = PgEventStore::in_schema(pool, es_postgres::SchemaName::new(schema).unwrap());
+    let client = connect(&nats_url()).await;
+    let publisher = JetStreamPublisher::new(
+        client,
+        &std::env::var(CHILD_STREAM).unwrap(),
+        &std::env::var(CHILD_PREFIX).unwrap(),
+    )
+    .await
+    .unwrap();
+    relay(&store, publisher)
+        .batch_size(7)
+        .run(std::future::pending())
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn relay_processes_killed_with_sigkill_publish_each_event_once() {
+    let db = TestDatabase::new().await;
+    let client = nats().await;
+    let (name, prefix) = unique("sigkill");
+    stream_without_dedupe(&client, &name, &prefix).await;
+    let writers = {
+        let store = db.store.clone();
+        tokio::spawn(async move {
+            for i in 0..300u64 {
+                let stream = StreamId::new(format!("ledger-{}", i % 12)).unwrap();
+                store
+                    .append(&stream, ExpectedVersion::Any, vec![credit(i + 1)])
+                    .await
+                    .unwrap();
+                if i % 4 == 0 {
+                    tokio::time::sleep(Duration::from_millis(90)).await;
+                }
+            }
+        })
+    };
+    let exe = std::env::current_exe().unwrap();
+    let mut mid_work = 0;
+    for _ in 0..20 {
+        let mut child = tokio::process::Command::new(&exe)
+            .args(["--ignored", "--exact", "relay_child_process", "--nocapture"])
+            .env(CHILD_SCHEMA, db.schema.as_str())
+            .env(CHILD_STREAM, &name)
+            .env(CHILD_PREFIX, &prefix)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let wait = rand::rng().random_range(100..400);
+        tokio::time::sleep(Duration::from_millis(wait)).await;
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the relay process ended by itself"
+        );
+        // SIGKILL: no destructor, no goodbye to the database or the broker.
+        child.start_kill().unwrap();
+        child.wait().await.unwrap();
+        if count(&client, &name).await < 300 {
+            mid_work += 1;
+        }
+        tokio::time::sleep(DEDUPE_WINDOW * 2).await;
+    }
+    writers.await.unwrap();
+    let runner = relay(
+        &db.store,
+        JetStreamPublisher::new(client.clone(), &name, &prefix)
+            .await
+            .unwrap(),
+    );
+    runner.catch_up().await.unwrap();
+    let messages = held(&client, &name).await;
+    assert_exactly_once_in_order(&db, &messages).await;
+    assert_eq!(messages.len(), 300);
+    assert!(mid_work >= 5, "only {mid_work} kills came before the end");
+    println!(
+        "20 relay processes killed with SIGKILL ({mid_work} mid-work); 300 events once each, in order"
+    );
+    delete_stream(&client, &name).await;
+    db.drop().await;
+}
