@@ -7,7 +7,7 @@ use serde::de::DeserializeOwned;
 use uuid::Uuid;
 
 use crate::inbox::InboxDeadLetter;
-use crate::message::{header, parse_position};
+use crate::message::{decode_header_value, header, parse_position};
 use crate::{Inbox, RelayError};
 
 /// A message as a consumer helper received it.
@@ -57,8 +57,8 @@ impl Received {
     }
 
     /// The relayed event's type.
-    pub fn event_type(&self) -> Option<&str> {
-        self.header(header::EVENT_TYPE)
+    pub fn event_type(&self) -> Option<String> {
+        self.header(header::EVENT_TYPE).map(decode_header_value)
     }
 
     /// The relayed event's position in its store's global log.
@@ -67,8 +67,8 @@ impl Received {
     }
 
     /// The relayed event's stream.
-    pub fn stream(&self) -> Option<&str> {
-        self.header(header::STREAM)
+    pub fn stream(&self) -> Option<String> {
+        self.header(header::STREAM).map(decode_header_value)
     }
 
     /// The relayed event as `E`, from its type header and payload: how a consumer sharing the
@@ -78,7 +78,7 @@ impl Received {
             .event_type()
             .ok_or_else(|| format!("message {} has no {} header", self.id, header::EVENT_TYPE))?;
         let payload = std::str::from_utf8(&self.payload)?;
-        Ok(E::decode(event_type, payload)?)
+        Ok(E::decode(&event_type, payload)?)
     }
 
     /// The payload, deserialized from JSON.
@@ -106,20 +106,57 @@ pub trait Handler: Send + Sync {
     async fn handle(&self, tx: &mut PgConnection, message: &Received) -> Result<(), BoxError>;
 }
 
+/// What became of a dead letter given to `replay_dead_letter`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Replay {
+    /// There is no such dead letter (replayed or discarded already).
+    NotFound,
+    /// Handled (or found handled before, in the inbox); the dead letter is gone.
+    Applied,
+    /// The handler failed again; the dead letter stays, with this error.
+    FailedAgain(String),
+}
+
 /// Why handling a message did not commit.
 pub(crate) enum Failure {
-    /// The database failed (the message comes again if transient).
-    Database(RelayError),
-    /// The handler failed: counts toward the message's deliveries.
+    /// The database was away or busy: try again later; does not count against the message.
+    Retry(String),
+    /// The handler failed, or the message cannot be handled (its id or data): counts toward
+    /// dead-lettering it.
     Handler(String),
 }
 
-fn db(error: sqlx::Error) -> Failure {
-    Failure::Database(RelayError::Database(error))
+/// An error met while handling, sorted: transient database errors anywhere in its chain are
+/// retried, everything else counts against the message.
+fn failure(error: &(dyn std::error::Error + 'static)) -> Failure {
+    let mut current = Some(error);
+    while let Some(e) = current {
+        if let Some(sqlx) = e.downcast_ref::<sqlx::Error>()
+            && es_postgres::is_transient(sqlx)
+        {
+            return Failure::Retry(error.to_string());
+        }
+        current = e.source();
+    }
+    Failure::Handler(error.to_string())
+}
+
+/// The inbox key of a message id: the id itself, or for ids PostgreSQL text or an index key
+/// cannot hold (NUL, over 200 bytes) a name-based UUID of it.
+pub(crate) fn inbox_key(id: &str) -> String {
+    if id.len() <= 200 && !id.contains('\0') {
+        id.to_owned()
+    } else {
+        format!(
+            "uuid5:{}",
+            uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_OID, id.as_bytes())
+        )
+    }
 }
 
 /// One transaction: the message's id into the inbox and, the first time, the handler's
-/// effects. Commits both or neither.
+/// effects. Commits both or neither. A panicking handler counts as a failing one.
 pub(crate) async fn apply(
     pool: &PgPool,
     inbox: &Inbox,
@@ -127,38 +164,73 @@ pub(crate) async fn apply(
     received: &Received,
     handler: &impl Handler,
 ) -> Result<(), Failure> {
-    let mut tx = pool.begin().await.map_err(db)?;
-    if !inbox
-        .receive(&mut tx, consumer, &received.id)
+    use futures_util::FutureExt;
+    let key = inbox_key(&received.id);
+    let mut tx = pool.begin().await.map_err(|e| failure(&e))?;
+    let first = inbox
+        .receive(&mut tx, consumer, &key)
         .await
-        .map_err(Failure::Database)?
-    {
+        .map_err(|e| failure(&e))?;
+    if !first {
         tracing::debug!(consumer, id = %received.id, "handled before; acknowledging");
-        return tx.commit().await.map_err(db);
+        return tx.commit().await.map_err(|e| failure(&e));
     }
-    if let Err(error) = handler.handle(&mut tx, received).await {
-        let _ = tx.rollback().await;
-        return Err(Failure::Handler(error.to_string()));
+    let handled = std::panic::AssertUnwindSafe(handler.handle(&mut tx, received))
+        .catch_unwind()
+        .await;
+    match handled {
+        Ok(Ok(())) => tx.commit().await.map_err(|e| failure(&e)),
+        Ok(Err(error)) => {
+            let _ = tx.rollback().await;
+            Err(failure(error.as_ref()))
+        }
+        Err(panic) => {
+            let _ = tx.rollback().await;
+            let message = panic
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "a panic without a message".to_owned());
+            Err(Failure::Handler(format!("the handler panicked: {message}")))
+        }
     }
-    tx.commit().await.map_err(db)
 }
 
-/// Runs a dead letter through `handler` again, with the inbox; `Ok(false)` when there is no
-/// such dead letter. Taken in the handler's transaction, so a replay that fails leaves it
-/// where it was (with the new error).
+/// After a handler failure: counts it and, once `max_deliveries` failures are reached,
+/// records the dead letter. `Ok(true)` when the message is now a dead letter.
+pub(crate) async fn count_failure(
+    pool: &PgPool,
+    inbox: &Inbox,
+    consumer: &str,
+    received: &Received,
+    error: &str,
+    max_deliveries: u64,
+) -> Result<(u64, bool), RelayError> {
+    let key = inbox_key(&received.id);
+    let failures = inbox.count_failure(pool, consumer, &key).await?;
+    if failures < max_deliveries {
+        return Ok((failures, false));
+    }
+    let mut letter = dead_letter(consumer, received, error);
+    letter.deliveries = i64::try_from(failures).unwrap_or(i64::MAX);
+    inbox.dead_letter(pool, &letter).await?;
+    inbox.clear_failures(pool, consumer, &key).await?;
+    Ok((failures, true))
+}
+
+/// Runs a dead letter through `handler` again, with the inbox. Taken in the handler's
+/// transaction, so a replay that fails leaves it where it was (with the new error).
 pub(crate) async fn replay_dead_letter(
     pool: &PgPool,
     inbox: &Inbox,
     consumer: &str,
     message_id: &str,
     handler: &impl Handler,
-) -> Result<bool, RelayError> {
+) -> Result<Replay, RelayError> {
+    let key = inbox_key(message_id);
     let mut tx = pool.begin().await?;
-    let Some(letter) = inbox
-        .take_dead_letter(&mut tx, consumer, message_id)
-        .await?
-    else {
-        return Ok(false);
+    let Some(letter) = inbox.take_dead_letter(&mut tx, consumer, &key).await? else {
+        return Ok(Replay::NotFound);
     };
     let headers: Vec<(String, String)> =
         serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(&letter.headers)
@@ -170,25 +242,28 @@ pub(crate) async fn replay_dead_letter(
             .unwrap_or_default();
     let mut received = Received::new(message_id, letter.topic, headers, letter.payload);
     received.deliveries = u64::try_from(letter.deliveries).unwrap_or(0) + 1;
-    let first = inbox.receive(&mut tx, consumer, message_id).await?;
+    let first = inbox.receive(&mut tx, consumer, &key).await?;
     if first && let Err(error) = handler.handle(&mut tx, &received).await {
         tx.rollback().await?;
+        let error = error.to_string();
         inbox
-            .dead_letter(pool, &dead_letter(consumer, &received, &error.to_string()))
+            .dead_letter(pool, &dead_letter(consumer, &received, &error))
             .await?;
-        return Ok(true);
+        return Ok(Replay::FailedAgain(error));
     }
     tx.commit().await?;
-    Ok(true)
+    Ok(Replay::Applied)
 }
 
-/// The dead-letter record of a message.
+/// The dead-letter record of a message; NUL, which PostgreSQL text and jsonb cannot hold, is
+/// written as `\0`.
 pub(crate) fn dead_letter(consumer: &str, received: &Received, error: &str) -> InboxDeadLetter {
+    let clean = |text: &str| text.replace('\0', "\\0");
     InboxDeadLetter {
         consumer: consumer.to_owned(),
-        message_id: received.id.clone(),
-        topic: received.topic.clone(),
-        headers: received.headers_json(),
+        message_id: inbox_key(&received.id),
+        topic: clean(&received.topic),
+        headers: clean(&received.headers_json()).replace("\\u0000", "\\\\0"),
         payload: received.payload.clone(),
         error: error.to_owned(),
         deliveries: i64::try_from(received.deliveries).unwrap_or(i64::MAX),

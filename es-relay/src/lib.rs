@@ -53,10 +53,13 @@ mod relay;
 
 /// Re-exported for implementing [`Handler`] and [`Publisher`]: `#[es_relay::async_trait]`.
 pub use async_trait::async_trait;
-pub use consumer::{Handler, Received};
+pub use consumer::{Handler, Received, Replay};
 pub use error::RelayError;
 pub use inbox::{Inbox, InboxDeadLetter};
-pub use message::{Mark, Message, format_position, header, parse_position, topic_segment};
+pub use message::{
+    Mark, Message, decode_header_value, format_position, header, header_value, parse_position,
+    topic_segment,
+};
 #[cfg(feature = "nats")]
 pub use nats::{JetStreamInbox, JetStreamPublisher};
 pub use publisher::Publisher;

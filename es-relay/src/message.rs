@@ -70,9 +70,9 @@ impl Message {
         };
         let mut headers = vec![
             (header::EVENT_ID, event.event_id.to_string()),
-            (header::EVENT_TYPE, event_type.to_owned()),
+            (header::EVENT_TYPE, header_value(event_type)),
             (header::SCHEMA_VERSION, schema_version.to_string()),
-            (header::STREAM, event.stream_id.as_str().to_owned()),
+            (header::STREAM, header_value(event.stream_id.as_str())),
             (header::STREAM_VERSION, event.stream_version.to_string()),
             (header::POSITION, format_position(event.position)),
             (header::SPLIT, split.to_string()),
@@ -83,7 +83,7 @@ impl Message {
                     .recorded_at
                     .to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
             ),
-            (header::RELAY, relay.to_owned()),
+            (header::RELAY, header_value(relay)),
         ];
         if let Some(causation) = event.causation_id {
             headers.push((header::CAUSATION_ID, causation.to_string()));
@@ -126,6 +126,47 @@ impl Mark {
         let split = header(header::SPLIT).map_or(Some(0), |s| s.parse().ok())?;
         Some(Mark { position, split })
     }
+}
+
+/// Text from stored data as a header value: `%`, control characters (CR and LF would end a
+/// header line) and spaces at either end (brokers trim them) are percent-encoded, so any text
+/// travels and [`decode_header_value`] gives it back exactly. Plain text is unchanged.
+pub fn header_value(text: &str) -> String {
+    let last = text.chars().count().saturating_sub(1);
+    let mut out = String::with_capacity(text.len());
+    for (index, c) in text.chars().enumerate() {
+        let edge_space = c == ' ' && (index == 0 || index == last);
+        if c == '%' || c.is_control() || edge_space {
+            let mut buffer = [0u8; 4];
+            for byte in c.encode_utf8(&mut buffer).bytes() {
+                out.push_str(&format!("%{byte:02X}"));
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// The text a header value written by [`header_value`] stands for; malformed escapes are kept
+/// as they are.
+pub fn decode_header_value(value: &str) -> String {
+    let bytes = value.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%'
+            && let Some(hex) = value.get(i + 1..i + 3)
+            && let Ok(byte) = u8::from_str_radix(hex, 16)
+        {
+            out.push(byte);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).unwrap_or_else(|_| value.to_owned())
 }
 
 /// A position as the `Es-Position` header writes it: `transaction/sequence`.
@@ -182,6 +223,30 @@ mod tests {
         assert_eq!(topic_segment("a.b*>c d#"), "a_b__c_d_");
         assert_eq!(topic_segment(""), "_");
         assert_eq!(topic_segment("é"), "_");
+    }
+
+    #[test]
+    fn header_values_carry_any_text_and_come_back_exactly() {
+        for text in [
+            "ledger-1",
+            "a\r\nInjected: yes",
+            " edge ",
+            "100%",
+            "tab\there",
+            "é ü",
+            "\u{7f}\u{85}",
+            "",
+        ] {
+            let value = header_value(text);
+            assert!(!value.contains(['\r', '\n']), "{value:?}");
+            assert!(
+                !value.starts_with(' ') && !value.ends_with(' '),
+                "{value:?}"
+            );
+            assert_eq!(decode_header_value(&value), text);
+        }
+        assert_eq!(header_value("ledger-1"), "ledger-1");
+        assert_eq!(decode_header_value("%zz%4"), "%zz%4");
     }
 
     #[test]

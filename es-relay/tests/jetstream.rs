@@ -13,8 +13,8 @@ use common::*;
 use es_core::testing::evolution::{LedgerEvent, ledger_upcasters};
 use es_core::{EventStore, ExpectedVersion, NewEvent, StreamId};
 use es_postgres::testing::TestDatabase;
-use es_postgres::{ErrorPolicy, PgEventStore, ProjectionRunner};
-use es_relay::{JetStreamPublisher, Outgoing, PayloadForm, Relay, header};
+use es_postgres::{ErrorPolicy, OnFailure, PgEventStore, ProjectionError, ProjectionRunner};
+use es_relay::{JetStreamPublisher, Outgoing, PayloadForm, Relay, decode_header_value, header};
 use rand::Rng;
 
 fn relay(
@@ -73,7 +73,7 @@ async fn each_event_goes_out_once_with_its_envelope_then_live() {
         )
         .await
         .unwrap();
-    let hostile = StreamId::new("ledger-x.*> <script>").unwrap();
+    let hostile = StreamId::new("ledger-x.*> <script>\r\nInjected: yes ").unwrap();
     store
         .append(&hostile, ExpectedVersion::Any, vec![credit(7)])
         .await
@@ -129,7 +129,11 @@ async fn each_event_goes_out_once_with_its_envelope_then_live() {
     assert_eq!(payload["cents"], 500, "payload as upcast: {payload}");
 
     let second = &messages[1];
-    assert_eq!(second.header(header::STREAM), hostile.as_str());
+    assert_eq!(
+        decode_header_value(second.header(header::STREAM)),
+        hostile.as_str(),
+        "any stream id travels in a header and comes back exactly"
+    );
     assert_eq!(
         second.subject,
         format!("{prefix}.ledger.Credited"),
@@ -472,6 +476,71 @@ async fn relay_processes_killed_with_sigkill_publish_each_event_once() {
     println!(
         "20 relay processes killed with SIGKILL ({mid_work} mid-work); 300 events once each, in order"
     );
+    delete_stream(&client, &name).await;
+    db.drop().await;
+}
+
+#[tokio::test]
+async fn a_relay_refuses_to_be_split_or_to_park() {
+    let db = TestDatabase::new().await;
+    let client = nats().await;
+    let (name, prefix) = unique("refusals");
+    seed(&db, 1, 2).await;
+    let publisher = || async {
+        JetStreamPublisher::new(client.clone(), &name, &prefix)
+            .await
+            .unwrap()
+    };
+    let split = relay(&db.store, publisher().await).part(0, 2);
+    let error = split.catch_up().await.unwrap_err();
+    assert!(
+        matches!(error, ProjectionError::Unsupported { .. })
+            && error.to_string().contains("one part"),
+        "{error}"
+    );
+    let parking = relay(&db.store, publisher().await).error_policy(ErrorPolicy {
+        then: OnFailure::Park,
+        ..ErrorPolicy::default()
+    });
+    let error = parking.catch_up().await.unwrap_err();
+    assert!(error.to_string().contains("cannot park"), "{error}");
+    assert!(matches!(
+        parking.replay_parked().await,
+        Err(ProjectionError::Unsupported { .. })
+    ));
+    assert_eq!(count(&client, &name).await, 0, "nothing was published");
+    // The default policy of a relay's runner stops instead of parking.
+    relay(&db.store, publisher().await)
+        .catch_up()
+        .await
+        .unwrap();
+    assert_eq!(count(&client, &name).await, 2);
+    delete_stream(&client, &name).await;
+    db.drop().await;
+}
+
+#[tokio::test]
+async fn a_batch_larger_than_the_clients_ack_limit_goes_through() {
+    let db = TestDatabase::new().await;
+    let client = nats().await;
+    let (name, prefix) = unique("big_batch");
+    let events: Vec<NewEvent> = (0..6000).map(|i| credit(i + 1)).collect();
+    db.store
+        .import(&[(StreamId::new("ledger-big").unwrap(), events)])
+        .await
+        .unwrap();
+    let runner = relay(
+        &db.store,
+        JetStreamPublisher::new(client.clone(), &name, &prefix)
+            .await
+            .unwrap(),
+    )
+    .batch_size(6000);
+    tokio::time::timeout(Duration::from_secs(120), runner.catch_up())
+        .await
+        .expect("publishing 6,000 messages in one batch finishes")
+        .unwrap();
+    assert_eq!(count(&client, &name).await, 6000);
     delete_stream(&client, &name).await;
     db.drop().await;
 }

@@ -24,7 +24,7 @@ use es_relay::lapin::options::{
 };
 use es_relay::lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use es_relay::lapin::{Channel, Connection, ConnectionProperties, ExchangeKind};
-use es_relay::{Handler, Inbox, RabbitMqInbox, RabbitMqPublisher, Received, Relay, header};
+use es_relay::{Handler, Inbox, RabbitMqInbox, RabbitMqPublisher, Received, Relay, Replay, header};
 use rand::Rng;
 
 fn amqp_url() -> String {
@@ -580,11 +580,12 @@ async fn a_poison_message_goes_to_the_dead_letter_exchange_and_replays() {
 
     handler.poisoned.store(false, Ordering::SeqCst);
     for letter in &letters {
-        assert!(
+        assert_eq!(
             helper
                 .replay_dead_letter(&letter.message_id, &handler)
                 .await
-                .unwrap()
+                .unwrap(),
+            Replay::Applied
         );
     }
     let applied = effects(&db).await;

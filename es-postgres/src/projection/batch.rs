@@ -34,6 +34,7 @@ impl<P: PgProjection> ProjectionRunner<P> {
         policy: ErrorPolicy,
         progress: &mut (dyn FnMut(Progress) + Send),
     ) -> Result<u64, ProjectionError> {
+        self.check_delivery(policy)?;
         self.check_reader().await?;
         let head = self.store.head().await.map_err(|e| self.store_error(e))?;
         let mut from = self.load_checkpoint().await?.0;

@@ -85,6 +85,11 @@ pub trait PgProjection: Send + Sync + 'static {
 
     /// Whether [`before_commit`](Self::before_commit) does anything; `false` by default, which
     /// spares the runner collecting each batch's events for it.
+    ///
+    /// A projection that delivers runs as one part and never parks an event (a parked event
+    /// would never reach the other system, and a replay would deliver it out of order): its
+    /// runner's default error policy stops instead (three retries, then stop), and a runner
+    /// split into parts or told to park refuses to start ([`ProjectionError::Unsupported`]).
     fn delivers(&self) -> bool {
         false
     }
@@ -211,6 +216,16 @@ pub enum ProjectionError {
         /// The projection.
         projection: String,
         /// What is missing.
+        reason: String,
+    },
+    /// What was asked cannot be done with a projection that delivers outside the database
+    /// (a relay: [`PgProjection::delivers`]): splitting it into parts, parking its events or
+    /// replaying parked ones.
+    #[error("projection {projection} delivers outside the database, so {reason}")]
+    Unsupported {
+        /// The projection.
+        projection: String,
+        /// What cannot be done, and what to do instead.
         reason: String,
     },
     /// The runner is configured with another number of parts than the store records for the

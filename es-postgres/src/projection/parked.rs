@@ -78,6 +78,14 @@ impl<P: PgProjection> ProjectionRunner<P> {
     /// A replayed event is applied after events that followed it in the log: parking trades
     /// order for progress, so a projection that parks must tolerate that.
     pub async fn replay_parked(&self) -> Result<ReplayReport, ProjectionError> {
+        if self.projection.delivers() {
+            return Err(ProjectionError::Unsupported {
+                projection: self.key.clone(),
+                reason: "its parked events cannot be replayed: they would reach the other \
+                         system out of order, after events that followed them"
+                    .to_owned(),
+            });
+        }
         let mut report = ReplayReport::default();
         for parked in self.parked().await? {
             // Read before the transaction: nothing waits on it while the event is fetched.

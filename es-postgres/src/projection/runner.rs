@@ -128,6 +128,15 @@ impl<P: PgProjection> ProjectionRunner<P> {
     pub fn new(store: PgEventStore, projection: P) -> Self {
         let sql = Arc::new(Statements::new(store.schema()));
         let upcasters = store.upcasters();
+        // A delivering projection cannot park (see `PgProjection::delivers`).
+        let policy = if projection.delivers() {
+            ErrorPolicy {
+                then: super::OnFailure::Stop,
+                ..ErrorPolicy::default()
+            }
+        } else {
+            ErrorPolicy::default()
+        };
         Self {
             store,
             reader: None,
@@ -136,7 +145,7 @@ impl<P: PgProjection> ProjectionRunner<P> {
             all_parts: None,
             projection: Arc::new(projection),
             upcasters,
-            policy: ErrorPolicy::default(),
+            policy,
             batch_size: 500,
             poll_interval: Duration::from_millis(500),
             lock_retry: Duration::from_secs(1),
@@ -314,6 +323,7 @@ impl<P: PgProjection> ProjectionRunner<P> {
         backoff: &mut Backoff,
     ) -> Result<(), ProjectionError> {
         self.setup(lock).await?;
+        self.check_delivery(self.policy)?;
         self.check_reader().await?;
         let (checkpoint, mut rebuilding) = self.load_checkpoint().await?;
         let mut follower = self.follower_at(checkpoint);
@@ -357,6 +367,32 @@ impl<P: PgProjection> ProjectionRunner<P> {
     /// standby, or the server itself after a failover). A logical replica numbers transactions
     /// its own way, and its horizon says nothing of the primary's: reading the log there could
     /// skip events.
+    /// Refuses what a projection that delivers outside the database cannot do: run as a part
+    /// (each part would need a destination of its own to know what it delivered) or park.
+    pub(super) fn check_delivery(&self, policy: ErrorPolicy) -> Result<(), ProjectionError> {
+        if !self.projection.delivers() {
+            return Ok(());
+        }
+        let unsupported = |reason: &str| ProjectionError::Unsupported {
+            projection: self.key.clone(),
+            reason: reason.to_owned(),
+        };
+        if self.part.is_some() || self.all_parts.is_some() {
+            return Err(unsupported(
+                "it runs as one part: run it without `part`, or run several such projections \
+                 (each with a name and destination of its own) over different categories",
+            ));
+        }
+        if policy.then == super::OnFailure::Park {
+            return Err(unsupported(
+                "it cannot park events (a parked event never reaches the other system, and a \
+                 replay would deliver it out of order): use OnFailure::Stop, or OnFailure::Skip \
+                 to pass over stored rows that cannot be read",
+            ));
+        }
+        Ok(())
+    }
+
     pub(super) async fn check_reader(&self) -> Result<(), ProjectionError> {
         let Some(reader) = &self.reader else {
             return Ok(());

@@ -5,12 +5,15 @@ use std::future::Future;
 use std::time::Duration;
 
 use async_nats::jetstream::AckKind;
+use async_nats::jetstream::consumer::AckPolicy;
 use async_nats::jetstream::consumer::PullConsumer;
 use es_postgres::sqlx::PgPool;
 use futures_util::StreamExt;
 
 use super::unavailable;
-use crate::consumer::{Failure, Handler, Received, apply, dead_letter, replay_dead_letter};
+use crate::consumer::{
+    Failure, Handler, Received, Replay, apply, count_failure, inbox_key, replay_dead_letter,
+};
 use crate::{Inbox, RelayError};
 
 /// Consumes a JetStream pull consumer into a handler, effective once per message.
@@ -18,9 +21,11 @@ use crate::{Inbox, RelayError};
 /// For each message: a transaction records its id in the [`Inbox`] and, the first time, runs
 /// the handler; after the commit the message is acknowledged (and the ack confirmed by the
 /// server). A crash anywhere before the ack means a redelivery, which the inbox turns into a
-/// no-op when the first handling had committed. A handler error rolls back and asks for a
-/// redelivery after a delay growing with the number of deliveries; after `max_deliveries`
-/// the message is recorded as a dead letter with the error and terminated on the broker.
+/// no-op when the first handling had committed. A handler error (or panic) rolls back, is
+/// counted in the database, and asks for a redelivery after a delay that doubles with each
+/// failure; after `max_deliveries` failures the message is recorded as a dead letter with the
+/// error and terminated on the broker. Transient database errors (a restart, a lost
+/// connection, a serialization failure) do not count: the message simply comes again.
 /// [`replay_dead_letter`](Self::replay_dead_letter) runs one through the handler again.
 ///
 /// The consumer should have explicit acks (`AckPolicy::Explicit`, the default of pull
@@ -58,15 +63,34 @@ impl JetStreamInbox {
         self
     }
 
-    /// Consumes `consumer` until `shutdown` completes; returns on a permanent database error.
-    /// Lost NATS connections are ridden out by the client (it reconnects); a message whose
-    /// handling was cut short is delivered again.
+    /// Consumes `consumer` until `shutdown` completes. Lost NATS connections are ridden out by
+    /// the client (it reconnects); a message whose handling was cut short is delivered again.
+    /// Refuses a consumer that would stop redelivering before this helper dead-letters (its
+    /// `max_deliver`) or that acknowledges more than one message at a time (`AckPolicy`
+    /// other than explicit); returns an error when the consumer's message stream ends (the
+    /// consumer was deleted).
     pub async fn run(
         &self,
         consumer: &PullConsumer,
         handler: &impl Handler,
         shutdown: impl Future<Output = ()>,
     ) -> Result<(), RelayError> {
+        let config = &consumer.cached_info().config;
+        if config.ack_policy != AckPolicy::Explicit {
+            return Err(refused(format!(
+                "consumer {} acknowledges with {:?}: acking one message would ack others that \
+                 failed; use AckPolicy::Explicit",
+                self.consumer, config.ack_policy
+            )));
+        }
+        if config.max_deliver > 0 && (config.max_deliver as u64) < self.max_deliveries {
+            return Err(refused(format!(
+                "consumer {} stops redelivering after {} deliveries, before this helper's {} \
+                 failures would dead-letter a message: raise max_deliver or lower \
+                 max_deliveries",
+                self.consumer, config.max_deliver, self.max_deliveries
+            )));
+        }
         let mut messages = consumer.messages().await.map_err(unavailable)?;
         let mut shutdown = std::pin::pin!(shutdown);
         loop {
@@ -75,59 +99,81 @@ impl JetStreamInbox {
                 next = messages.next() => next,
             };
             match next {
-                None => return Ok(()),
+                None => {
+                    return Err(RelayError::Unavailable {
+                        broker: super::BROKER,
+                        source: format!("the messages of consumer {} ended", self.consumer).into(),
+                    });
+                }
                 Some(Err(error)) => {
                     tracing::warn!(consumer = %self.consumer, %error, "receiving from JetStream failed");
                 }
-                Some(Ok(message)) => self.handle(&message, handler).await?,
+                Some(Ok(message)) => self.handle(&message, handler).await,
             }
         }
     }
 
-    async fn handle(
-        &self,
-        message: &async_nats::jetstream::Message,
-        handler: &impl Handler,
-    ) -> Result<(), RelayError> {
+    async fn handle(&self, message: &async_nats::jetstream::Message, handler: &impl Handler) {
         let received = received(message);
         let outcome = apply(&self.pool, &self.inbox, &self.consumer, &received, handler).await;
         let ack = match outcome {
-            Ok(()) => message.double_ack().await,
-            Err(Failure::Database(error)) if error.is_transient() => {
+            Ok(()) => {
+                if received.deliveries > 1
+                    && let Err(error) = self
+                        .inbox
+                        .clear_failures(&self.pool, &self.consumer, &inbox_key(&received.id))
+                        .await
+                {
+                    tracing::warn!(consumer = %self.consumer, id = %received.id, %error, "forgetting the message's failures failed");
+                }
+                message.double_ack().await
+            }
+            Err(Failure::Retry(error)) => {
                 tracing::warn!(consumer = %self.consumer, id = %received.id, %error, "the database failed; the message comes again");
                 message.ack_with(AckKind::Nak(Some(self.retry_delay))).await
             }
-            Err(Failure::Database(error)) => return Err(error),
-            Err(Failure::Handler(error)) if received.deliveries >= self.max_deliveries => {
-                tracing::error!(consumer = %self.consumer, id = %received.id, %error, deliveries = received.deliveries, "dead-lettering the message");
-                self.inbox
-                    .dead_letter(&self.pool, &dead_letter(&self.consumer, &received, &error))
-                    .await?;
-                message.double_ack_with(AckKind::Term).await
-            }
             Err(Failure::Handler(error)) => {
-                let delay = self
-                    .retry_delay
-                    .saturating_mul(1 << received.deliveries.saturating_sub(1).min(10));
-                tracing::warn!(consumer = %self.consumer, id = %received.id, %error, deliveries = received.deliveries, retry_in = ?delay, "handling failed");
-                message.ack_with(AckKind::Nak(Some(delay))).await
+                match count_failure(
+                    &self.pool,
+                    &self.inbox,
+                    &self.consumer,
+                    &received,
+                    &error,
+                    self.max_deliveries,
+                )
+                .await
+                {
+                    Ok((failures, true)) => {
+                        tracing::error!(consumer = %self.consumer, id = %received.id, %error, failures, "dead-lettering the message");
+                        message.double_ack_with(AckKind::Term).await
+                    }
+                    Ok((failures, false)) => {
+                        let delay = self
+                            .retry_delay
+                            .saturating_mul(1 << failures.saturating_sub(1).min(10));
+                        tracing::warn!(consumer = %self.consumer, id = %received.id, %error, failures, retry_in = ?delay, "handling failed");
+                        message.ack_with(AckKind::Nak(Some(delay))).await
+                    }
+                    Err(count_error) => {
+                        tracing::warn!(consumer = %self.consumer, id = %received.id, %error, %count_error, "recording the failure failed; the message comes again");
+                        message.ack_with(AckKind::Nak(Some(self.retry_delay))).await
+                    }
+                }
             }
         };
         if let Err(error) = ack {
             // The message comes again after ack_wait; the inbox makes that harmless.
             tracing::warn!(consumer = %self.consumer, id = %received.id, %error, "acknowledging failed");
         }
-        Ok(())
     }
 
-    /// Runs the dead letter `message_id` through `handler` again, with the inbox; `Ok(false)`
-    /// when there is no such dead letter. When the handler fails again the dead letter stays,
-    /// with the new error.
+    /// Runs the dead letter `message_id` through `handler` again, with the inbox. When the
+    /// handler fails again the dead letter stays, with the new error.
     pub async fn replay_dead_letter(
         &self,
         message_id: &str,
         handler: &impl Handler,
-    ) -> Result<bool, RelayError> {
+    ) -> Result<Replay, RelayError> {
         replay_dead_letter(&self.pool, &self.inbox, &self.consumer, message_id, handler).await
     }
 }
@@ -161,4 +207,11 @@ fn received(message: &async_nats::jetstream::Message) -> Received {
     );
     received.deliveries = deliveries;
     received
+}
+
+fn refused(reason: String) -> RelayError {
+    RelayError::Refused {
+        broker: super::BROKER,
+        source: reason.into(),
+    }
 }

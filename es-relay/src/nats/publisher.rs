@@ -14,15 +14,16 @@
 //! message of another publisher after the relay's makes it stop with [`RelayError::Foreign`].
 
 use async_nats::HeaderMap;
+use async_nats::jetstream::context::PublishAckFuture;
 use async_nats::jetstream::context::PublishErrorKind;
 use async_nats::jetstream::message::PublishMessage;
-use async_nats::jetstream::stream::{Config, LastRawMessageErrorKind};
+use async_nats::jetstream::stream::{Config, LastRawMessageErrorKind, RetentionPolicy};
 use async_nats::jetstream::{self, Context};
 use async_trait::async_trait;
 use bytes::Bytes;
 
 use super::{BROKER, unavailable};
-use crate::message::header;
+use crate::message::{header, header_value};
 use crate::{Mark, Message, Publisher, RelayError};
 
 /// Publishes a relay's messages to a JetStream stream of its own, on subjects
@@ -36,13 +37,19 @@ pub struct JetStreamPublisher {
     tail: tokio::sync::Mutex<Option<Tail>>,
 }
 
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 struct Tail {
+    /// The relay it was read for.
+    relay: String,
     /// The stream's last sequence.
     sequence: u64,
     /// The relay's last message in it.
     mark: Option<Mark>,
 }
+
+/// How many publishes wait for their acks at most: the client blocks new publishes beyond its
+/// own limit (5,000 by default) until acks are awaited, so a bigger batch would never finish.
+const ACK_WINDOW: usize = 256;
 
 impl JetStreamPublisher {
     /// A publisher into the JetStream stream `stream`, created (file storage, subjects
@@ -82,31 +89,44 @@ impl JetStreamPublisher {
             .get_stream(&self.stream)
             .await
             .map_err(unavailable)?;
-        let sequence = stream
-            .info()
-            .await
-            .map_err(unavailable)?
-            .state
-            .last_sequence;
-        if sequence == 0 {
-            return Ok(Tail {
-                sequence,
-                mark: None,
+        let info = stream.info().await.map_err(unavailable)?;
+        if info.config.retention != RetentionPolicy::Limits {
+            return Err(RelayError::Refused {
+                broker: BROKER,
+                source: format!(
+                    "stream {} keeps messages until they are consumed ({:?} retention): the \
+                     relay could not tell what it already published; give it a stream with \
+                     limits retention",
+                    self.stream, info.config.retention
+                )
+                .into(),
             });
+        }
+        let sequence = info.state.last_sequence;
+        let unknown = Tail {
+            relay: relay.to_owned(),
+            sequence,
+            mark: None,
+        };
+        if sequence == 0 {
+            return Ok(unknown);
         }
         let last = match stream.get_raw_message(sequence).await {
             Ok(message) => message,
             // Removed by the stream's limits or by hand: nothing to go by.
             Err(error) if error.kind() == LastRawMessageErrorKind::NoMessageFound => {
-                return Ok(Tail {
+                tracing::warn!(
+                    relay,
+                    stream = %self.stream,
                     sequence,
-                    mark: None,
-                });
+                    "the stream's last message is gone; relying on its duplicate window"
+                );
+                return Ok(unknown);
             }
             Err(error) => return Err(unavailable(error)),
         };
         let get = |name: &str| last.headers.get(name).map(|v| v.as_str());
-        if get(header::RELAY) != Some(relay) {
+        if get(header::RELAY) != Some(header_value(relay).as_str()) {
             return Err(RelayError::Foreign {
                 broker: BROKER,
                 stream: self.stream.clone(),
@@ -115,54 +135,112 @@ impl JetStreamPublisher {
             });
         }
         Ok(Tail {
-            sequence,
             mark: Mark::from_headers(get),
+            ..unknown
         })
     }
 
-    async fn send(&self, tail: Tail, fresh: &[&Message]) -> Result<Tail, RelayError> {
-        let mut acks = Vec::with_capacity(fresh.len());
-        for (index, message) in fresh.iter().enumerate() {
-            let mut headers = HeaderMap::new();
-            for (name, value) in &message.headers {
-                headers.insert(*name, value.as_str());
-            }
-            let publish = PublishMessage::build()
-                .payload(Bytes::from(message.payload.clone()))
-                .headers(headers)
-                .message_id(&message.id)
-                .expected_last_sequence(tail.sequence + index as u64);
-            let subject = format!("{}.{}", self.prefix, message.topic);
-            acks.push(
-                self.context
-                    .send_publish(subject, publish)
-                    .await
-                    .map_err(publish_error)?,
-            );
+    /// Sends one message chained to `after` (the stream's last sequence).
+    async fn send_one(
+        &self,
+        message: &Message,
+        after: u64,
+    ) -> Result<PublishAckFuture, RelayError> {
+        let mut headers = HeaderMap::new();
+        for (name, value) in &message.headers {
+            // Values are free of CR and LF (`header_value`), which the client refuses.
+            headers.insert(*name, value.as_str());
         }
+        let publish = PublishMessage::build()
+            .payload(Bytes::from(message.payload.clone()))
+            .headers(headers)
+            .message_id(&message.id)
+            .expected_stream(&self.stream)
+            .expected_last_sequence(after);
+        let subject = format!("{}.{}", self.prefix, message.topic);
+        self.context
+            .send_publish(subject, publish)
+            .await
+            .map_err(publish_error)
+    }
+
+    /// Awaits an ack; `Ok(None)` for a duplicate the stream already held.
+    async fn acked(&self, ack: PublishAckFuture, after: u64) -> Result<Option<u64>, RelayError> {
+        let ack = ack.await.map_err(publish_error)?;
+        if ack.stream != self.stream {
+            return Err(RelayError::Refused {
+                broker: BROKER,
+                source: format!(
+                    "stream {} stored the message, not {}: the prefix belongs to another stream",
+                    ack.stream, self.stream
+                )
+                .into(),
+            });
+        }
+        if ack.duplicate {
+            return Ok(None);
+        }
+        if ack.sequence != after + 1 {
+            return Err(moved(&self.stream, ack.sequence, after + 1));
+        }
+        Ok(Some(ack.sequence))
+    }
+
+    async fn send(&self, tail: Tail, fresh: &[&Message]) -> Result<Tail, RelayError> {
         let mut sequence = tail.sequence;
-        for ack in acks {
-            let ack = ack.await.map_err(publish_error)?;
-            if ack.duplicate || ack.sequence != sequence + 1 {
-                // Someone else moved the stream; read it again before going on.
-                return Err(RelayError::Unavailable {
-                    broker: BROKER,
-                    source: format!(
-                        "stream {} acknowledged sequence {} (duplicate: {}) where {} was expected",
-                        self.stream,
-                        ack.sequence,
-                        ack.duplicate,
-                        sequence + 1
-                    )
-                    .into(),
-                });
+        let mut rest = fresh;
+        if tail.mark.is_none() && sequence > 0 {
+            // The stream holds messages but none says how far the relay got (its last one is
+            // gone): send one at a time, passing over those the stream still recognises as
+            // duplicates, until one is stored anew; the chain then holds again.
+            while let Some((message, later)) = rest.split_first() {
+                let ack = self.send_one(message, sequence).await?;
+                rest = later;
+                if let Some(stored) = self.acked(ack, sequence).await? {
+                    sequence = stored;
+                    break;
+                }
             }
-            sequence = ack.sequence;
+        }
+        let mut waiting = std::collections::VecDeque::with_capacity(ACK_WINDOW);
+        let mut acked = sequence;
+        for (index, message) in rest.iter().enumerate() {
+            if waiting.len() == ACK_WINDOW
+                && let Some(ack) = waiting.pop_front()
+            {
+                acked = self.expect_stored(ack, acked).await?;
+            }
+            waiting.push_back(self.send_one(message, sequence + index as u64).await?);
+        }
+        for ack in waiting {
+            acked = self.expect_stored(ack, acked).await?;
         }
         Ok(Tail {
-            sequence,
+            relay: tail.relay,
+            sequence: acked,
             mark: fresh.last().map(|m| m.mark()).or(tail.mark),
         })
+    }
+
+    /// Awaits an ack that must be a new message right after `after`.
+    async fn expect_stored(&self, ack: PublishAckFuture, after: u64) -> Result<u64, RelayError> {
+        match self.acked(ack, after).await? {
+            Some(stored) => Ok(stored),
+            // A repeat in a chained run: another instance published it; read the stream again.
+            None => Err(moved(&self.stream, after, after + 1)),
+        }
+    }
+}
+
+/// Someone else moved the stream; it is read again before going on.
+fn moved(stream: &str, found: u64, expected: u64) -> RelayError {
+    RelayError::Unavailable {
+        broker: BROKER,
+        source: format!(
+            "stream {stream} acknowledged sequence {found} where {expected} was expected (or a \
+             repeat): another publisher moved it"
+        )
+        .into(),
     }
 }
 
@@ -175,8 +253,8 @@ impl Publisher for JetStreamPublisher {
     async fn publish(&self, relay: &str, messages: &[Message]) -> Result<(), RelayError> {
         let mut known = self.tail.lock().await;
         let tail = match known.take() {
-            Some(tail) => tail,
-            None => self.read_tail(relay).await?,
+            Some(tail) if tail.relay == relay => tail,
+            _ => self.read_tail(relay).await?,
         };
         let fresh: Vec<&Message> = messages
             .iter()

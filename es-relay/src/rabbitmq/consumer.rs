@@ -13,7 +13,9 @@ use lapin::options::{
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 
 use super::unavailable;
-use crate::consumer::{Failure, Handler, Received, apply, dead_letter, replay_dead_letter};
+use crate::consumer::{
+    Failure, Handler, Received, Replay, apply, count_failure, inbox_key, replay_dead_letter,
+};
 use crate::{Inbox, RelayError};
 
 /// Consumes a RabbitMQ queue into a handler, effective once per message.
@@ -21,10 +23,11 @@ use crate::{Inbox, RelayError};
 /// Deliveries are taken with manual acks. For each: a transaction records its message id in the
 /// [`Inbox`] and, the first time, runs the handler; the delivery is acknowledged after the
 /// commit. A crash before the ack means a redelivery, which the inbox makes a no-op. A handler
-/// error rolls back and requeues the delivery; RabbitMQ does not count deliveries of classic
-/// queues, so the failures are counted in the database, and after `max_deliveries` the message
-/// is recorded as a dead letter and rejected without requeueing, which sends it to the queue's
-/// dead-letter exchange when it has one (`x-dead-letter-exchange`).
+/// error (or panic) rolls back and requeues the delivery; RabbitMQ does not count deliveries of
+/// classic queues, so the failures are counted in the database, and after `max_deliveries` the
+/// message is recorded as a dead letter and rejected without requeueing, which sends it to the
+/// queue's dead-letter exchange when it has one (`x-dead-letter-exchange`). Transient database
+/// errors do not count: the delivery is requeued after a short pause.
 pub struct RabbitMqInbox {
     pool: PgPool,
     inbox: Inbox,
@@ -83,67 +86,70 @@ impl RabbitMqInbox {
             match next {
                 None => return Ok(()),
                 Some(Err(error)) => return Err(unavailable(error)),
-                Some(Ok(delivery)) => self.handle(&delivery, handler).await?,
+                Some(Ok(delivery)) => self.handle(&delivery, handler).await,
             }
         }
     }
 
-    async fn handle(&self, delivery: &Delivery, handler: &impl Handler) -> Result<(), RelayError> {
+    async fn handle(&self, delivery: &Delivery, handler: &impl Handler) {
         let received = received(delivery);
         let acked = match apply(&self.pool, &self.inbox, &self.consumer, &received, handler).await {
             Ok(()) => {
-                if delivery.redelivered {
-                    self.inbox
-                        .clear_failures(&self.pool, &self.consumer, &received.id)
-                        .await?;
+                if delivery.redelivered
+                    && let Err(error) = self
+                        .inbox
+                        .clear_failures(&self.pool, &self.consumer, &inbox_key(&received.id))
+                        .await
+                {
+                    tracing::warn!(consumer = %self.consumer, id = %received.id, %error, "forgetting the message's failures failed");
                 }
                 delivery.acker.ack(BasicAckOptions::default()).await
             }
-            Err(Failure::Database(error)) if error.is_transient() => {
+            Err(Failure::Retry(error)) => {
                 tracing::warn!(consumer = %self.consumer, id = %received.id, %error, "the database failed; requeueing");
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
                 delivery.acker.nack(requeue()).await
             }
-            Err(Failure::Database(error)) => return Err(error),
-            Err(Failure::Handler(error)) => {
-                let failures = self
-                    .inbox
-                    .count_failure(&self.pool, &self.consumer, &received.id)
-                    .await?;
-                if failures >= self.max_deliveries {
+            Err(Failure::Handler(error)) => match count_failure(
+                &self.pool,
+                &self.inbox,
+                &self.consumer,
+                &received,
+                &error,
+                self.max_deliveries,
+            )
+            .await
+            {
+                Ok((failures, true)) => {
                     tracing::error!(consumer = %self.consumer, id = %received.id, %error, failures, "dead-lettering the message");
-                    let mut received = received.clone();
-                    received.deliveries = failures;
-                    self.inbox
-                        .dead_letter(&self.pool, &dead_letter(&self.consumer, &received, &error))
-                        .await?;
-                    self.inbox
-                        .clear_failures(&self.pool, &self.consumer, &received.id)
-                        .await?;
                     delivery
                         .acker
                         .reject(BasicRejectOptions { requeue: false })
                         .await
-                } else {
+                }
+                Ok((failures, false)) => {
                     tracing::warn!(consumer = %self.consumer, id = %received.id, %error, failures, "handling failed; requeueing");
                     delivery.acker.nack(requeue()).await
                 }
-            }
+                Err(count_error) => {
+                    tracing::warn!(consumer = %self.consumer, id = %received.id, %error, %count_error, "recording the failure failed; requeueing");
+                    delivery.acker.nack(requeue()).await
+                }
+            },
         };
         if let Err(error) = acked {
             // The delivery comes again when the channel closes; the inbox makes that harmless.
             tracing::warn!(consumer = %self.consumer, id = %received.id, %error, "acknowledging failed");
         }
-        Ok(())
     }
 
-    /// Runs the dead letter `message_id` through `handler` again, with the inbox; `Ok(false)`
-    /// when there is no such dead letter. When the handler fails again the dead letter stays,
-    /// with the new error.
+    /// Runs the dead letter `message_id` through `handler` again, with the inbox. When the
+    /// handler fails again the dead letter stays, with the new error.
     pub async fn replay_dead_letter(
         &self,
         message_id: &str,
         handler: &impl Handler,
-    ) -> Result<bool, RelayError> {
+    ) -> Result<Replay, RelayError> {
         replay_dead_letter(&self.pool, &self.inbox, &self.consumer, message_id, handler).await
     }
 }
