@@ -151,8 +151,18 @@ impl<E: DomainEvent> Relay<E> {
         self
     }
 
-    /// The messages for a batch, in order.
+    /// The messages for a batch, in order, as the relay (unsplit) publishes them.
     pub fn messages(&self, events: &[&RecordedEvent]) -> Result<Vec<Message>, RelayError> {
+        self.messages_for(&self.name, events)
+    }
+
+    /// The messages for a batch, for the runner `key` (the relay's name, with
+    /// `#{index}/{parts}` for a part).
+    fn messages_for(
+        &self,
+        key: &str,
+        events: &[&RecordedEvent],
+    ) -> Result<Vec<Message>, RelayError> {
         let mut messages = Vec::with_capacity(events.len());
         let mut decoded = Vec::new();
         for event in events {
@@ -160,7 +170,7 @@ impl<E: DomainEvent> Relay<E> {
             if self.form == PayloadForm::AsStored && self.map.is_none() {
                 if self.publishes(&event.event_type) {
                     messages.push(Message::new(
-                        &self.name,
+                        key,
                         (self.topic)(category, &event.event_type),
                         event,
                         0,
@@ -192,7 +202,7 @@ impl<E: DomainEvent> Relay<E> {
                             .topic
                             .unwrap_or_else(|| (self.topic)(category, &out.event_type));
                         messages.push(Message::new(
-                            &self.name,
+                            key,
                             topic,
                             event,
                             envelope.split_index,
@@ -226,7 +236,7 @@ impl<E: DomainEvent> Relay<E> {
                     }
                 };
                 messages.push(Message::new(
-                    &self.name,
+                    key,
                     (self.topic)(category, event_type),
                     event,
                     envelope.split_index,
@@ -270,13 +280,15 @@ impl<E: DomainEvent> es_postgres::PgProjection for Relay<E> {
         true
     }
 
-    async fn before_commit(&self, events: &[&RecordedEvent]) -> Result<(), BoxError> {
-        let messages = self.messages(events).map_err(RelayError::into_box)?;
+    async fn before_commit(&self, key: &str, events: &[&RecordedEvent]) -> Result<(), BoxError> {
+        let messages = self
+            .messages_for(key, events)
+            .map_err(RelayError::into_box)?;
         if messages.is_empty() {
             return Ok(());
         }
         self.publisher
-            .publish(&self.name, &messages)
+            .publish(key, &messages)
             .await
             .map_err(RelayError::into_box)
     }

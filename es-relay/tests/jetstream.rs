@@ -481,27 +481,66 @@ async fn relay_processes_killed_with_sigkill_publish_each_event_once() {
 }
 
 #[tokio::test]
-async fn a_relay_refuses_to_be_split_or_to_park() {
+async fn a_split_relay_publishes_each_part_to_its_own_stream_and_never_parks() {
     let db = TestDatabase::new().await;
     let client = nats().await;
-    let (name, prefix) = unique("refusals");
-    seed(&db, 1, 2).await;
-    let publisher = || async {
-        JetStreamPublisher::new(client.clone(), &name, &prefix)
+    seed(&db, 8, 5).await;
+    // One stream per part: each part's chain and mark are its own.
+    let mut names = Vec::new();
+    for index in 0..2 {
+        let (name, prefix) = unique(&format!("part{index}"));
+        let publisher = JetStreamPublisher::new(client.clone(), &name, &prefix)
             .await
-            .unwrap()
-    };
-    let split = relay(&db.store, publisher().await).part(0, 2);
-    let error = split.catch_up().await.unwrap_err();
+            .unwrap();
+        relay(&db.store, publisher)
+            .part(index, 2)
+            .catch_up()
+            .await
+            .unwrap();
+        names.push(name);
+    }
+    let mut total = 0;
+    let mut part_of = std::collections::HashMap::new();
+    for (index, name) in names.iter().enumerate() {
+        let messages = held(&client, name).await;
+        assert!(!messages.is_empty(), "part {index} published");
+        for m in &messages {
+            assert_eq!(m.header(header::RELAY), format!("ledger-relay#{index}/2"));
+            let part = part_of
+                .entry(m.header(header::STREAM).to_owned())
+                .or_insert(index);
+            assert_eq!(*part, index, "each event stream belongs to one part");
+        }
+        assert_exactly_once_in_order_of(&messages);
+        total += messages.len();
+    }
+    assert_eq!(total, 40, "every event in one part's stream");
+
+    // A rebuild runs every part in one runner: refused for a split relay, before anything.
+    let (name, prefix) = unique("refused");
+    let publisher = JetStreamPublisher::new(client.clone(), &name, &prefix)
+        .await
+        .unwrap();
+    let error = relay(&db.store, publisher)
+        .part(0, 2)
+        .rebuild(ErrorPolicy::STOP, |_| {})
+        .await
+        .unwrap_err();
     assert!(
         matches!(error, ProjectionError::Unsupported { .. })
-            && error.to_string().contains("one part"),
+            && error.to_string().contains("rebuilt"),
         "{error}"
     );
-    let parking = relay(&db.store, publisher().await).error_policy(ErrorPolicy {
-        then: OnFailure::Park,
-        ..ErrorPolicy::default()
-    });
+    // Parking is refused, and so is replaying parked events.
+    let publisher = JetStreamPublisher::new(client.clone(), &name, &prefix)
+        .await
+        .unwrap();
+    let parking = relay(&db.store, publisher)
+        .part(0, 2)
+        .error_policy(ErrorPolicy {
+            then: OnFailure::Park,
+            ..ErrorPolicy::default()
+        });
     let error = parking.catch_up().await.unwrap_err();
     assert!(error.to_string().contains("cannot park"), "{error}");
     assert!(matches!(
@@ -509,13 +548,9 @@ async fn a_relay_refuses_to_be_split_or_to_park() {
         Err(ProjectionError::Unsupported { .. })
     ));
     assert_eq!(count(&client, &name).await, 0, "nothing was published");
-    // The default policy of a relay's runner stops instead of parking.
-    relay(&db.store, publisher().await)
-        .catch_up()
-        .await
-        .unwrap();
-    assert_eq!(count(&client, &name).await, 2);
-    delete_stream(&client, &name).await;
+    for name in names.iter().chain([&name]) {
+        delete_stream(&client, name).await;
+    }
     db.drop().await;
 }
 

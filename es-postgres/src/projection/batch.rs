@@ -166,7 +166,7 @@ impl<P: PgProjection> ProjectionRunner<P> {
         if wanted.is_empty() {
             return Ok(());
         }
-        match caught(self.projection.before_commit(&wanted)).await {
+        match caught(self.projection.before_commit(&self.key, &wanted)).await {
             Ok(()) => Ok(()),
             Err(error) if transient_source(error.as_ref()) => Err(self.store_error(error)),
             Err(error) => Err(ProjectionError::Failed {

@@ -214,7 +214,7 @@ impl<P: PgProjection> ProjectionRunner<P> {
         &self,
         keys: Vec<String>,
     ) -> Result<ActiveLock, ProjectionError> {
-        // Before anything is recorded (the number of parts): a relay cannot be split.
+        // Before anything is recorded (the number of parts).
         self.check_delivery(super::ErrorPolicy::STOP)?;
         let mut conn = self.lock_connection().await?;
         let lock_keys = self.lock_keys(&keys);

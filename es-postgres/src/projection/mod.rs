@@ -70,7 +70,9 @@ pub trait PgProjection: Send + Sync + 'static {
     ///
     /// The runner calls it before the batch's transaction begins, so no transaction (and no
     /// transaction id holding back the cluster's readers) stays open while it waits. It gets
-    /// the events of the batch the projection wants, as stored (before upcasting). The batch's
+    /// the runner's key (the projection's name, with `#{index}/{parts}` for a part: what tells
+    /// the parts' deliveries apart) and the events of the batch the projection wants, as
+    /// stored (before upcasting). The batch's
     /// `apply` writes and its checkpoint commit only after it returned `Ok`; when it fails,
     /// nothing of the batch commits. It must therefore be idempotent: after a crash, a retry or
     /// a takeover by another instance, the same events are handed to it again. A transient
@@ -78,18 +80,19 @@ pub trait PgProjection: Send + Sync + 'static {
     /// [`StoreError::Backend`] with `transient: true` for a broker that is away) is ridden out
     /// by [`ProjectionRunner::run`] with backoff; any other stops the runner naming the batch's
     /// first event.
-    async fn before_commit(&self, events: &[&RecordedEvent]) -> Result<(), BoxError> {
-        let _ = events;
+    async fn before_commit(&self, key: &str, events: &[&RecordedEvent]) -> Result<(), BoxError> {
+        let _ = (key, events);
         Ok(())
     }
 
     /// Whether [`before_commit`](Self::before_commit) does anything; `false` by default, which
     /// spares the runner collecting each batch's events for it.
     ///
-    /// A projection that delivers runs as one part and never parks an event (a parked event
-    /// would never reach the other system, and a replay would deliver it out of order): its
-    /// runner's default error policy stops instead (three retries, then stop), and a runner
-    /// split into parts or told to park refuses to start ([`ProjectionError::Unsupported`]).
+    /// A projection that delivers never parks an event (a parked event would never reach the
+    /// other system, and a replay would deliver it out of order): its runner's default error
+    /// policy stops instead (three retries, then stop), and a runner told to park refuses to
+    /// start ([`ProjectionError::Unsupported`]). Its parts each deliver their own events;
+    /// a rebuild, which runs all parts in one runner, is refused for a split one.
     fn delivers(&self) -> bool {
         false
     }

@@ -367,8 +367,8 @@ impl<P: PgProjection> ProjectionRunner<P> {
     /// standby, or the server itself after a failover). A logical replica numbers transactions
     /// its own way, and its horizon says nothing of the primary's: reading the log there could
     /// skip events.
-    /// Refuses what a projection that delivers outside the database cannot do: run as a part
-    /// (each part would need a destination of its own to know what it delivered) or park.
+    /// Refuses what a projection that delivers outside the database cannot do: park, or
+    /// deliver several parts' events from one runner (a rebuild of a split one).
     pub(super) fn check_delivery(&self, policy: ErrorPolicy) -> Result<(), ProjectionError> {
         if !self.projection.delivers() {
             return Ok(());
@@ -377,10 +377,10 @@ impl<P: PgProjection> ProjectionRunner<P> {
             projection: self.key.clone(),
             reason: reason.to_owned(),
         };
-        if self.part.is_some() || self.all_parts.is_some() {
+        if self.all_parts.is_some() {
             return Err(unsupported(
-                "it runs as one part: run it without `part`, or run several such projections \
-                 (each with a name and destination of its own) over different categories",
+                "a split one cannot be rebuilt (one runner would deliver every part's events \
+                 to one destination): rebuild it unsplit, then run its parts",
             ));
         }
         if policy.then == super::OnFailure::Park {
