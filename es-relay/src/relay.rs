@@ -7,7 +7,9 @@ use std::marker::PhantomData;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use es_core::{BoxError, DomainEvent, Envelope, EventStore, RecordedEvent, Upcasters};
+use es_core::{
+    BoxError, DomainEvent, Envelope, EventStore, RecordedEvent, Upcasters, current_version,
+};
 use es_postgres::PgEventStore;
 use es_postgres::sqlx::PgConnection;
 use serde_json::value::RawValue;
@@ -167,7 +169,14 @@ impl<E: DomainEvent> Relay<E> {
         let mut decoded = Vec::new();
         for event in events {
             let category = category(event.stream_id.as_str());
-            if self.form == PayloadForm::AsStored && self.map.is_none() {
+            // Stored at its current version with nothing to lift: the stored text is the
+            // payload either form publishes, without decoding it.
+            let current = self.map.is_none()
+                && current_version::<E>(&event.event_type) == Some(event.schema_version)
+                && !self
+                    .upcasters
+                    .lifts_from(&event.event_type, event.schema_version);
+            if current || (self.form == PayloadForm::AsStored && self.map.is_none()) {
                 if self.publishes(&event.event_type) {
                     messages.push(Message::new(
                         key,
@@ -278,6 +287,10 @@ impl<E: DomainEvent> es_postgres::PgProjection for Relay<E> {
 
     fn delivers(&self) -> bool {
         true
+    }
+
+    fn applies(&self) -> bool {
+        false
     }
 
     async fn before_commit(&self, key: &str, events: &[&RecordedEvent]) -> Result<(), BoxError> {

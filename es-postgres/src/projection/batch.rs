@@ -304,6 +304,9 @@ impl<P: PgProjection> ProjectionRunner<P> {
         conn: &mut PgConnection,
         batch: &[RecordedEvent],
     ) -> Result<(), BoxError> {
+        if !self.projection.applies() {
+            return Ok(());
+        }
         let mut envelopes = Vec::with_capacity(batch.len());
         for event in batch.iter().filter(|e| self.wants(e)) {
             self.upcasters.select_ref_into(event, &mut envelopes)?;
@@ -320,7 +323,7 @@ impl<P: PgProjection> ProjectionRunner<P> {
         conn: &mut PgConnection,
         event: &RecordedEvent,
     ) -> Result<(), BoxError> {
-        if !self.wants(event) {
+        if !self.projection.applies() || !self.wants(event) {
             return Ok(());
         }
         let span = tracing::debug_span!(

@@ -97,6 +97,13 @@ pub trait PgProjection: Send + Sync + 'static {
         false
     }
 
+    /// Whether `apply` and `apply_batch` do anything; `true` by default. A projection that only
+    /// delivers (a relay, whose "read model" is elsewhere) returns `false`, and the runner
+    /// spares decoding each batch for them.
+    fn applies(&self) -> bool {
+        true
+    }
+
     /// Creates the read model's tables if they do not exist.
     async fn setup(&self, conn: &mut PgConnection) -> Result<(), BoxError>;
 

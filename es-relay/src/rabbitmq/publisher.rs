@@ -21,7 +21,8 @@ const MAX_ROUTING_KEY: usize = 255;
 /// headers, and counts as published once the broker confirmed it (publisher confirms). Messages
 /// of different event streams are pipelined; the next message of a stream is sent only after
 /// the previous one was confirmed, so a refused message can never be overtaken by a later one
-/// of its stream. RabbitMQ keeps no record a relay could read back, so after a crash between
+/// of its stream (the broker may refuse one and take the next: a full queue that rejects
+/// publishes, an internal error). RabbitMQ keeps no record a relay could read back, so after a crash between
 /// the broker's confirm and the checkpoint, the batch is published again: consumers remove the
 /// repeats by message id (the [`Inbox`](crate::Inbox) does).
 ///
@@ -73,32 +74,51 @@ impl RabbitMqPublisher {
         Ok((connection, channel))
     }
 
+    /// Publishes in rounds: each round sends the next message of every event stream that has
+    /// one, then awaits that round's confirms. Streams interleaved in the log (the usual live
+    /// case) go out in one round; a stream with many events in the batch takes one round trip
+    /// per event, which is what keeping its order through a refused message costs.
     async fn send(&self, channel: &Channel, messages: &[Message]) -> Result<(), RelayError> {
-        let mut confirms: Vec<Option<PublisherConfirm>> = Vec::with_capacity(messages.len());
-        let mut last_of_stream: HashMap<&str, usize> = HashMap::new();
-        for (index, message) in messages.iter().enumerate() {
-            if let Some(&earlier) = last_of_stream.get(message.stream.as_str())
-                && let Some(confirm) = confirms[earlier].take()
-            {
+        let mut queues: Vec<std::collections::VecDeque<&Message>> = Vec::new();
+        let mut index_of: HashMap<&str, usize> = HashMap::new();
+        for message in messages {
+            let index = *index_of.entry(message.stream.as_str()).or_insert_with(|| {
+                queues.push(std::collections::VecDeque::new());
+                queues.len() - 1
+            });
+            queues[index].push_back(message);
+        }
+        let mut confirms: Vec<PublisherConfirm> = Vec::with_capacity(queues.len());
+        loop {
+            for queue in &mut queues {
+                if let Some(message) = queue.pop_front() {
+                    confirms.push(self.publish_one(channel, message).await?);
+                }
+            }
+            if confirms.is_empty() {
+                return Ok(());
+            }
+            for confirm in confirms.drain(..) {
                 confirmed(confirm.await)?;
             }
-            let confirm = channel
-                .basic_publish(
-                    ShortString::from(self.exchange.as_str()),
-                    ShortString::from(routing_key(&message.topic)),
-                    BasicPublishOptions::default(),
-                    message.payload.as_bytes(),
-                    properties(message),
-                )
-                .await
-                .map_err(unavailable)?;
-            confirms.push(Some(confirm));
-            last_of_stream.insert(message.stream.as_str(), index);
         }
-        for confirm in confirms.into_iter().flatten() {
-            confirmed(confirm.await)?;
-        }
-        Ok(())
+    }
+
+    async fn publish_one(
+        &self,
+        channel: &Channel,
+        message: &Message,
+    ) -> Result<PublisherConfirm, RelayError> {
+        channel
+            .basic_publish(
+                ShortString::from(self.exchange.as_str()),
+                ShortString::from(routing_key(&message.topic)),
+                BasicPublishOptions::default(),
+                message.payload.as_bytes(),
+                properties(message),
+            )
+            .await
+            .map_err(unavailable)
     }
 }
 
