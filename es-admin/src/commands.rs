@@ -60,6 +60,9 @@ pub enum AdminCommand {
     /// categories it reads (a type renamed without an upcaster, a schema version the code
     /// cannot read); exit code 1 naming each one when not.
     Check,
+    /// The schema gate for deploys, and the catalogue of event types.
+    #[command(subcommand)]
+    Schema(SchemaCommand),
     /// Keep every projection and saga running (catch up, then follow) until Ctrl-C. Refused
     /// at start when `check` fails.
     Run {
@@ -68,6 +71,18 @@ pub enum AdminCommand {
         #[arg(long)]
         skip_type_check: bool,
     },
+}
+
+/// The schema gate, and the catalogue of event types.
+#[derive(Clone, Debug, clap::Subcommand)]
+#[non_exhaustive]
+pub enum SchemaCommand {
+    /// Compare every (type, schema version) stored with this release's event types and
+    /// upcasters; exit code 1 naming each one it would not decode. Run it before a deploy.
+    Check,
+    /// Print the catalogue of this release's event types as JSON: name, current version, the
+    /// older versions it reads, JSON Schema where known. Needs no database.
+    Export,
 }
 
 /// What to do with dead-lettered commands.
@@ -143,6 +158,10 @@ impl Admin {
 
     /// Runs `command`, writing to `out`.
     pub async fn execute(&self, command: AdminCommand, out: &mut Out) -> Result<(), AdminError> {
+        if matches!(command, AdminCommand::Schema(SchemaCommand::Export)) {
+            // The code's own catalogue: nothing to read from the database.
+            return self.schema(SchemaCommand::Export, out).await;
+        }
         if matches!(command, AdminCommand::Run { .. }) {
             // Running is what the service does: it creates or migrates the schema.
             self.store.migrate().await?;
@@ -214,11 +233,57 @@ impl Admin {
                     "every projection and saga reads every event type stored in its categories",
                 )
             }
+            AdminCommand::Schema(command) => self.schema(command, out).await,
             AdminCommand::Run { skip_type_check } => {
                 if !skip_type_check {
                     self.check_types(out).await?;
                 }
                 run::run(self, out).await
+            }
+        }
+    }
+
+    async fn schema(&self, command: SchemaCommand, out: &mut Out) -> Result<(), AdminError> {
+        let Some(catalogue) = &self.catalogue else {
+            return Err(AdminError::Config(
+                "no event types are registered: give the CLI the service's event types with \
+                 Admin::events(EventCatalogue::new(store.upcasters()).add::<YourEvent>())"
+                    .to_owned(),
+            ));
+        };
+        match command {
+            SchemaCommand::Export => {
+                let text = serde_json::to_string_pretty(&catalogue.export())
+                    .map_err(|e| AdminError::Config(e.to_string()))?;
+                for line in text.lines() {
+                    out.line(line)?;
+                }
+                Ok(())
+            }
+            SchemaCommand::Check => {
+                for (name, one, other) in catalogue.conflicts() {
+                    out.line(format_args!(
+                        "{name}: registered at schema versions {one} and {other} by two event \
+                         types of this code"
+                    ))?;
+                }
+                let unreadable = self.store.unreadable_types(catalogue).await?;
+                for t in &unreadable {
+                    out.line(format_args!("{t}"))?;
+                }
+                if !unreadable.is_empty() || !catalogue.conflicts().is_empty() {
+                    return Err(AdminError::SchemaGate(format!(
+                        "this release cannot read {} stored event type(s) and has {} \
+                         conflicting type(s): deploying it would lose or park those events",
+                        unreadable.len(),
+                        catalogue.conflicts().len()
+                    )));
+                }
+                out.line(format_args!(
+                    "every stored event type decodes with this release ({} event types known \
+                     to the code)",
+                    catalogue.entries().count()
+                ))
             }
         }
     }

@@ -31,6 +31,9 @@ pub enum AdminError {
     /// The registered parts do not fit how the CLI was started.
     #[error("{0}")]
     Config(String),
+    /// The schema gate: stored event types this release's code would not decode.
+    #[error("{0}")]
+    SchemaGate(String),
     /// A runner's task ended abnormally (it panicked).
     #[error("{0}")]
     Runner(String),

@@ -55,7 +55,7 @@ mod registry;
 mod run;
 mod status;
 
-pub use commands::{AdminCommand, DeadLetterCommand, OnError};
+pub use commands::{AdminCommand, DeadLetterCommand, OnError, SchemaCommand};
 pub use database::Database;
 pub use error::AdminError;
 pub use output::Out;

@@ -192,6 +192,7 @@ pub struct Admin {
     pub(crate) store: PgEventStore,
     pub(crate) projections: Vec<Arc<dyn ManagedProjection>>,
     pub(crate) sagas: Vec<Arc<dyn ManagedSaga>>,
+    pub(crate) catalogue: Option<es_core::EventCatalogue>,
 }
 
 impl Admin {
@@ -202,7 +203,15 @@ impl Admin {
             store,
             projections: Vec::new(),
             sagas: Vec::new(),
+            catalogue: None,
         }
+    }
+
+    /// Registers the service's event types and upcasters: what `schema check` compares the
+    /// stored types with, and what `schema export` prints.
+    pub fn events(mut self, catalogue: es_core::EventCatalogue) -> Self {
+        self.catalogue = Some(catalogue);
+        self
     }
 
     /// Registers a projection, under its runner's key (the projection's name, or

@@ -8,7 +8,7 @@ use std::io::{ErrorKind, Write};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use es_admin::{Admin, AdminCommand, AdminError, Database, OnError, Out};
+use es_admin::{Admin, AdminCommand, AdminError, Database, OnError, Out, SchemaCommand};
 use es_core::testing::conformance::unique_stream;
 use es_core::{BoxError, DomainEvent, Envelope, EventStore, ExpectedVersion, NewEvent, StreamId};
 use es_postgres::sqlx::{self, PgConnection};
@@ -404,6 +404,8 @@ async fn run_refuses_a_registry_that_cannot_read_stored_types_and_check_names_th
         .append(&clock, ExpectedVersion::Any, vec![renamed])
         .await
         .unwrap();
+    // Checks read as of the transaction horizon, which other tests can hold back.
+    db.settle().await;
     let (result, _) = execute(&admin, AdminCommand::Check).await;
     let report = result.unwrap_err().report();
     assert!(
@@ -424,5 +426,63 @@ async fn run_refuses_a_registry_that_cannot_read_stored_types_and_check_names_th
     let report = result.unwrap_err().report();
     assert!(report.contains("Tocked"), "{report}");
     assert!(!out.contains("running"), "nothing was started: {out}");
+    db.drop().await;
+}
+
+#[tokio::test]
+async fn the_schema_gate_names_what_a_release_would_not_decode_and_the_catalogue_exports() {
+    let db = TestDatabase::new().await;
+    let clock = unique_stream("gate");
+    tick(&db.store, &clock, 1, 2).await;
+    db.settle().await;
+    let events = || es_core::EventCatalogue::new(db.store.upcasters()).add::<Tick>();
+
+    // Without registered event types: refused, saying what to register.
+    let bare = Admin::new(db.store.clone());
+    let (result, _) = execute(&bare, AdminCommand::Schema(SchemaCommand::Check)).await;
+    assert!(result.unwrap_err().report().contains("Admin::events"));
+
+    let admin = Admin::new(db.store.clone()).events(events());
+    let (result, out) = execute(&admin, AdminCommand::Schema(SchemaCommand::Check)).await;
+    assert!(result.is_ok(), "{result:?} {out}");
+    assert!(out.contains("every stored event type decodes"), "{out}");
+
+    // A release that renamed a type without an upcaster wrote `Tocked`; another wrote `Ticked`
+    // at a version this code does not know yet.
+    let payload = || serde_json::value::to_raw_value(&serde_json::json!({"n": 3})).unwrap();
+    db.store
+        .append(
+            &clock,
+            ExpectedVersion::Any,
+            vec![
+                NewEvent::new("Tocked", 1, payload()),
+                NewEvent::new("Ticked", 7, payload()),
+            ],
+        )
+        .await
+        .unwrap();
+    db.settle().await;
+    let (result, out) = execute(&admin, AdminCommand::Schema(SchemaCommand::Check)).await;
+    let error = result.unwrap_err();
+    assert_eq!(error.exit_code(), 1, "a deploy step fails");
+    let report = error.report();
+    assert!(report.contains("2 stored event type(s)"), "{report}");
+    assert!(
+        out.contains("Tocked v1") && out.contains("renamed"),
+        "{out}"
+    );
+    assert!(out.contains("Ticked v7") && out.contains("newer"), "{out}");
+
+    // The catalogue, as JSON: no database needed.
+    let (result, out) = execute(&admin, AdminCommand::Schema(SchemaCommand::Export)).await;
+    assert!(result.is_ok(), "{result:?}");
+    let exported: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let types = exported["event_types"].as_array().unwrap();
+    assert_eq!(types.len(), Tick::TYPES.len());
+    assert!(
+        types
+            .iter()
+            .any(|t| t["name"] == "Ticked" && t["version"] == 1)
+    );
     db.drop().await;
 }

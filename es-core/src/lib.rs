@@ -22,6 +22,8 @@
 //! - [`Repository`] (`repository.rs`): load from the newest usable snapshot, upcast on read,
 //!   temporal loads (as of a version or a time).
 //! - [`Upcasters`] (`upcast.rs`): schema evolution of stored events.
+//! - [`EventCatalogue`] (`catalogue.rs`): the event types the code reads, for a deploy's
+//!   schema gate and for consumers of the published events.
 //! - [`SnapshotStore`] and [`SnapshotPolicy`] (`snapshot.rs`).
 //! - [`InMemoryEventStore`] (`memory.rs`): for tests and the quickstart.
 //! - `testing` (feature `testing`): a given/when/then kit and the store conformance suite.
@@ -90,6 +92,7 @@
 //! ```
 
 mod aggregate;
+mod catalogue;
 mod command;
 mod envelope;
 mod error;
@@ -112,6 +115,7 @@ pub mod trace;
 pub use aggregate::Aggregate;
 /// Re-exported for implementing [`CommandDispatcher`] and stores: `#[es_core::async_trait]`.
 pub use async_trait::async_trait;
+pub use catalogue::{CatalogueEntry, EventCatalogue};
 pub use command::{CommandContext, CommandHandler, Executed, RetryPolicy, derived_event_id};
 pub use envelope::{Envelope, EventDecodeError, EventRef, Payload, RecordedEvent};
 pub use error::{BoxError, CommandError, StoreError};

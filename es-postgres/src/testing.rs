@@ -92,6 +92,37 @@ impl TestDatabase {
         PgEventStore::in_schema(connect(connections).await, self.schema.clone())
     }
 
+    /// Waits until readers can see every event committed in this schema so far: the
+    /// transaction horizon (any older transaction open anywhere in the cluster, such as other
+    /// tests') can hold back what was just appended. Checks that read "as of the horizon"
+    /// (`stored_types`, `head`) see everything after this.
+    ///
+    /// # Panics
+    /// When the horizon has not passed them within 60 s.
+    pub async fn settle(&self) {
+        use es_core::EventStore as _;
+        let latest: Option<(i64, i64)> = sqlx::query_as(AssertSqlSafe(format!(
+            "SELECT transaction_id, position FROM {}.events \
+             ORDER BY transaction_id DESC, position DESC LIMIT 1",
+            self.schema.quoted()
+        )))
+        .fetch_optional(&self.pool)
+        .await
+        .expect("reading the newest event");
+        let Some((transaction, position)) = latest else {
+            return;
+        };
+        let latest = crate::convert::position_from_columns(transaction, position);
+        let started = std::time::Instant::now();
+        while self.store.head().await.expect("reading the head") < latest {
+            assert!(
+                started.elapsed() < std::time::Duration::from_secs(60),
+                "the transaction horizon did not pass {latest} within 60 s"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    }
+
     /// Drops the test's schema. A test that ends without calling this (it failed, or forgot)
     /// still has its schema dropped, when the `TestDatabase` is dropped, unless
     /// `ES_KEEP_TEST_SCHEMAS` is set, to keep a failed test's data for inspection.

@@ -95,3 +95,24 @@ impl PgEventStore {
             .collect())
     }
 }
+
+impl PgEventStore {
+    /// The schema gate: every event type stored (any category, any schema version) that
+    /// `catalogue` (the code's event types and upcasters) could not decode, and why. Empty
+    /// when the code reads everything stored; run it before a deploy, refusing the deploy
+    /// otherwise (`es-admin schema check` does, with exit code 1).
+    pub async fn unreadable_types(
+        &self,
+        catalogue: &es_core::EventCatalogue,
+    ) -> Result<Vec<crate::UnreadableType>, StoreError> {
+        Ok(self
+            .stored_types()
+            .await?
+            .into_iter()
+            .filter_map(|stored| {
+                let reason = catalogue.unreadable(&stored.event_type, stored.schema_version)?;
+                Some(crate::UnreadableType::new(stored, reason))
+            })
+            .collect())
+    }
+}

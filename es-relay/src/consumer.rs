@@ -119,7 +119,7 @@ pub enum Replay {
 }
 
 /// Why handling a message did not commit.
-pub(crate) enum Failure {
+enum Failure {
     /// The database was away or busy: try again later; does not count against the message.
     Retry(String),
     /// The handler failed, or the message cannot be handled (its id or data): counts toward
@@ -157,7 +157,7 @@ pub(crate) fn inbox_key(id: &str) -> String {
 
 /// One transaction: the message's id into the inbox and, the first time, the handler's
 /// effects. Commits both or neither. A panicking handler counts as a failing one.
-pub(crate) async fn apply(
+async fn apply(
     pool: &PgPool,
     inbox: &Inbox,
     consumer: &str,
@@ -196,9 +196,68 @@ pub(crate) async fn apply(
     }
 }
 
+/// What a consumer helper tells its broker after handling a message.
+pub(crate) enum Verdict {
+    /// Handled (now or before): acknowledge.
+    Ack,
+    /// The database was away: deliver it again soon; it does not count against the message.
+    RetrySoon,
+    /// The handler failed for the `failures`-th time: deliver it again later.
+    Retry {
+        /// How many times it failed so far.
+        failures: u64,
+    },
+    /// Failed too often: recorded as a dead letter; the broker should drop (or dead-letter)
+    /// it.
+    DeadLettered,
+}
+
+/// Handles one received message with the inbox and decides what the broker is told; logs
+/// each failure. Never fails: what it cannot record is retried.
+pub(crate) async fn handle(
+    pool: &PgPool,
+    inbox: &Inbox,
+    consumer: &str,
+    received: &Received,
+    handler: &impl Handler,
+    max_deliveries: u64,
+) -> Verdict {
+    let id = &received.id;
+    match apply(pool, inbox, consumer, received, handler).await {
+        Ok(()) => {
+            if received.deliveries > 1
+                && let Err(error) = inbox.clear_failures(pool, consumer, &inbox_key(id)).await
+            {
+                tracing::warn!(consumer, %id, %error, "forgetting the message's failures failed");
+            }
+            Verdict::Ack
+        }
+        Err(Failure::Retry(error)) => {
+            tracing::warn!(consumer, %id, %error, "the database failed; the message comes again");
+            Verdict::RetrySoon
+        }
+        Err(Failure::Handler(error)) => {
+            match count_failure(pool, inbox, consumer, received, &error, max_deliveries).await {
+                Ok((failures, true)) => {
+                    tracing::error!(consumer, %id, %error, failures, "dead-lettering the message");
+                    Verdict::DeadLettered
+                }
+                Ok((failures, false)) => {
+                    tracing::warn!(consumer, %id, %error, failures, "handling failed; the message comes again");
+                    Verdict::Retry { failures }
+                }
+                Err(count_error) => {
+                    tracing::warn!(consumer, %id, %error, %count_error, "recording the failure failed; the message comes again");
+                    Verdict::RetrySoon
+                }
+            }
+        }
+    }
+}
+
 /// After a handler failure: counts it and, once `max_deliveries` failures are reached,
 /// records the dead letter. `Ok(true)` when the message is now a dead letter.
-pub(crate) async fn count_failure(
+async fn count_failure(
     pool: &PgPool,
     inbox: &Inbox,
     consumer: &str,

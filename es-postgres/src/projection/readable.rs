@@ -20,6 +20,12 @@ pub struct UnreadableType {
     pub reason: String,
 }
 
+impl UnreadableType {
+    pub(crate) fn new(stored: StoredType, reason: String) -> Self {
+        Self { stored, reason }
+    }
+}
+
 impl std::fmt::Display for UnreadableType {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(

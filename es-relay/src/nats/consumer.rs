@@ -11,9 +11,7 @@ use es_postgres::sqlx::PgPool;
 use futures_util::StreamExt;
 
 use super::unavailable;
-use crate::consumer::{
-    Failure, Handler, Received, Replay, apply, count_failure, inbox_key, replay_dead_letter,
-};
+use crate::consumer::{Handler, Received, Replay, Verdict, handle, replay_dead_letter};
 use crate::{Inbox, RelayError};
 
 /// Consumes a JetStream pull consumer into a handler, effective once per message.
@@ -115,51 +113,25 @@ impl JetStreamInbox {
 
     async fn handle(&self, message: &async_nats::jetstream::Message, handler: &impl Handler) {
         let received = received(message);
-        let outcome = apply(&self.pool, &self.inbox, &self.consumer, &received, handler).await;
-        let ack = match outcome {
-            Ok(()) => {
-                if received.deliveries > 1
-                    && let Err(error) = self
-                        .inbox
-                        .clear_failures(&self.pool, &self.consumer, &inbox_key(&received.id))
-                        .await
-                {
-                    tracing::warn!(consumer = %self.consumer, id = %received.id, %error, "forgetting the message's failures failed");
-                }
-                message.double_ack().await
+        let verdict = handle(
+            &self.pool,
+            &self.inbox,
+            &self.consumer,
+            &received,
+            handler,
+            self.max_deliveries,
+        )
+        .await;
+        let ack = match verdict {
+            Verdict::Ack => message.double_ack().await,
+            Verdict::RetrySoon => message.ack_with(AckKind::Nak(Some(self.retry_delay))).await,
+            Verdict::Retry { failures } => {
+                let delay = self
+                    .retry_delay
+                    .saturating_mul(1 << failures.saturating_sub(1).min(10));
+                message.ack_with(AckKind::Nak(Some(delay))).await
             }
-            Err(Failure::Retry(error)) => {
-                tracing::warn!(consumer = %self.consumer, id = %received.id, %error, "the database failed; the message comes again");
-                message.ack_with(AckKind::Nak(Some(self.retry_delay))).await
-            }
-            Err(Failure::Handler(error)) => {
-                match count_failure(
-                    &self.pool,
-                    &self.inbox,
-                    &self.consumer,
-                    &received,
-                    &error,
-                    self.max_deliveries,
-                )
-                .await
-                {
-                    Ok((failures, true)) => {
-                        tracing::error!(consumer = %self.consumer, id = %received.id, %error, failures, "dead-lettering the message");
-                        message.double_ack_with(AckKind::Term).await
-                    }
-                    Ok((failures, false)) => {
-                        let delay = self
-                            .retry_delay
-                            .saturating_mul(1 << failures.saturating_sub(1).min(10));
-                        tracing::warn!(consumer = %self.consumer, id = %received.id, %error, failures, retry_in = ?delay, "handling failed");
-                        message.ack_with(AckKind::Nak(Some(delay))).await
-                    }
-                    Err(count_error) => {
-                        tracing::warn!(consumer = %self.consumer, id = %received.id, %error, %count_error, "recording the failure failed; the message comes again");
-                        message.ack_with(AckKind::Nak(Some(self.retry_delay))).await
-                    }
-                }
-            }
+            Verdict::DeadLettered => message.double_ack_with(AckKind::Term).await,
         };
         if let Err(error) = ack {
             // The message comes again after ack_wait; the inbox makes that harmless.
@@ -177,6 +149,7 @@ impl JetStreamInbox {
         replay_dead_letter(&self.pool, &self.inbox, &self.consumer, message_id, handler).await
     }
 }
+
 fn received(message: &async_nats::jetstream::Message) -> Received {
     let headers: Vec<(String, String)> = message
         .headers

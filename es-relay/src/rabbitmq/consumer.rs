@@ -13,9 +13,7 @@ use lapin::options::{
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 
 use super::unavailable;
-use crate::consumer::{
-    Failure, Handler, Received, Replay, apply, count_failure, inbox_key, replay_dead_letter,
-};
+use crate::consumer::{Handler, Received, Replay, Verdict, handle, replay_dead_letter};
 use crate::{Inbox, RelayError};
 
 /// Consumes a RabbitMQ queue into a handler, effective once per message.
@@ -93,49 +91,29 @@ impl RabbitMqInbox {
 
     async fn handle(&self, delivery: &Delivery, handler: &impl Handler) {
         let received = received(delivery);
-        let acked = match apply(&self.pool, &self.inbox, &self.consumer, &received, handler).await {
-            Ok(()) => {
-                if delivery.redelivered
-                    && let Err(error) = self
-                        .inbox
-                        .clear_failures(&self.pool, &self.consumer, &inbox_key(&received.id))
-                        .await
-                {
-                    tracing::warn!(consumer = %self.consumer, id = %received.id, %error, "forgetting the message's failures failed");
-                }
-                delivery.acker.ack(BasicAckOptions::default()).await
-            }
-            Err(Failure::Retry(error)) => {
-                tracing::warn!(consumer = %self.consumer, id = %received.id, %error, "the database failed; requeueing");
+        let verdict = handle(
+            &self.pool,
+            &self.inbox,
+            &self.consumer,
+            &received,
+            handler,
+            self.max_deliveries,
+        )
+        .await;
+        let acked = match verdict {
+            Verdict::Ack => delivery.acker.ack(BasicAckOptions::default()).await,
+            Verdict::RetrySoon => {
+                // Requeued at once it would come straight back: give the database a moment.
                 tokio::time::sleep(std::time::Duration::from_millis(200)).await;
                 delivery.acker.nack(requeue()).await
             }
-            Err(Failure::Handler(error)) => match count_failure(
-                &self.pool,
-                &self.inbox,
-                &self.consumer,
-                &received,
-                &error,
-                self.max_deliveries,
-            )
-            .await
-            {
-                Ok((failures, true)) => {
-                    tracing::error!(consumer = %self.consumer, id = %received.id, %error, failures, "dead-lettering the message");
-                    delivery
-                        .acker
-                        .reject(BasicRejectOptions { requeue: false })
-                        .await
-                }
-                Ok((failures, false)) => {
-                    tracing::warn!(consumer = %self.consumer, id = %received.id, %error, failures, "handling failed; requeueing");
-                    delivery.acker.nack(requeue()).await
-                }
-                Err(count_error) => {
-                    tracing::warn!(consumer = %self.consumer, id = %received.id, %error, %count_error, "recording the failure failed; requeueing");
-                    delivery.acker.nack(requeue()).await
-                }
-            },
+            Verdict::Retry { .. } => delivery.acker.nack(requeue()).await,
+            Verdict::DeadLettered => {
+                delivery
+                    .acker
+                    .reject(BasicRejectOptions { requeue: false })
+                    .await
+            }
         };
         if let Err(error) = acked {
             // The delivery comes again when the channel closes; the inbox makes that harmless.

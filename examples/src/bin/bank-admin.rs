@@ -21,10 +21,11 @@ use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
 use es_admin::{Admin, AdminCommand, Database};
-use es_core::{EventStore, ExpectedVersion, NewEvent, StreamId};
+use es_core::{EventCatalogue, EventStore, ExpectedVersion, NewEvent, StreamId};
 use es_examples::account::{self, AccountEvent};
 use es_examples::bank::Bank;
 use es_examples::projections::{AccountBalances, ActivityByType, TransferHistory};
+use es_examples::transfer::TransferEvent;
 use es_postgres::{PgEventStore, PgSnapshotStore, ProjectionRunner, SchemaName};
 
 #[derive(Parser)]
@@ -88,7 +89,11 @@ fn admin(store: &PgEventStore) -> Result<Admin, es_postgres::PgError> {
         Arc::new(PgSnapshotStore::new(store)),
     );
     let (transfers, bonuses) = bank.pg_sagas(store);
+    let events = EventCatalogue::new(store.upcasters())
+        .add::<AccountEvent>()
+        .add::<TransferEvent>();
     Ok(Admin::new(store.clone())
+        .events(events)
         .projection_with_next(
             ProjectionRunner::new(store.clone(), AccountBalances::new(store.schema())),
             AccountBalances::new,
