@@ -108,15 +108,13 @@ impl EventCatalogue {
                  newer release",
                 entry.version
             )),
-            Some(entry) => (version..entry.version)
-                .find(|from| !self.upcasters.lifts_from(event_type, *from))
-                .map(|missing| {
-                    format!(
-                        "no upcaster lifts version {missing} to {} (current: {})",
-                        missing + 1,
-                        entry.version
-                    )
-                }),
+            Some(entry) if version == entry.version => None,
+            // Where the chain ends is for `unreadable_sample` to find out, with a payload.
+            Some(_) if self.upcasters.lifts_from(event_type, version) => None,
+            Some(entry) => Some(format!(
+                "no upcaster lifts version {version} (current: {})",
+                entry.version
+            )),
             // Renamed, split or retired by an upcaster: its chain is the upcasters' to check.
             None if self.upcasters.lifts_from(event_type, version) => None,
             None if self.upcasters.lifts(event_type) => Some(format!(
@@ -128,6 +126,44 @@ impl EventCatalogue {
                     .to_owned(),
             ),
         }
+    }
+
+    /// Whether this code needs a stored payload to judge `(event_type, version)`: an upcaster
+    /// lifts it, and only running the chain on a real payload says what it ends as.
+    pub fn needs_sample(&self, event_type: &str, version: u32) -> bool {
+        self.upcasters.lifts_from(event_type, version)
+    }
+
+    /// Why a stored event of `event_type` at `version`, with `payload` (a stored sample),
+    /// would not decode: runs its upcaster chain and checks that each event it ends as is a
+    /// type of this code at its current version. `None` when every one is (or the chain
+    /// retires the event).
+    pub fn unreadable_sample(
+        &self,
+        event_type: &str,
+        version: u32,
+        payload: Value,
+    ) -> Option<String> {
+        if let Some(reason) = self.unreadable(event_type, version) {
+            return Some(reason);
+        }
+        let lifted = match self.upcasters.lift(event_type, version, payload) {
+            Ok(lifted) => lifted,
+            Err(reason) => return Some(format!("upcasting a stored sample failed: {reason}")),
+        };
+        lifted
+            .iter()
+            .find_map(|out| match self.entries.get(&out.event_type) {
+                None => Some(format!(
+                    "upcasters lift it into {} v{}, which this code does not know",
+                    out.event_type, out.schema_version
+                )),
+                Some(entry) if entry.version != out.schema_version => Some(format!(
+                    "upcasters lift it into {} v{}, but this code reads version {}",
+                    out.event_type, out.schema_version, entry.version
+                )),
+                Some(_) => None,
+            })
     }
 
     /// The catalogue as JSON: each type with its current version, the Rust type holding it,
@@ -187,6 +223,48 @@ mod tests {
                 .unwrap()
                 .contains("version 1")
         );
+    }
+
+    #[test]
+    fn a_sample_shows_where_an_upcaster_chain_ends() {
+        let catalogue = EventCatalogue::new(Arc::new(ledger_upcasters())).add::<LedgerEvent>();
+        assert_eq!(
+            catalogue.unreadable_sample("Credited", 1, json!({ "amount": 5 })),
+            None
+        );
+        assert_eq!(
+            catalogue.unreadable_sample("Noted", 1, json!({ "note": "x" })),
+            None
+        );
+        // A rename into a type this code no longer has.
+        let renamed = Upcasters::new().add_transform("Old", 1, |p| {
+            Ok(vec![crate::Upcasted {
+                event_type: "Gone".into(),
+                schema_version: 1,
+                payload: p,
+            }])
+        });
+        let catalogue = EventCatalogue::new(Arc::new(renamed)).add::<LedgerEvent>();
+        assert_eq!(catalogue.unreadable("Old", 1), None, "a step exists");
+        let reason = catalogue.unreadable_sample("Old", 1, json!({})).unwrap();
+        assert!(reason.contains("Gone v1"), "{reason}");
+        // A step that fails on stored data, and one that jumps a version.
+        let failing = Upcasters::new().add("Credited", 2, |_| Err("no memo".into()));
+        let catalogue = EventCatalogue::new(Arc::new(failing)).add::<LedgerEvent>();
+        let reason = catalogue
+            .unreadable_sample("Credited", 2, json!({}))
+            .unwrap();
+        assert!(reason.contains("no memo"), "{reason}");
+        let jump = Upcasters::new().add_transform("Credited", 1, |p| {
+            Ok(vec![crate::Upcasted {
+                event_type: "Credited".into(),
+                schema_version: 3,
+                payload: p,
+            }])
+        });
+        let catalogue = EventCatalogue::new(Arc::new(jump)).add::<LedgerEvent>();
+        assert_eq!(catalogue.unreadable("Credited", 1), None);
+        assert_eq!(catalogue.unreadable_sample("Credited", 1, json!({})), None);
     }
 
     #[test]

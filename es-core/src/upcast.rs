@@ -250,6 +250,50 @@ impl Upcasters {
         self.lift_selecting(recorded.clone(), out, select)
     }
 
+    /// Runs the whole chain of upcasters on one payload stored as `event_type` at
+    /// `schema_version`, without decoding the results: the events a reader would decode, as
+    /// (type, version, payload), in order. An event no upcaster lifts comes back as it is.
+    /// What a schema gate uses to check, with a stored sample, where each chain ends.
+    pub fn lift(
+        &self,
+        event_type: &str,
+        schema_version: u32,
+        payload: Value,
+    ) -> Result<Vec<Upcasted>, String> {
+        let mut pending = VecDeque::from([Upcasted {
+            event_type: event_type.to_owned(),
+            schema_version,
+            payload,
+        }]);
+        let mut done = Vec::new();
+        let mut steps = 0;
+        while let Some(item) = pending.pop_front() {
+            match self
+                .steps
+                .get(&(item.event_type.clone(), item.schema_version))
+            {
+                Some(step) => {
+                    steps += 1;
+                    if steps > MAX_STEPS {
+                        return Err(format!("more than {MAX_STEPS} upcasting steps: a loop?"));
+                    }
+                    let from = item.schema_version;
+                    let produced = step(item.payload).map_err(|reason| {
+                        format!(
+                            "the upcaster of {} v{from} failed: {reason}",
+                            item.event_type
+                        )
+                    })?;
+                    for next in produced.into_iter().rev() {
+                        pending.push_front(next);
+                    }
+                }
+                None => done.push(item),
+            }
+        }
+        Ok(done)
+    }
+
     fn needs_lifting(&self, recorded: &RecordedEvent) -> bool {
         self.lifted.contains(recorded.event_type.as_str())
             && self

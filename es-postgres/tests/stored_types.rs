@@ -7,7 +7,9 @@
 mod common;
 
 use common::{Totals, credit};
-use es_core::testing::evolution::ledger_upcasters;
+use std::sync::Arc;
+
+use es_core::testing::evolution::{LedgerEvent, ledger_upcasters};
 use es_core::{EventStore, ExpectedVersion, NewEvent, StreamId};
 use es_postgres::testing::TestDatabase;
 use es_postgres::{ProjectionError, ProjectionRunner, StoredType};
@@ -144,5 +146,46 @@ async fn a_projection_names_every_stored_type_it_cannot_read_in_its_categories()
             ("Noted".to_owned(), 1)
         ]
     );
+    db.drop().await;
+}
+
+#[tokio::test]
+async fn the_schema_gate_runs_a_stored_sample_through_each_upcaster_chain() {
+    let db = TestDatabase::new().await;
+    let euros = NewEvent::new(
+        "Credited",
+        1,
+        to_raw_value(&serde_json::json!({"amount": 5})).unwrap(),
+    );
+    append(
+        &db,
+        "ledger-1",
+        vec![credit(1, "a"), euros, raw("Noted", 1)],
+    )
+    .await;
+    // A release whose upcaster renames `Old` into a type it no longer has.
+    append(&db, "legacy-1", vec![raw("Old", 1)]).await;
+    let upcasters = Arc::new(ledger_upcasters().add_transform("Old", 1, |payload| {
+        Ok(vec![es_core::Upcasted {
+            event_type: "Gone".into(),
+            schema_version: 1,
+            payload,
+        }])
+    }));
+    let catalogue = es_core::EventCatalogue::new(upcasters).add::<LedgerEvent>();
+    let unreadable = db.store.unreadable_types(&catalogue).await.unwrap();
+    let named: Vec<String> = unreadable.iter().map(ToString::to_string).collect();
+    assert_eq!(unreadable.len(), 1, "{named:?}");
+    assert!(
+        named[0].contains("Old v1") && named[0].contains("Gone v1"),
+        "{named:?}"
+    );
+
+    // Without upcasters, the old versions and names are named too; nothing is a false ok.
+    let bare =
+        es_core::EventCatalogue::new(Arc::new(es_core::Upcasters::new())).add::<LedgerEvent>();
+    let unreadable = db.store.unreadable_types(&bare).await.unwrap();
+    let named: Vec<String> = unreadable.iter().map(ToString::to_string).collect();
+    assert_eq!(unreadable.len(), 3, "{named:?}");
     db.drop().await;
 }

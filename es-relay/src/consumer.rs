@@ -85,16 +85,6 @@ impl Received {
     pub fn json<T: DeserializeOwned>(&self) -> Result<T, serde_json::Error> {
         serde_json::from_slice(&self.payload)
     }
-
-    /// The headers as a JSON object of strings (a repeated name keeps its last value).
-    pub(crate) fn headers_json(&self) -> String {
-        let map: serde_json::Map<String, serde_json::Value> = self
-            .headers
-            .iter()
-            .map(|(n, v)| (n.clone(), serde_json::Value::String(v.clone())))
-            .collect();
-        serde_json::Value::Object(map).to_string()
-    }
 }
 
 /// Handles messages a consumer helper receives.
@@ -127,8 +117,8 @@ enum Failure {
     Handler(String),
 }
 
-/// An error met while handling, sorted: transient database errors anywhere in its chain are
-/// retried, everything else counts against the message.
+/// An error of the inbox's own statements (begin, record, commit), sorted: transient database
+/// errors are retried without counting, everything else counts against the message.
 fn failure(error: &(dyn std::error::Error + 'static)) -> Failure {
     let mut current = Some(error);
     while let Some(e) = current {
@@ -145,7 +135,7 @@ fn failure(error: &(dyn std::error::Error + 'static)) -> Failure {
 /// The inbox key of a message id: the id itself, or for ids PostgreSQL text or an index key
 /// cannot hold (NUL, over 200 bytes) a name-based UUID of it.
 pub(crate) fn inbox_key(id: &str) -> String {
-    if id.len() <= 200 && !id.contains('\0') {
+    if id.len() <= 200 && !id.contains('\0') && !id.starts_with("uuid5:") {
         id.to_owned()
     } else {
         format!(
@@ -180,18 +170,18 @@ async fn apply(
         .await;
     match handled {
         Ok(Ok(())) => tx.commit().await.map_err(|e| failure(&e)),
+        // Counted even when the database is behind it (a statement timeout on this message's
+        // query would otherwise come back forever); the doubling delay rides out outages.
         Ok(Err(error)) => {
             let _ = tx.rollback().await;
-            Err(failure(error.as_ref()))
+            Err(Failure::Handler(error.to_string()))
         }
         Err(panic) => {
             let _ = tx.rollback().await;
-            let message = panic
-                .downcast_ref::<&str>()
-                .map(|s| (*s).to_owned())
-                .or_else(|| panic.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "a panic without a message".to_owned());
-            Err(Failure::Handler(format!("the handler panicked: {message}")))
+            Err(Failure::Handler(format!(
+                "the handler panicked: {}",
+                panic_text(panic.as_ref())
+            )))
         }
     }
 }
@@ -201,11 +191,16 @@ pub(crate) enum Verdict {
     /// Handled (now or before): acknowledge.
     Ack,
     /// The database was away: deliver it again soon; it does not count against the message.
-    RetrySoon,
+    RetrySoon {
+        /// What failed.
+        error: String,
+    },
     /// The handler failed for the `failures`-th time: deliver it again later.
     Retry {
         /// How many times it failed so far.
         failures: u64,
+        /// What failed.
+        error: String,
     },
     /// Failed too often: recorded as a dead letter; the broker should drop (or dead-letter)
     /// it.
@@ -234,7 +229,7 @@ pub(crate) async fn handle(
         }
         Err(Failure::Retry(error)) => {
             tracing::warn!(consumer, %id, %error, "the database failed; the message comes again");
-            Verdict::RetrySoon
+            Verdict::RetrySoon { error }
         }
         Err(Failure::Handler(error)) => {
             match count_failure(pool, inbox, consumer, received, &error, max_deliveries).await {
@@ -244,11 +239,11 @@ pub(crate) async fn handle(
                 }
                 Ok((failures, false)) => {
                     tracing::warn!(consumer, %id, %error, failures, "handling failed; the message comes again");
-                    Verdict::Retry { failures }
+                    Verdict::Retry { failures, error }
                 }
                 Err(count_error) => {
                     tracing::warn!(consumer, %id, %error, %count_error, "recording the failure failed; the message comes again");
-                    Verdict::RetrySoon
+                    Verdict::RetrySoon { error }
                 }
             }
         }
@@ -257,7 +252,7 @@ pub(crate) async fn handle(
 
 /// After a handler failure: counts it and, once `max_deliveries` failures are reached,
 /// records the dead letter. `Ok(true)` when the message is now a dead letter.
-async fn count_failure(
+pub(crate) async fn count_failure(
     pool: &PgPool,
     inbox: &Inbox,
     consumer: &str,
@@ -302,9 +297,23 @@ pub(crate) async fn replay_dead_letter(
     let mut received = Received::new(message_id, letter.topic, headers, letter.payload);
     received.deliveries = u64::try_from(letter.deliveries).unwrap_or(0) + 1;
     let first = inbox.receive(&mut tx, consumer, &key).await?;
-    if first && let Err(error) = handler.handle(&mut tx, &received).await {
+    let handled = if first {
+        use futures_util::FutureExt;
+        match std::panic::AssertUnwindSafe(handler.handle(&mut tx, &received))
+            .catch_unwind()
+            .await
+        {
+            Ok(result) => result.map_err(|e| e.to_string()),
+            Err(panic) => Err(format!(
+                "the handler panicked: {}",
+                panic_text(panic.as_ref())
+            )),
+        }
+    } else {
+        Ok(())
+    };
+    if let Err(error) = handled {
         tx.rollback().await?;
-        let error = error.to_string();
         inbox
             .dead_letter(pool, &dead_letter(consumer, &received, &error))
             .await?;
@@ -318,13 +327,60 @@ pub(crate) async fn replay_dead_letter(
 /// written as `\0`.
 pub(crate) fn dead_letter(consumer: &str, received: &Received, error: &str) -> InboxDeadLetter {
     let clean = |text: &str| text.replace('\0', "\\0");
+    let headers: serde_json::Map<String, serde_json::Value> = received
+        .headers
+        .iter()
+        .map(|(n, v)| (clean(n), serde_json::Value::String(clean(v))))
+        .collect();
     InboxDeadLetter {
         consumer: consumer.to_owned(),
         message_id: inbox_key(&received.id),
         topic: clean(&received.topic),
-        headers: clean(&received.headers_json()).replace("\\u0000", "\\\\0"),
+        headers: serde_json::Value::Object(headers).to_string(),
         payload: received.payload.clone(),
-        error: error.to_owned(),
+        error: clean(error),
         deliveries: i64::try_from(received.deliveries).unwrap_or(i64::MAX),
+    }
+}
+
+/// What a panic said.
+fn panic_text(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dead_letters_hold_any_header_text_as_valid_json_without_nul() {
+        let received = Received::new(
+            "id\0x",
+            "topic\0",
+            vec![
+                ("Es-Stream".to_owned(), "a\0b".to_owned()),
+                ("Odd".to_owned(), "literal \\u0000 text".to_owned()),
+                ("N\0ame".to_owned(), "v".to_owned()),
+            ],
+            b"{}".to_vec(),
+        );
+        let letter = dead_letter("c", &received, "boom\0");
+        for text in [
+            &letter.topic,
+            &letter.headers,
+            &letter.error,
+            &letter.message_id,
+        ] {
+            assert!(!text.contains('\0'), "{text:?}");
+        }
+        assert!(!letter.headers.contains("\\u0000\""), "{}", letter.headers);
+        let parsed: serde_json::Value = serde_json::from_str(&letter.headers).unwrap();
+        assert_eq!(parsed["Es-Stream"], "a\\0b");
+        assert_eq!(parsed["Odd"], "literal \\u0000 text");
+        assert!(letter.message_id.starts_with("uuid5:"));
     }
 }

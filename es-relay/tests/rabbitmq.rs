@@ -597,3 +597,85 @@ async fn a_poison_message_goes_to_the_dead_letter_exchange_and_replays() {
     clean_up(&channel, &t).await;
     db.drop().await;
 }
+
+#[tokio::test]
+async fn an_unroutable_batch_is_retried_until_a_queue_is_bound_and_a_message_without_id_is_dead_lettered()
+ {
+    let db = TestDatabase::new().await;
+    let (_connection, channel) = open_channel().await;
+    let (_, id) = unique("rabbit_unroutable");
+    let exchange = format!("{id}.events");
+    seed(&db, 1, 3).await;
+    // No queue is bound: the relay does not count the batch as published.
+    let publisher = RabbitMqPublisher::connect(&amqp_url(), &exchange)
+        .await
+        .unwrap();
+    let error = relay(&db.store, publisher).catch_up().await.unwrap_err();
+    assert!(error.to_string().contains("no queue is bound"), "{error}");
+    assert!(
+        error.is_transient(),
+        "retried until a queue is bound: {error}"
+    );
+    // Unless told that unroutable messages may be dropped.
+    let publisher = RabbitMqPublisher::connect(&amqp_url(), &exchange)
+        .await
+        .unwrap()
+        .allow_unroutable();
+    relay(&db.store, publisher).catch_up().await.unwrap();
+
+    // A consumer given a message without a message_id cannot make it effective once: it
+    // dead-letters it instead of handling it, and takes the next.
+    let t = topology(&channel, "rabbit_no_id").await;
+    channel
+        .basic_publish(
+            ShortString::from(t.exchange.as_str()),
+            ShortString::from("ledger.Credited"),
+            Default::default(),
+            br#"{"cents":1,"memo":""}"#,
+            es_relay::lapin::BasicProperties::default(),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    let inbox = setup_effects(&db).await;
+    let helper = RabbitMqInbox::new(db.pool.clone(), inbox.clone(), "effects");
+    let handler = Effects {
+        schema: db.schema.clone(),
+        poisoned: AtomicBool::new(false),
+    };
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let consuming = helper.run(&channel, &t.queue, &handler, async {
+        let _ = stopped.await;
+    });
+    let waiting = async {
+        let started = Instant::now();
+        while inbox
+            .dead_letters(&db.pool, "effects")
+            .await
+            .unwrap()
+            .is_empty()
+        {
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "no dead letter"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        stop.send(()).unwrap();
+    };
+    let (consumed, ()) = tokio::join!(consuming, waiting);
+    consumed.unwrap();
+    let letters = inbox.dead_letters(&db.pool, "effects").await.unwrap();
+    assert!(
+        letters[0].error.contains("no message_id"),
+        "{}",
+        letters[0].error
+    );
+    assert!(effects(&db).await.is_empty(), "not handled");
+    let _ = channel
+        .exchange_delete(ShortString::from(exchange.as_str()), Default::default())
+        .await;
+    clean_up(&channel, &t).await;
+    db.drop().await;
+}

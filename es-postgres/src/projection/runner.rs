@@ -363,10 +363,6 @@ impl<P: PgProjection> ProjectionRunner<P> {
         }
     }
 
-    /// For a runner given a replica: checks it is a physical copy of the store's server (a hot
-    /// standby, or the server itself after a failover). A logical replica numbers transactions
-    /// its own way, and its horizon says nothing of the primary's: reading the log there could
-    /// skip events.
     /// Refuses what a projection that delivers outside the database cannot do: park, or
     /// deliver several parts' events from one runner (a rebuild of a split one).
     pub(super) fn check_delivery(&self, policy: ErrorPolicy) -> Result<(), ProjectionError> {
@@ -393,6 +389,10 @@ impl<P: PgProjection> ProjectionRunner<P> {
         Ok(())
     }
 
+    /// For a runner given a replica: checks it is a physical copy of the store's server (a hot
+    /// standby, or the server itself after a failover). A logical replica numbers transactions
+    /// its own way, and its horizon says nothing of the primary's: reading the log there could
+    /// skip events.
     pub(super) async fn check_reader(&self) -> Result<(), ProjectionError> {
         let Some(reader) = &self.reader else {
             return Ok(());

@@ -11,7 +11,9 @@ use es_postgres::sqlx::PgPool;
 use futures_util::StreamExt;
 
 use super::unavailable;
-use crate::consumer::{Handler, Received, Replay, Verdict, handle, replay_dead_letter};
+use crate::consumer::{
+    Handler, Received, Replay, Verdict, dead_letter, handle, replay_dead_letter,
+};
 use crate::{Inbox, RelayError};
 
 /// Consumes a JetStream pull consumer into a handler, effective once per message.
@@ -106,14 +108,19 @@ impl JetStreamInbox {
                 Some(Err(error)) => {
                     tracing::warn!(consumer = %self.consumer, %error, "receiving from JetStream failed");
                 }
-                Some(Ok(message)) => self.handle(&message, handler).await,
+                Some(Ok(message)) => self.handle(&message, handler, config.max_deliver).await,
             }
         }
     }
 
-    async fn handle(&self, message: &async_nats::jetstream::Message, handler: &impl Handler) {
+    async fn handle(
+        &self,
+        message: &async_nats::jetstream::Message,
+        handler: &impl Handler,
+        max_deliver: i64,
+    ) {
         let received = received(message);
-        let verdict = handle(
+        let mut verdict = handle(
             &self.pool,
             &self.inbox,
             &self.consumer,
@@ -122,10 +129,29 @@ impl JetStreamInbox {
             self.max_deliveries,
         )
         .await;
+        // The broker's last delivery of it: whatever the count in the database says, there
+        // will be no other chance to record it.
+        let last = max_deliver > 0 && received.deliveries >= max_deliver as u64;
+        if last && let Verdict::RetrySoon { error } | Verdict::Retry { error, .. } = &verdict {
+            let reason =
+                format!("{error} (the consumer's last delivery: max_deliver {max_deliver})");
+            match self
+                .inbox
+                .dead_letter(&self.pool, &dead_letter(&self.consumer, &received, &reason))
+                .await
+            {
+                Ok(()) => verdict = Verdict::DeadLettered,
+                Err(error) => {
+                    tracing::error!(consumer = %self.consumer, id = %received.id, %error, "the broker will not deliver the message again and recording it as a dead letter failed");
+                }
+            }
+        }
         let ack = match verdict {
             Verdict::Ack => message.double_ack().await,
-            Verdict::RetrySoon => message.ack_with(AckKind::Nak(Some(self.retry_delay))).await,
-            Verdict::Retry { failures } => {
+            Verdict::RetrySoon { .. } => {
+                message.ack_with(AckKind::Nak(Some(self.retry_delay))).await
+            }
+            Verdict::Retry { failures, .. } => {
                 let delay = self
                     .retry_delay
                     .saturating_mul(1 << failures.saturating_sub(1).min(10));

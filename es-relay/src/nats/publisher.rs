@@ -191,16 +191,16 @@ impl JetStreamPublisher {
         let mut rest = fresh;
         if tail.mark.is_none() && sequence > 0 {
             // The stream holds messages but none says how far the relay got (its last one is
-            // gone): send one at a time, passing over those the stream still recognises as
-            // duplicates, until one is stored anew; the chain then holds again.
-            while let Some((message, later)) = rest.split_first() {
+            // gone): send the whole batch one at a time, passing over those the stream still
+            // recognises as duplicates (a later one may be a duplicate after an earlier one
+            // left the window).
+            for message in rest {
                 let ack = self.send_one(message, sequence).await?;
-                rest = later;
                 if let Some(stored) = self.acked(ack, sequence).await? {
                     sequence = stored;
-                    break;
                 }
             }
+            rest = &[];
         }
         let mut waiting = std::collections::VecDeque::with_capacity(ACK_WINDOW);
         let mut acked = sequence;

@@ -13,7 +13,9 @@ use lapin::options::{
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 
 use super::unavailable;
-use crate::consumer::{Handler, Received, Replay, Verdict, handle, replay_dead_letter};
+use crate::consumer::{
+    Handler, Received, Replay, Verdict, dead_letter, handle, replay_dead_letter,
+};
 use crate::{Inbox, RelayError};
 
 /// Consumes a RabbitMQ queue into a handler, effective once per message.
@@ -32,6 +34,7 @@ pub struct RabbitMqInbox {
     consumer: String,
     max_deliveries: u64,
     prefetch: u16,
+    retry_delay: std::time::Duration,
 }
 
 impl RabbitMqInbox {
@@ -44,7 +47,15 @@ impl RabbitMqInbox {
             consumer: consumer.into(),
             max_deliveries: 5,
             prefetch: 32,
+            retry_delay: std::time::Duration::from_millis(100),
         }
+    }
+
+    /// The pause before requeueing a failed delivery the first time; it doubles with each
+    /// failure, up to 5 s.
+    pub fn retry_delay(mut self, delay: std::time::Duration) -> Self {
+        self.retry_delay = delay;
+        self
     }
 
     /// How many deliveries a failing message gets before it is dead-lettered.
@@ -69,7 +80,12 @@ impl RabbitMqInbox {
         let mut deliveries = channel
             .basic_consume(
                 ShortString::from(queue),
-                ShortString::from(format!("{}-{}", self.consumer, uuid::Uuid::now_v7())),
+                // AMQP short strings hold 255 bytes.
+                ShortString::from(format!(
+                    "{}-{}",
+                    self.consumer.chars().take(100).collect::<String>(),
+                    uuid::Uuid::now_v7()
+                )),
                 BasicConsumeOptions::default(),
                 FieldTable::default(),
             )
@@ -91,6 +107,29 @@ impl RabbitMqInbox {
 
     async fn handle(&self, delivery: &Delivery, handler: &impl Handler) {
         let received = received(delivery);
+        if received.id.is_empty() {
+            // Without an id the inbox cannot tell one message from another.
+            let reason = "the message has no message_id: the inbox cannot make its handling \
+                          effective once";
+            tracing::error!(consumer = %self.consumer, routing_key = %received.topic, reason);
+            let mut keyed = received.clone();
+            keyed.id = format!("no-id:{}", uuid::Uuid::now_v7());
+            if let Err(error) = self
+                .inbox
+                .dead_letter(&self.pool, &dead_letter(&self.consumer, &keyed, reason))
+                .await
+            {
+                tracing::warn!(consumer = %self.consumer, %error, "recording the dead letter failed; requeueing");
+                tokio::time::sleep(self.retry_delay).await;
+                let _ = delivery.acker.nack(requeue()).await;
+                return;
+            }
+            let _ = delivery
+                .acker
+                .reject(BasicRejectOptions { requeue: false })
+                .await;
+            return;
+        }
         let verdict = handle(
             &self.pool,
             &self.inbox,
@@ -102,12 +141,21 @@ impl RabbitMqInbox {
         .await;
         let acked = match verdict {
             Verdict::Ack => delivery.acker.ack(BasicAckOptions::default()).await,
-            Verdict::RetrySoon => {
+            Verdict::RetrySoon { .. } => {
                 // Requeued at once it would come straight back: give the database a moment.
-                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                tokio::time::sleep(self.retry_delay).await;
                 delivery.acker.nack(requeue()).await
             }
-            Verdict::Retry { .. } => delivery.acker.nack(requeue()).await,
+            Verdict::Retry { failures, .. } => {
+                // RabbitMQ requeues without a delay: wait here, doubling, at most 5 s (this
+                // consumer's other deliveries wait meanwhile).
+                let delay = self
+                    .retry_delay
+                    .saturating_mul(1 << failures.saturating_sub(1).min(10))
+                    .min(std::time::Duration::from_secs(5));
+                tokio::time::sleep(delay).await;
+                delivery.acker.nack(requeue()).await
+            }
             Verdict::DeadLettered => {
                 delivery
                     .acker
@@ -161,8 +209,7 @@ fn received(delivery: &Delivery) -> Received {
                 .collect()
         })
         .unwrap_or_default();
-    // Relayed messages carry their id; others are keyed by exchange, routing key and payload
-    // digest would be guesswork, so they are keyed by their delivery tag's message id if any.
+    // Relayed messages carry their id; one without is dead-lettered (see `handle`).
     let id = delivery
         .properties
         .message_id()

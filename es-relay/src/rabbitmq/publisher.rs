@@ -30,8 +30,14 @@ const MAX_ROUTING_KEY: usize = 255;
 pub struct RabbitMqPublisher {
     uri: String,
     exchange: String,
+    /// Whether a message no queue takes counts as published.
+    unroutable_ok: bool,
     open: tokio::sync::Mutex<Option<(Connection, Channel)>>,
 }
+
+/// How long a confirm may take before the publish counts as failed (a broker under a memory
+/// or disk alarm blocks publishers without a word).
+const CONFIRM_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 impl RabbitMqPublisher {
     /// Connects to `uri` (`amqp://user:password@host:5672/%2f`) and declares the durable
@@ -40,11 +46,21 @@ impl RabbitMqPublisher {
         let publisher = Self {
             uri: uri.to_owned(),
             exchange: exchange.to_owned(),
+            unroutable_ok: false,
             open: tokio::sync::Mutex::new(None),
         };
         let opened = publisher.open().await?;
         *publisher.open.lock().await = Some(opened);
         Ok(publisher)
+    }
+
+    /// Counts a message no queue is bound to take as published (it is dropped). By default
+    /// such a message fails the batch, which is retried with backoff until a queue is bound:
+    /// a relay started before its consumers' queues exist would otherwise lose what it
+    /// publishes meanwhile.
+    pub fn allow_unroutable(mut self) -> Self {
+        self.unroutable_ok = true;
+        self
     }
 
     async fn open(&self) -> Result<(Connection, Channel), RelayError> {
@@ -99,7 +115,17 @@ impl RabbitMqPublisher {
                 return Ok(());
             }
             for confirm in confirms.drain(..) {
-                confirmed(confirm.await)?;
+                let confirmation = tokio::time::timeout(CONFIRM_TIMEOUT, confirm)
+                    .await
+                    .map_err(|_| RelayError::Unavailable {
+                        broker: BROKER,
+                        source: format!(
+                            "no publisher confirm within {} s (a memory or disk alarm?)",
+                            CONFIRM_TIMEOUT.as_secs()
+                        )
+                        .into(),
+                    })?;
+                confirmed(confirmation, self.unroutable_ok)?;
             }
         }
     }
@@ -113,7 +139,10 @@ impl RabbitMqPublisher {
             .basic_publish(
                 ShortString::from(self.exchange.as_str()),
                 ShortString::from(routing_key(&message.topic)),
-                BasicPublishOptions::default(),
+                BasicPublishOptions {
+                    mandatory: true,
+                    ..BasicPublishOptions::default()
+                },
                 message.payload.as_bytes(),
                 properties(message),
             )
@@ -154,8 +183,19 @@ impl Publisher for RabbitMqPublisher {
     }
 }
 
-fn confirmed(confirmation: lapin::Result<Confirmation>) -> Result<(), RelayError> {
+fn confirmed(
+    confirmation: lapin::Result<Confirmation>,
+    unroutable_ok: bool,
+) -> Result<(), RelayError> {
     match confirmation.map_err(unavailable)? {
+        Confirmation::Ack(Some(returned)) if !unroutable_ok => Err(RelayError::Unavailable {
+            broker: BROKER,
+            source: format!(
+                "no queue is bound for routing key {} ({}): bind one (or use allow_unroutable)",
+                returned.delivery.routing_key, returned.reply_text
+            )
+            .into(),
+        }),
         Confirmation::Ack(_) => Ok(()),
         Confirmation::Nack(_) => Err(RelayError::Unavailable {
             broker: BROKER,
