@@ -19,12 +19,16 @@ use es_postgres::{ProjectionRunner, RunnerState};
 use es_relay::async_nats::jetstream::{self, stream::Config};
 use es_relay::{JetStreamPublisher, Publisher, Relay};
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+/// `n` distinct free ports: the listeners are held until all are taken, so the OS cannot hand
+/// out one twice.
+fn free_ports(n: usize) -> Vec<u16> {
+    let listeners: Vec<std::net::TcpListener> = (0..n)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect();
+    listeners
+        .iter()
+        .map(|l| l.local_addr().unwrap().port())
+        .collect()
 }
 
 /// A nats-server of the test's own, with JetStream, on a free port; killed when dropped.
@@ -37,13 +41,21 @@ struct OwnNats {
 }
 
 impl OwnNats {
-    /// One server alone.
+    /// One server alone; on another free port when the first one was taken meanwhile.
     fn start(tag: &str) -> Self {
-        Self::start_with(tag, free_port(), "")
+        let mut last = String::new();
+        for _ in 0..3 {
+            match Self::try_start_with(tag, free_ports(1)[0], "") {
+                Ok(own) => return own,
+                Err(error) => last = error,
+            }
+        }
+        panic!("{last}")
     }
 
-    /// A server with `extra` configuration (a cluster block).
-    fn start_with(tag: &str, port: u16, extra: &str) -> Self {
+    /// A server with `extra` configuration (a cluster block); `Err` with its log when it
+    /// did not come up.
+    fn try_start_with(tag: &str, port: u16, extra: &str) -> Result<Self, String> {
         let (name, _) = unique(tag);
         let dir = std::env::temp_dir().join(format!("es-relay-{}", name.to_lowercase()));
         std::fs::create_dir_all(&dir).unwrap();
@@ -64,8 +76,8 @@ impl OwnNats {
             config,
             child: None,
         };
-        own.start_again();
-        own
+        own.try_start_again()?;
+        Ok(own)
     }
 
     fn url(&self) -> String {
@@ -73,11 +85,17 @@ impl OwnNats {
     }
 
     fn start_again(&mut self) {
+        self.try_start_again()
+            .unwrap_or_else(|error| panic!("{error}"));
+    }
+
+    fn try_start_again(&mut self) -> Result<(), String> {
+        let log = self.dir.join("server.log");
         let child = Command::new("nats-server")
             .arg("-c")
             .arg(&self.config)
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(std::fs::File::create(&log).map_err(|e| e.to_string())?)
             .spawn()
             .unwrap_or_else(|error| {
                 panic!(
@@ -88,14 +106,24 @@ impl OwnNats {
         self.child = Some(child);
         let started = Instant::now();
         while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(
-                started.elapsed() < Duration::from_secs(10),
-                "nats-server {} did not listen on {}",
-                self.name,
-                self.port
-            );
+            let exited = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+                .is_some();
+            if exited || started.elapsed() > Duration::from_secs(20) {
+                self.kill();
+                return Err(format!(
+                    "nats-server {} did not listen on {} ({}): {}",
+                    self.name,
+                    self.port,
+                    if exited { "it exited" } else { "20 s" },
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                ));
+            }
             std::thread::sleep(Duration::from_millis(20));
         }
+        Ok(())
     }
 
     /// Kills the server at once (SIGKILL): no goodbye to its clients.
@@ -244,25 +272,35 @@ async fn a_crash_between_the_ack_and_the_checkpoint_republishes_nothing() {
 #[tokio::test]
 async fn a_three_node_cluster_losing_a_node_loses_and_repeats_nothing() {
     let db = TestDatabase::new().await;
-    let ports: Vec<(u16, u16)> = (0..3).map(|_| (free_port(), free_port())).collect();
-    let routes = ports
-        .iter()
-        .map(|(_, cluster)| format!("\"nats-route://127.0.0.1:{cluster}\""))
-        .collect::<Vec<_>>()
-        .join(", ");
     let (cluster_name, _) = unique("cluster");
-    let mut nodes: Vec<OwnNats> = ports
-        .iter()
-        .map(|(client, cluster)| {
-            OwnNats::start_with(
-                "node",
-                *client,
-                &format!(
-                    "cluster {{ name: {cluster_name}, listen: \"127.0.0.1:{cluster}\", routes: [{routes}] }}"
-                ),
-            )
-        })
-        .collect();
+    // Ports picked now may be taken by another test before a node binds them: start afresh
+    // on new ones when a node does not come up.
+    let mut attempt = 0;
+    let mut nodes: Vec<OwnNats> = loop {
+        attempt += 1;
+        let free = free_ports(6);
+        let routes = (0..3)
+            .map(|i| format!("\"nats-route://127.0.0.1:{}\"", free[2 * i + 1]))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let started: Result<Vec<OwnNats>, String> = (0..3)
+            .map(|i| {
+                OwnNats::try_start_with(
+                    "node",
+                    free[2 * i],
+                    &format!(
+                        "cluster {{ name: {cluster_name}, listen: \"127.0.0.1:{}\", routes: [{routes}] }}",
+                        free[2 * i + 1]
+                    ),
+                )
+            })
+            .collect();
+        match started {
+            Ok(nodes) => break nodes,
+            Err(error) if attempt < 3 => eprintln!("starting the cluster again: {error}"),
+            Err(error) => panic!("{error}"),
+        }
+    };
     let urls: Vec<String> = nodes.iter().map(OwnNats::url).collect();
     let servers: Vec<es_relay::async_nats::ServerAddr> = urls
         .iter()
