@@ -163,7 +163,7 @@ async fn a_consumer_killed_at_random_applies_each_event_exactly_once() {
             mid_work += 1;
         }
     }
-    assert!(mid_work >= 10, "only {mid_work} kills came before the end");
+    assert!(mid_work >= 5, "only {mid_work} kills came before the end");
     // One more, left to finish (redeliveries come after the 1 s ack wait).
     let consumer = consumer(&rig.client, &rig.stream).await;
     let helper = JetStreamInbox::new(rig.db.pool.clone(), rig.inbox.clone(), "effects");

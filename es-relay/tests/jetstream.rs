@@ -291,7 +291,7 @@ async fn relays_killed_at_random_publish_each_event_once_in_stream_order() {
     let messages = held(&client, &name).await;
     assert_exactly_once_in_order(&db, &messages).await;
     assert_eq!(messages.len(), 400);
-    assert!(mid_work >= 10, "only {mid_work} kills came before the end");
+    assert!(mid_work >= 5, "only {mid_work} kills came before the end");
     println!(
         "{kills} relays killed ({mid_work} before all was published); 400 events published once each, in order"
     );
