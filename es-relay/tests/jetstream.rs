@@ -184,6 +184,7 @@ async fn stored_payloads_and_integration_events_as_configured() {
         )
         .await
         .unwrap();
+    db.settle().await;
 
     // As stored: the v1 payload with its version.
     let (name, prefix) = unique("stored");
@@ -282,6 +283,7 @@ async fn relays_killed_at_random_publish_each_event_once_in_stream_order() {
         tokio::time::sleep(DEDUPE_WINDOW * 2).await;
     }
     writers.await.unwrap();
+    db.settle().await;
     // One more, left to finish.
     let publisher = JetStreamPublisher::new(client.clone(), &name, &prefix)
         .await
@@ -462,6 +464,7 @@ async fn relay_processes_killed_with_sigkill_publish_each_event_once() {
         tokio::time::sleep(DEDUPE_WINDOW * 2).await;
     }
     writers.await.unwrap();
+    db.settle().await;
     let runner = relay(
         &db.store,
         JetStreamPublisher::new(client.clone(), &name, &prefix)
@@ -564,6 +567,7 @@ async fn a_batch_larger_than_the_clients_ack_limit_goes_through() {
         .import(&[(StreamId::new("ledger-big").unwrap(), events)])
         .await
         .unwrap();
+    db.settle().await;
     let runner = relay(
         &db.store,
         JetStreamPublisher::new(client.clone(), &name, &prefix)

@@ -257,6 +257,7 @@ async fn each_event_reaches_a_bound_queue_with_its_envelope_in_stream_order() {
     )
     .await
     .unwrap();
+    db.settle().await;
     let publisher = RabbitMqPublisher::connect(&amqp_url(), &t.exchange)
         .await
         .unwrap();
@@ -400,6 +401,7 @@ async fn relays_and_consumers_killed_at_random_end_with_each_effect_once_in_orde
         process.pool().close().await;
     }
     writers.await.unwrap();
+    db.settle().await;
     // A relay left to finish, whose connection the broker drops midway.
     let runner = Arc::new(relay(
         &db.store,

@@ -214,6 +214,9 @@ pub async fn seed(db: &TestDatabase, streams: usize, per_stream: usize) -> u64 {
                 .unwrap();
         }
     }
+    // Readers see events as of the transaction horizon, which other tests' transactions can
+    // hold back: what a test seeded must be visible before it counts on it.
+    db.settle().await;
     (streams * per_stream) as u64
 }
 
