@@ -75,17 +75,13 @@ async fn run(
         let figures = alternate(3, |rep, framework_first| {
             let (store, pool, client) = (store.clone(), pool.clone(), client.clone());
             async move {
-                let fw = || nats_framework(&store, &client, rep);
-                let raw = || nats_raw(&pool, &client, rep, true);
-                let one = || nats_raw(&pool, &client, rep + 100, false);
-                let (a, b) = if framework_first {
-                    let a = fw().await?;
-                    (a, raw().await?)
-                } else {
-                    let b = raw().await?;
-                    (fw().await?, b)
-                };
-                Ok::<_, BoxError>([a, b, one().await?])
+                let (a, b) = in_turn(
+                    framework_first,
+                    nats_framework(&store, &client, rep),
+                    nats_raw(&pool, &client, rep, true),
+                )
+                .await?;
+                Ok([a, b, nats_raw(&pool, &client, rep + 100, false).await?])
             }
         })
         .await?;
@@ -95,17 +91,13 @@ async fn run(
         let figures = alternate(3, |rep, framework_first| {
             let (store, pool, amqp_url) = (store.clone(), pool.clone(), amqp_url.to_owned());
             async move {
-                let fw = || rabbit_framework(&store, &amqp_url, rep);
-                let raw = || rabbit_raw(&pool, &amqp_url, rep, true);
-                let one = || rabbit_raw(&pool, &amqp_url, rep + 100, false);
-                let (a, b) = if framework_first {
-                    let a = fw().await?;
-                    (a, raw().await?)
-                } else {
-                    let b = raw().await?;
-                    (fw().await?, b)
-                };
-                Ok::<_, BoxError>([a, b, one().await?])
+                let (a, b) = in_turn(
+                    framework_first,
+                    rabbit_framework(&store, &amqp_url, rep),
+                    rabbit_raw(&pool, &amqp_url, rep, true),
+                )
+                .await?;
+                Ok([a, b, rabbit_raw(&pool, &amqp_url, rep + 100, false).await?])
             }
         })
         .await?;
@@ -122,6 +114,22 @@ fn report(broker: &str, [framework, raw, sequential]: [f64; 3]) {
         framework / raw
     );
     println!("  raw loop, one ack at a time   {sequential:>9.0}");
+}
+
+/// The framework's figure and the raw side's, measured one after the other in the order
+/// asked (futures do nothing until awaited).
+async fn in_turn(
+    framework_first: bool,
+    framework: impl std::future::Future<Output = Result<f64, BoxError>>,
+    raw: impl std::future::Future<Output = Result<f64, BoxError>>,
+) -> Result<(f64, f64), BoxError> {
+    if framework_first {
+        let framework = framework.await?;
+        Ok((framework, raw.await?))
+    } else {
+        let raw = raw.await?;
+        Ok((framework.await?, raw))
+    }
 }
 
 /// Runs `measure` `reps` times and returns the median of each of its figures.

@@ -215,7 +215,7 @@ impl<P: PgProjection> ProjectionRunner<P> {
         keys: Vec<String>,
     ) -> Result<ActiveLock, ProjectionError> {
         // Before anything is recorded (the number of parts).
-        self.check_delivery(super::ErrorPolicy::STOP)?;
+        self.check_delivery_split()?;
         let mut conn = self.lock_connection().await?;
         let lock_keys = self.lock_keys(&keys);
         let mut waited = false;
@@ -246,7 +246,7 @@ impl<P: PgProjection> ProjectionRunner<P> {
         &self,
         keys: Vec<String>,
     ) -> Result<Option<ActiveLock>, ProjectionError> {
-        self.check_delivery(super::ErrorPolicy::STOP)?;
+        self.check_delivery_split()?;
         let mut conn = self.lock_connection().await?;
         if !self.try_locks(&mut conn, &self.lock_keys(&keys)).await? {
             let _ = tokio::time::timeout(CHECK_TIMEOUT, conn.close()).await;

@@ -366,25 +366,33 @@ impl<P: PgProjection> ProjectionRunner<P> {
     /// Refuses what a projection that delivers outside the database cannot do: park, or
     /// deliver several parts' events from one runner (a rebuild of a split one).
     pub(super) fn check_delivery(&self, policy: ErrorPolicy) -> Result<(), ProjectionError> {
+        self.check_delivery_split()?;
         if !self.projection.delivers() {
             return Ok(());
         }
-        let unsupported = |reason: &str| ProjectionError::Unsupported {
-            projection: self.key.clone(),
-            reason: reason.to_owned(),
-        };
-        if self.all_parts.is_some() {
-            return Err(unsupported(
-                "a split one cannot be rebuilt (one runner would deliver every part's events \
-                 to one destination): rebuild it unsplit, then run its parts",
-            ));
-        }
         if policy.then == super::OnFailure::Park {
-            return Err(unsupported(
-                "it cannot park events (a parked event never reaches the other system, and a \
+            return Err(ProjectionError::Unsupported {
+                projection: self.key.clone(),
+                reason:
+                    "it cannot park events (a parked event never reaches the other system, and a \
                  replay would deliver it out of order): use OnFailure::Stop, or OnFailure::Skip \
-                 to pass over stored rows that cannot be read",
-            ));
+                 to pass over stored rows that cannot be read"
+                        .to_owned(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Refuses a runner that would deliver several parts' events to one destination (the
+    /// rebuild of a split delivering projection): checked before anything is recorded.
+    pub(super) fn check_delivery_split(&self) -> Result<(), ProjectionError> {
+        if self.projection.delivers() && self.all_parts.is_some() {
+            return Err(ProjectionError::Unsupported {
+                projection: self.key.clone(),
+                reason: "a split one cannot be rebuilt (one runner would deliver every part's \
+                         events to one destination): rebuild it unsplit, then run its parts"
+                    .to_owned(),
+            });
         }
         Ok(())
     }
