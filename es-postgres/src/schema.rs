@@ -18,7 +18,7 @@ pub const MAX_SCHEMA_NAME_LEN: usize = 48;
 /// `sqlx::migrate!`, which would compile sqlx's macro crates (and sqlx itself a second time)
 /// into every service; checksums are the same. A test checks every file of `migrations/` is
 /// listed here.
-const MIGRATIONS: [(i64, &str, &str); 13] = [
+const MIGRATIONS: [(i64, &str, &str); 14] = [
     (
         1,
         "event store",
@@ -75,6 +75,11 @@ const MIGRATIONS: [(i64, &str, &str); 13] = [
         13,
         "row check pinned",
         include_str!("../migrations/0013_row_check_pinned.sql"),
+    ),
+    (
+        14,
+        "streams by category",
+        include_str!("../migrations/0014_streams_by_category.sql"),
     ),
 ];
 
@@ -292,7 +297,7 @@ mod tests {
     /// The checksum of every released migration. sqlx refuses to migrate a database whose
     /// applied migration's text changed since: a released migration is never edited, its
     /// changes go into a new one. Add the new one's checksum here.
-    const RELEASED: [&str; 13] = [
+    const RELEASED: [&str; 14] = [
         "4e40d51ec5368ec567a44341d900df3f32fe782227ebea8f8c8899a2b806cb9ecfe9ab7bc0ca6cff281b0b8775c24129",
         "60adec5713da08d6253034feb72eb74713d2bc8147d320aecc8a9faf227f7e70396a7a3864f4ed024f5190aa2aa826a9",
         "c0f0ce96c82c4c8af2d930b66ceebaac30fb52a0026d7046443113514a9353978fafbe79df3ee0fd2c5e29e976299d22",
@@ -306,6 +311,7 @@ mod tests {
         "fde3c407116f96b12c72080f164b7b81f6094ec0bc65a3ecb68a29a4b09917db74406cb209c6aedd860279c5ba20dee2",
         "5b0a468817cc3747a032a5daeff4ffa67afedb47e987c21f6a469a1f1b0b66af5af060f5990600a7044c956cd8ed47e4",
         "78e8f7335fc354a96aacd9d08a890ae40920fdaf62e03d22df334d0885d46351627422a2c64ca25842b5c8abadc11590",
+        "4e578f3afbd2f25761cecc50d9e2bec361072b4191854a3e492a044a0a7679c99978dc159f98665d91c04b8122bfbf40",
     ];
 
     #[test]

@@ -14,7 +14,7 @@ use common::*;
 use es_core::testing::evolution::LedgerEvent;
 use es_core::{DomainEvent, EventStore, ExpectedVersion, StreamId};
 use es_postgres::testing::TestDatabase;
-use es_postgres::{ErrorPolicy, ProjectionError, ProjectionRunner, SchemaName};
+use es_postgres::{ErrorPolicy, ProjectionError, ProjectionRunner, ReplayReport, SchemaName};
 use rand::Rng;
 use sqlx::AssertSqlSafe;
 
@@ -250,6 +250,48 @@ async fn a_poison_event_is_parked_then_replayed_once_fixed() {
     assert_eq!(
         totals(&db, "parking").await,
         vec![("ledger-p".into(), 3, 111)]
+    );
+    db.drop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_skipped_parked_event_is_never_applied() {
+    let db = TestDatabase::new().await;
+    let stream = StreamId::new("ledger-k").unwrap();
+    db.store
+        .append(
+            &stream,
+            ExpectedVersion::NoStream,
+            vec![credit(1, ""), credit(10, "poison"), credit(100, "")],
+        )
+        .await
+        .unwrap();
+    let runner = runner(&db, "skipping")
+        .error_policy(ErrorPolicy::retry_then_park(0, Duration::from_millis(1)));
+    wait_until("the three events are readable", async || {
+        runner.status().await.unwrap().lag_events == 3
+    })
+    .await;
+    runner.catch_up().await.unwrap();
+    let parked = runner.parked().await.unwrap();
+    assert_eq!(parked.len(), 1);
+    assert!(runner.skip_parked(parked[0].event_id).await.unwrap());
+    assert!(
+        !runner.skip_parked(parked[0].event_id).await.unwrap(),
+        "skipped once: nothing left to skip"
+    );
+    assert!(runner.parked().await.unwrap().is_empty());
+    assert_eq!(runner.status().await.unwrap().parked, 0);
+    // Even once fixed, a replay finds nothing: the event stays unapplied.
+    runner
+        .projection()
+        .poison_fails
+        .store(false, Ordering::SeqCst);
+    let report = runner.replay_parked().await.unwrap();
+    assert_eq!(report, ReplayReport::default());
+    assert_eq!(
+        totals(&db, "skipping").await,
+        vec![("ledger-k".into(), 2, 101)]
     );
     db.drop().await;
 }

@@ -150,4 +150,34 @@ impl<P: PgProjection> ProjectionRunner<P> {
         }
         Ok(report)
     }
+    /// Gives up on one parked event: removes it from the parked events without applying it,
+    /// so the read model never sees it. `Ok(false)` when it was not parked (any more): already
+    /// replayed, skipped, or removed by a rebuild.
+    ///
+    /// Under the same rules as [`replay_parked`](Self::replay_parked): its transaction holds
+    /// the projection's checkpoint row in share mode, so a rebuild or blue/green swap and the
+    /// skip take turns, and whichever of a replay and a skip claims the event first wins.
+    /// Allowed for a projection that delivers to another system too: skipping sends nothing,
+    /// so nothing arrives out of order.
+    pub async fn skip_parked(&self, event_id: Uuid) -> Result<bool, ProjectionError> {
+        let mut tx = self
+            .store
+            .pool()
+            .begin()
+            .await
+            .map_err(|e| self.store_error(e))?;
+        sqlx::query(AssertSqlSafe(self.sql.share_checkpoint.clone()))
+            .bind(&self.key)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| self.store_error(e))?;
+        let claimed: Option<i32> = sqlx::query_scalar(AssertSqlSafe(self.sql.claim_parked.clone()))
+            .bind(&self.key)
+            .bind(event_id)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(|e| self.store_error(e))?;
+        tx.commit().await.map_err(|e| self.store_error(e))?;
+        Ok(claimed.is_some())
+    }
 }
