@@ -13,6 +13,8 @@
 //! - `registry.rs`: [`Admin`], what a service registers.
 //! - `commands.rs`: [`AdminCommand`] and what each subcommand does; `status.rs`, `run.rs` and
 //!   `progress.rs` hold the larger ones (traces are drawn by `es_core::trace`).
+//! - `metrics.rs`: [`Admin::observe`] and, with the `prometheus` feature,
+//!   `prometheus_recorder`.
 //! - `output.rs`: [`Out`], where commands print. `error.rs`: [`AdminError`].
 //!
 //! # Example
@@ -50,6 +52,7 @@ mod commands;
 mod database;
 mod error;
 mod inspect;
+mod metrics;
 mod output;
 mod progress;
 mod registry;
@@ -62,3 +65,5 @@ pub use error::AdminError;
 pub use inspect::{ProjectionView, SagaView};
 pub use output::Out;
 pub use registry::Admin;
+#[cfg(feature = "prometheus")]
+pub use metrics::{SECONDS_BUCKETS, prometheus_recorder};

@@ -29,6 +29,7 @@ pub(crate) enum Rebuild {
 pub(crate) trait ManagedProjection: Send + Sync {
     fn name(&self) -> &str;
     async fn status(&self) -> Result<ProjectionStatus, ProjectionError>;
+    async fn observe(&self) -> Result<ProjectionStatus, ProjectionError>;
     async fn holder(&self) -> Result<Option<LockHolder>, ProjectionError>;
     fn can_blue_green(&self) -> bool;
     async fn build_holder(&self) -> Result<Option<LockHolder>, ProjectionError>;
@@ -66,6 +67,9 @@ impl<P: PgProjection> ManagedProjection for Projection<P> {
     }
     async fn status(&self) -> Result<ProjectionStatus, ProjectionError> {
         self.runner.status().await
+    }
+    async fn observe(&self) -> Result<ProjectionStatus, ProjectionError> {
+        self.runner.observe().await
     }
     async fn holder(&self) -> Result<Option<LockHolder>, ProjectionError> {
         self.runner.holder().await
@@ -131,6 +135,7 @@ pub(crate) struct SagaStatus {
 pub(crate) trait ManagedSaga: Send + Sync {
     fn name(&self) -> &str;
     async fn status(&self) -> Result<SagaStatus, ProjectionError>;
+    async fn observe(&self) -> Result<(), ProjectionError>;
     async fn holder(&self) -> Result<Option<LockHolder>, ProjectionError>;
     async fn dead_letters(&self) -> Result<Vec<DeadLetter>, ProjectionError>;
     async fn retry(&self, ids: &[Uuid]) -> Result<u64, ProjectionError>;
@@ -155,6 +160,9 @@ impl<S: Saga, D: CommandDispatcher<S::Command> + 'static> ManagedSaga for PgSaga
             outbox: self.outbox_status().await?,
             deadlines: self.deadline_status().await?,
         })
+    }
+    async fn observe(&self) -> Result<(), ProjectionError> {
+        PgSagaRunner::observe(self).await.map(|_| ())
     }
     async fn holder(&self) -> Result<Option<LockHolder>, ProjectionError> {
         self.feed().holder().await

@@ -274,10 +274,15 @@ impl<A: Aggregate> CommandHandler<A> {
             stream = %stream,
             command_id = %context.command_id,
             correlation_id = %context.effective_correlation_id(),
+            causation_id = %context.effective_causation_id(),
         );
-        self.execute_in(&stream, &command, &context)
+        let started = std::time::Instant::now();
+        let result = self
+            .execute_in(&stream, &command, &context)
             .instrument(span)
-            .await
+            .await;
+        crate::telemetry::command_done(A::CATEGORY, outcome(&result), started.elapsed());
+        result
     }
 
     async fn execute_in(
@@ -367,6 +372,7 @@ impl<A: Aggregate> CommandHandler<A> {
                         && conflicts < self.retry.conflict_retries =>
                 {
                     conflicts += 1;
+                    crate::telemetry::command_retried(A::CATEGORY, "conflict");
                     tracing::debug!(%conflict, attempt = conflicts, "version conflict, deciding again");
                 }
                 Err(err) => {
@@ -404,6 +410,7 @@ impl<A: Aggregate> CommandHandler<A> {
             {
                 Err(err) if err.is_transient() && failures < self.retry.transient_retries => {
                     failures += 1;
+                    crate::telemetry::command_retried(A::CATEGORY, "resend");
                     tracing::warn!(error = %err, attempt = failures, "append outcome unknown, re-sending the same events");
                 }
                 result => {
@@ -414,6 +421,17 @@ impl<A: Aggregate> CommandHandler<A> {
                 }
             }
         }
+    }
+}
+
+/// The `outcome` label of a command's metrics.
+fn outcome<A: Aggregate>(result: &Result<Executed<A>, CommandError<A::Error>>) -> &'static str {
+    match result {
+        Ok(executed) if executed.deduplicated => "deduplicated",
+        Ok(_) => "executed",
+        Err(CommandError::Domain(_)) => "refused",
+        Err(CommandError::Conflict(_)) => "conflict",
+        Err(_) => "failed",
     }
 }
 

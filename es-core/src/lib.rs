@@ -110,6 +110,7 @@ mod version;
 
 #[cfg(feature = "testing")]
 pub mod testing;
+pub mod telemetry;
 pub mod trace;
 
 pub use aggregate::Aggregate;

@@ -56,6 +56,7 @@ mod schema;
 mod snapshot;
 mod store;
 mod types;
+mod telemetry;
 mod wakeup;
 
 #[cfg(feature = "testing")]

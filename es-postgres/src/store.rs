@@ -1,7 +1,7 @@
 //! The PostgreSQL event store.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use es_core::{
@@ -11,6 +11,7 @@ use es_core::{
 use futures_core::stream::BoxStream;
 use futures_util::{StreamExt, TryStreamExt};
 use sqlx::postgres::PgRow;
+use tracing::Instrument;
 use sqlx::{AssertSqlSafe, Connection, PgConnection, PgExecutor, PgPool, Row};
 use uuid::Uuid;
 
@@ -351,6 +352,23 @@ impl PgEventStore {
         expected: ExpectedVersion,
         events: Vec<NewEvent>,
     ) -> Result<AppendResult, StoreError> {
+        let span = append_span(stream, &events);
+        let (started, count) = (Instant::now(), events.len());
+        let result = self
+            .append_in_untimed(conn, stream, expected, events)
+            .instrument(span)
+            .await;
+        crate::telemetry::append_done(self.schema().as_str(), &result, count, started.elapsed());
+        result
+    }
+
+    async fn append_in_untimed(
+        &self,
+        conn: &mut PgConnection,
+        stream: &StreamId,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+    ) -> Result<AppendResult, StoreError> {
         validate_append(stream, &events)?;
         if events.is_empty() {
             return self.check_only(&mut *conn, stream, expected).await;
@@ -401,6 +419,37 @@ impl PgEventStore {
             held_back_events: held_back.max(0) as u64,
             held_back_for: seconds(held_back_for),
         })
+    }
+
+    /// Sets the store's gauges: the head of the global log and the transaction horizon
+    /// (events held back, how long, the oldest open transaction's age); see
+    /// [`es_core::telemetry`]. A scrape handler or a timer calls it.
+    pub async fn observe(&self) -> Result<Horizon, StoreError> {
+        use crate::telemetry::{gauge, seconds};
+        use es_core::telemetry as names;
+        let head = self.head().await?;
+        let horizon = self.horizon().await?;
+        let schema = self.schema().as_str();
+        gauge(names::LOG_HEAD, "schema", schema, head.sequence as f64);
+        gauge(
+            names::HORIZON_HELD_BACK_EVENTS,
+            "schema",
+            schema,
+            horizon.held_back_events as f64,
+        );
+        gauge(
+            names::HORIZON_HELD_BACK_SECONDS,
+            "schema",
+            schema,
+            seconds(horizon.held_back_for),
+        );
+        gauge(
+            names::HORIZON_OLDEST_TRANSACTION_SECONDS,
+            "schema",
+            schema,
+            seconds(horizon.oldest_writer_age),
+        );
+        Ok(horizon)
     }
 
     /// Runs the append statement. `Ok(None)`: refused by the expected version or by an event id
@@ -469,6 +518,42 @@ impl PgEventStore {
                 _ => Err(store_error(err)),
             },
         }
+    }
+
+    /// [`EventStore::append`] without its span and metrics.
+    async fn append_pooled(
+        &self,
+        stream: &StreamId,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+    ) -> Result<AppendResult, StoreError> {
+        validate_append(stream, &events)?;
+        if events.is_empty() {
+            return self.check_only(&self.inner.pool, stream, expected).await;
+        }
+        // A refusal is rare; only then is a second round trip spent finding out why. An `Any`
+        // append refused by an id whose writer then rolled back is simply tried again.
+        for _ in 0..3 {
+            if let Some(result) = self
+                .try_append(&self.inner.pool, stream, expected, &events)
+                .await?
+            {
+                self.wake_followers();
+                return Ok(result);
+            }
+            let mut conn = self.inner.pool.acquire().await.map_err(store_error)?;
+            match self
+                .resolve_refusal(&mut conn, stream, expected, &events)
+                .await
+            {
+                Err(StoreError::Conflict(_)) if expected == ExpectedVersion::Any => continue,
+                other => return other,
+            }
+        }
+        Err(StoreError::Backend {
+            source: format!("append to {stream} was refused three times without a cause").into(),
+            transient: true,
+        })
     }
 
     /// After a refused append: a repeat of an earlier append, a reused id, or a conflict.
@@ -548,6 +633,19 @@ impl PgEventStore {
     }
 }
 
+/// The span of one append: the stream, how many events, and the correlation and causation of
+/// the first (a command's events share them).
+fn append_span(stream: &StreamId, events: &[NewEvent]) -> tracing::Span {
+    let first = events.first();
+    tracing::info_span!(
+        "append",
+        stream = %stream,
+        events = events.len(),
+        correlation_id = first.map(|e| tracing::field::display(e.correlation_id)),
+        causation_id = first.and_then(|e| e.causation_id).map(tracing::field::display),
+    )
+}
+
 impl std::fmt::Debug for PgEventStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PgEventStore")
@@ -564,33 +662,14 @@ impl EventStore for PgEventStore {
         expected: ExpectedVersion,
         events: Vec<NewEvent>,
     ) -> Result<AppendResult, StoreError> {
-        validate_append(stream, &events)?;
-        if events.is_empty() {
-            return self.check_only(&self.inner.pool, stream, expected).await;
-        }
-        // A refusal is rare; only then is a second round trip spent finding out why. An `Any`
-        // append refused by an id whose writer then rolled back is simply tried again.
-        for _ in 0..3 {
-            if let Some(result) = self
-                .try_append(&self.inner.pool, stream, expected, &events)
-                .await?
-            {
-                self.wake_followers();
-                return Ok(result);
-            }
-            let mut conn = self.inner.pool.acquire().await.map_err(store_error)?;
-            match self
-                .resolve_refusal(&mut conn, stream, expected, &events)
-                .await
-            {
-                Err(StoreError::Conflict(_)) if expected == ExpectedVersion::Any => continue,
-                other => return other,
-            }
-        }
-        Err(StoreError::Backend {
-            source: format!("append to {stream} was refused three times without a cause").into(),
-            transient: true,
-        })
+        let span = append_span(stream, &events);
+        let (started, count) = (Instant::now(), events.len());
+        let result = self
+            .append_pooled(stream, expected, events)
+            .instrument(span)
+            .await;
+        crate::telemetry::append_done(self.schema().as_str(), &result, count, started.elapsed());
+        result
     }
 
     fn read_stream<'a>(

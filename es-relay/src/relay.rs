@@ -300,10 +300,13 @@ impl<E: DomainEvent> es_postgres::PgProjection for Relay<E> {
         if messages.is_empty() {
             return Ok(());
         }
+        let started = std::time::Instant::now();
         self.publisher
             .publish(key, &messages)
             .await
-            .map_err(RelayError::into_box)
+            .map_err(RelayError::into_box)?;
+        record_published(key, messages.len(), started.elapsed(), events);
+        Ok(())
     }
 
     async fn setup(&self, _conn: &mut PgConnection) -> Result<(), BoxError> {
@@ -316,5 +319,28 @@ impl<E: DomainEvent> es_postgres::PgProjection for Relay<E> {
 
     async fn apply(&self, _conn: &mut PgConnection, _event: &Envelope<E>) -> Result<(), BoxError> {
         Ok(())
+    }
+}
+
+/// The relay's counters and its delivery lag: how long ago the last event confirmed by the
+/// broker was recorded (by the database's clock, read against this host's: a skew shows up
+/// here).
+fn record_published(
+    key: &str,
+    messages: usize,
+    took: std::time::Duration,
+    events: &[&RecordedEvent],
+) {
+    use es_core::telemetry as names;
+    let relay = key.to_owned();
+    metrics::counter!(names::RELAY_MESSAGES, "relay" => relay.clone()).increment(messages as u64);
+    metrics::histogram!(names::RELAY_PUBLISH_DURATION, "relay" => relay.clone())
+        .record(took.as_secs_f64());
+    if let Some(last) = events.last() {
+        let lag = (chrono::Utc::now() - last.recorded_at)
+            .to_std()
+            .unwrap_or_default();
+        metrics::gauge!(names::RELAY_DELIVERY_LAG_SECONDS, "relay" => relay)
+            .set(lag.as_secs_f64());
     }
 }

@@ -117,12 +117,18 @@ impl<P: PgProjection> ProjectionRunner<P> {
         let Some(last) = batch.last().map(|e| e.position) else {
             return Ok(Some(from));
         };
-        let span = tracing::debug_span!(
+        let span = tracing::info_span!(
             "projection_batch",
             projection = %self.key,
             events = batch.len(),
             last = %last,
+            correlation_ids = tracing::field::Empty,
         );
+        if !span.is_disabled() {
+            span.record("correlation_ids", tracing::field::display(correlations(&batch)));
+        }
+        let started = std::time::Instant::now();
+        let count = batch.len();
         let result = async {
             self.deliver(&batch).await?;
             if let Some(done) = self.try_whole_batch(lock, &batch, from, last).await? {
@@ -153,6 +159,10 @@ impl<P: PgProjection> ProjectionRunner<P> {
         .await;
         match result {
             Err(error) => Err(lock.classify(self, error).await),
+            Ok(Some(done)) => {
+                crate::telemetry::batch_done(&self.key, count, started.elapsed());
+                Ok(Some(done))
+            }
             ok => ok,
         }
     }
@@ -616,4 +626,30 @@ impl TypeWatch {
             );
         }
     }
+}
+
+/// The distinct correlation ids of a batch, in order, at most eight then an ellipsis: enough
+/// to find a piece of work's batches among the spans without a huge field.
+fn correlations(batch: &[RecordedEvent]) -> String {
+    let mut seen: Vec<uuid::Uuid> = Vec::new();
+    let mut more = false;
+    for event in batch {
+        if seen.contains(&event.correlation_id) {
+            continue;
+        }
+        if seen.len() == 8 {
+            more = true;
+            break;
+        }
+        seen.push(event.correlation_id);
+    }
+    let mut text = seen
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(",");
+    if more {
+        text.push_str(",...");
+    }
+    text
 }

@@ -259,7 +259,42 @@ impl<P: PgProjection> ProjectionRunner<P> {
     }
 
     pub(super) fn set_state(&self, state: RunnerState) {
+        crate::telemetry::set_state(
+            &self.key,
+            crate::telemetry::state_label(&state, false, false),
+        );
         *self.state.lock().unwrap_or_else(PoisonError::into_inner) = state;
+    }
+
+    /// Sets this projection's gauges (lag in events and seconds, parked events, checkpoint,
+    /// state) from its status and lock holder; see [`es_core::telemetry`]. A scrape handler or
+    /// a timer calls it; counters and histograms are recorded as the work happens.
+    ///
+    /// The state is this instance's when it runs the projection; otherwise `running` when
+    /// another instance holds it and `idle` when none does.
+    pub async fn observe(&self) -> Result<ProjectionStatus, ProjectionError> {
+        use crate::telemetry::{gauge, seconds};
+        use es_core::telemetry as names;
+        let status = self.status().await?;
+        let held = match status.state {
+            RunnerState::Active => true,
+            _ => self.holder().await?.is_some(),
+        };
+        let key = &self.key;
+        gauge(names::PROJECTION_LAG_EVENTS, "projection", key, status.lag_events as f64);
+        gauge(names::PROJECTION_LAG_SECONDS, "projection", key, seconds(status.lag));
+        gauge(names::PROJECTION_PARKED, "projection", key, status.parked as f64);
+        gauge(
+            names::PROJECTION_CHECKPOINT,
+            "projection",
+            key,
+            status.checkpoint.sequence as f64,
+        );
+        crate::telemetry::set_state(
+            key,
+            crate::telemetry::state_label(&status.state, status.rebuilding, held),
+        );
+        Ok(status)
     }
 
     /// Runs until `shutdown` completes: waits to become the active instance, catches up, then

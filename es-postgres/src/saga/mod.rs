@@ -226,6 +226,25 @@ impl<S: Saga, D: CommandDispatcher<S::Command>> PgSagaRunner<S, D> {
         })
     }
 
+    /// Sets the saga's gauges: its feed's (as a projection, see
+    /// [`ProjectionRunner::observe`]), the outbox (pending, dead-lettered, age of the oldest)
+    /// and deadlines (waiting, due, failing); see [`es_core::telemetry`].
+    pub async fn observe(&self) -> Result<(OutboxStatus, DeadlineStatus), ProjectionError> {
+        use crate::telemetry::{gauge, seconds};
+        use es_core::telemetry as names;
+        self.runner.observe().await?;
+        let outbox = self.outbox_status().await?;
+        let deadlines = self.deadline_status().await?;
+        let saga = self.name();
+        gauge(names::SAGA_OUTBOX_PENDING, "saga", saga, outbox.pending as f64);
+        gauge(names::SAGA_OUTBOX_DEAD, "saga", saga, outbox.dead_lettered as f64);
+        gauge(names::SAGA_OUTBOX_OLDEST_SECONDS, "saga", saga, seconds(outbox.oldest_pending));
+        gauge(names::SAGA_DEADLINES_WAITING, "saga", saga, deadlines.waiting as f64);
+        gauge(names::SAGA_DEADLINES_DUE, "saga", saga, deadlines.due as f64);
+        gauge(names::SAGA_DEADLINES_FAILING, "saga", saga, deadlines.failing as f64);
+        Ok((outbox, deadlines))
+    }
+
     /// Whether this instance feeds the saga now.
     pub fn is_active(&self) -> bool {
         self.runner.is_active()

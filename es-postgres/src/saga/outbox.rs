@@ -2,7 +2,7 @@
 //! any transaction, removed (or their failure recorded) in another; retried with backoff, then
 //! dead-lettered.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use es_core::{CommandContext, CommandDispatcher, Saga};
@@ -11,6 +11,7 @@ use std::panic::AssertUnwindSafe;
 use futures_util::stream::FuturesUnordered;
 use futures_util::{FutureExt, StreamExt};
 use sqlx::{AssertSqlSafe, Row};
+use tracing::Instrument;
 use uuid::Uuid;
 
 use super::{PgSagaRunner, retry_wait};
@@ -208,21 +209,34 @@ impl<S: Saga, D: CommandDispatcher<S::Command>> PgSagaRunner<S, D> {
                 claimed.attempts - 1
             );
             tracing::error!(saga = self.name(), command_id = %claimed.command_id, %reason, "dead-lettering the command");
-            return self.finish(&claimed, Some(&reason), 0).await;
+            return self.finish(&claimed, Some(&reason), 0, Duration::ZERO).await;
         }
         let command: S::Command = match serde_json::from_str(&claimed.command) {
             Ok(command) => command,
             Err(error) => {
                 let reason = format!("the command does not deserialize: {error}");
                 tracing::error!(saga = self.name(), command_id = %claimed.command_id, %reason, "dead-lettering the command");
-                return self.finish(&claimed, Some(&reason), 0).await;
+                return self.finish(&claimed, Some(&reason), 0, Duration::ZERO).await;
             }
         };
         let context = CommandContext::new()
             .idempotent(claimed.command_id)
             .correlated_with(claimed.correlation)
             .caused_by(claimed.causation);
-        let dispatch = AssertUnwindSafe(self.dispatcher.dispatch(command, context)).catch_unwind();
+        // The command handler's spans (execute, append) nest under this one, which names the
+        // event that caused the command: the thread from one service's log to the next step.
+        let span = tracing::info_span!(
+            "saga_command",
+            saga = self.name(),
+            instance = %claimed.instance,
+            command_id = %claimed.command_id,
+            correlation_id = %claimed.correlation,
+            causation_id = %claimed.causation,
+            attempt = claimed.attempts,
+        );
+        let started = Instant::now();
+        let dispatch = AssertUnwindSafe(self.dispatcher.dispatch(command, context).instrument(span))
+            .catch_unwind();
         tokio::pin!(dispatch);
         let mut renew = tokio::time::interval(self.dispatch.lease / 3);
         renew.tick().await;
@@ -232,13 +246,14 @@ impl<S: Saga, D: CommandDispatcher<S::Command>> PgSagaRunner<S, D> {
                 _ = renew.tick() => self.renew(&claimed).await,
             }
         };
+        let took = started.elapsed();
         let error = match outcome {
-            Ok(Ok(())) => return self.finish(&claimed, None, cap).await,
+            Ok(Ok(())) => return self.finish(&claimed, None, cap, took).await,
             Ok(Err(error)) => error.to_string(),
             Err(panic) => format!("the dispatcher panicked: {}", panic_message(&*panic)),
         };
         tracing::warn!(saga = self.name(), command_id = %claimed.command_id, %error, attempts = claimed.attempts, "the command failed");
-        self.finish(&claimed, Some(&error), cap).await
+        self.finish(&claimed, Some(&error), cap, took).await
     }
 
     async fn renew(&self, claimed: &Claimed) {
@@ -262,6 +277,7 @@ impl<S: Saga, D: CommandDispatcher<S::Command>> PgSagaRunner<S, D> {
         claimed: &Claimed,
         error: Option<&str>,
         cap: u32,
+        took: Duration,
     ) -> Result<(), ProjectionError> {
         let mut tx = self.store.pool().begin().await.map_err(|e| self.error(e))?;
         sqlx::query(AssertSqlSafe(self.sql.share_state.clone()))
@@ -302,7 +318,14 @@ impl<S: Saga, D: CommandDispatcher<S::Command>> PgSagaRunner<S, D> {
                 .await
                 .map_err(|e| self.error(e))?;
         }
-        tx.commit().await.map_err(|e| self.error(e))
+        tx.commit().await.map_err(|e| self.error(e))?;
+        let outcome = match (error, left) {
+            (None, _) => "dispatched",
+            (Some(_), true) => "dead_lettered",
+            (Some(_), false) => "failed",
+        };
+        crate::telemetry::saga_command(self.name(), outcome, took);
+        Ok(())
     }
 
     /// How many commands wait, how many are dead-lettered, and how long the oldest waits.
