@@ -63,7 +63,7 @@ pub use commands::{AdminCommand, DeadLetterCommand, OnError, SchemaCommand};
 pub use database::Database;
 pub use error::AdminError;
 pub use inspect::{ProjectionView, SagaView};
-pub use output::Out;
-pub use registry::Admin;
 #[cfg(feature = "prometheus")]
 pub use metrics::{SECONDS_BUCKETS, prometheus_recorder};
+pub use output::Out;
+pub use registry::Admin;

@@ -57,6 +57,7 @@ pub fn prometheus_recorder() -> Result<metrics_exporter_prometheus::PrometheusHa
     let handle = recorder.handle();
     match metrics::set_global_recorder(recorder) {
         Ok(()) => {
+            es_core::telemetry::describe();
             let _ = HANDLE.set(handle.clone());
             Ok(handle)
         }

@@ -108,9 +108,9 @@ mod stream;
 mod upcast;
 mod version;
 
+pub mod telemetry;
 #[cfg(feature = "testing")]
 pub mod testing;
-pub mod telemetry;
 pub mod trace;
 
 pub use aggregate::Aggregate;

@@ -59,7 +59,8 @@ pub const PROJECTION_CHECKPOINT: &str = "es_projection_checkpoint_position";
 /// `state` (`idle`, `waiting`, `running`, `rebuilding`, `reconnecting`).
 pub const PROJECTION_STATE: &str = "es_projection_state";
 /// The values of [`PROJECTION_STATE`]'s `state` label.
-pub const PROJECTION_STATES: [&str; 5] = ["idle", "waiting", "running", "rebuilding", "reconnecting"];
+pub const PROJECTION_STATES: [&str; 5] =
+    ["idle", "waiting", "running", "rebuilding", "reconnecting"];
 
 /// Gauge: saga commands waiting in the outbox (not dead-lettered), by `saga`.
 pub const SAGA_OUTBOX_PENDING: &str = "es_saga_outbox_pending";
@@ -86,6 +87,109 @@ pub const RELAY_PUBLISH_DURATION: &str = "es_relay_publish_duration_seconds";
 /// Gauge: how long ago the last event a relay published was recorded, in seconds, by
 /// `relay`: the delay from append to broker.
 pub const RELAY_DELIVERY_LAG_SECONDS: &str = "es_relay_delivery_lag_seconds";
+
+/// Gives every metric its help text (the `# HELP` lines of a Prometheus scrape). Call it once
+/// after installing a recorder; `es_admin::prometheus_recorder` does.
+pub fn describe() {
+    use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+    describe_counter!(
+        COMMANDS,
+        "Commands handled, by aggregate category and outcome"
+    );
+    describe_histogram!(COMMAND_DURATION, Unit::Seconds, "Time to handle a command");
+    describe_counter!(
+        COMMAND_RETRIES,
+        "Commands decided again after a conflict or a re-send"
+    );
+    describe_counter!(
+        APPENDS,
+        "Appends, by outcome (written, repeat, conflict, refused, failed)"
+    );
+    describe_counter!(APPENDED_EVENTS, "Events written by appends");
+    describe_histogram!(APPEND_DURATION, Unit::Seconds, "Time to append");
+    describe_gauge!(
+        LOG_HEAD,
+        "Sequence of the last event readers of the global log see"
+    );
+    describe_gauge!(
+        HORIZON_HELD_BACK_EVENTS,
+        "Committed events held back by an open transaction"
+    );
+    describe_gauge!(
+        HORIZON_HELD_BACK_SECONDS,
+        Unit::Seconds,
+        "How long the oldest held-back event has waited"
+    );
+    describe_gauge!(
+        HORIZON_OLDEST_TRANSACTION_SECONDS,
+        Unit::Seconds,
+        "Age of the oldest transaction holding the horizon"
+    );
+    describe_counter!(
+        PROJECTION_EVENTS,
+        "Events a projection read and took into account"
+    );
+    describe_counter!(PROJECTION_BATCHES, "Batches a projection committed");
+    describe_histogram!(
+        PROJECTION_BATCH_DURATION,
+        Unit::Seconds,
+        "Time from reading a batch to its commit"
+    );
+    describe_gauge!(
+        PROJECTION_LAG_EVENTS,
+        "Readable events a projection has not taken into account"
+    );
+    describe_gauge!(
+        PROJECTION_LAG_SECONDS,
+        Unit::Seconds,
+        "Age of the oldest event a projection has not taken into account"
+    );
+    describe_gauge!(PROJECTION_PARKED, "Events a projection parked");
+    describe_gauge!(
+        PROJECTION_CHECKPOINT,
+        "Sequence of the last event a projection took into account"
+    );
+    describe_gauge!(
+        PROJECTION_STATE,
+        "1 for the state a projection is in (idle, waiting, running, rebuilding, reconnecting)"
+    );
+    describe_gauge!(SAGA_OUTBOX_PENDING, "Saga commands waiting to run");
+    describe_gauge!(SAGA_OUTBOX_DEAD, "Saga commands dead-lettered");
+    describe_gauge!(
+        SAGA_OUTBOX_OLDEST_SECONDS,
+        Unit::Seconds,
+        "Age of the oldest pending saga command"
+    );
+    describe_gauge!(SAGA_DEADLINES_WAITING, "Saga deadlines not fired yet");
+    describe_gauge!(SAGA_DEADLINES_DUE, "Saga deadlines due and not fired");
+    describe_gauge!(
+        SAGA_DEADLINES_FAILING,
+        "Saga deadlines whose firing failed and is retried"
+    );
+    describe_counter!(
+        SAGA_COMMANDS,
+        "Saga commands run, by outcome (dispatched, failed, dead_lettered)"
+    );
+    describe_histogram!(
+        SAGA_COMMAND_DURATION,
+        Unit::Seconds,
+        "Time to run one saga command"
+    );
+    describe_counter!(
+        RELAY_MESSAGES,
+        "Messages a relay published and saw confirmed"
+    );
+    describe_histogram!(
+        RELAY_PUBLISH_DURATION,
+        Unit::Seconds,
+        "Time to publish a batch until the broker confirmed it"
+    );
+    describe_gauge!(
+        RELAY_DELIVERY_LAG_SECONDS,
+        Unit::Seconds,
+        "Age of the last event a relay published"
+    );
+}
 
 pub(crate) fn command_done(aggregate: &'static str, outcome: &'static str, took: Duration) {
     let labels = [("aggregate", aggregate), ("outcome", outcome)];

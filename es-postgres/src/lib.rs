@@ -55,8 +55,8 @@ mod saga;
 mod schema;
 mod snapshot;
 mod store;
-mod types;
 mod telemetry;
+mod types;
 mod wakeup;
 
 #[cfg(feature = "testing")]

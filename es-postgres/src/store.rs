@@ -11,8 +11,8 @@ use es_core::{
 use futures_core::stream::BoxStream;
 use futures_util::{StreamExt, TryStreamExt};
 use sqlx::postgres::PgRow;
-use tracing::Instrument;
 use sqlx::{AssertSqlSafe, Connection, PgConnection, PgExecutor, PgPool, Row};
+use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::convert::{position_from_columns, position_to_columns, to_i64};

@@ -23,7 +23,8 @@ pub(crate) fn append_done(
         Err(_) => "refused",
     };
     let schema = schema.to_owned();
-    metrics::counter!(names::APPENDS, "schema" => schema.clone(), "outcome" => outcome).increment(1);
+    metrics::counter!(names::APPENDS, "schema" => schema.clone(), "outcome" => outcome)
+        .increment(1);
     if outcome == "written" {
         metrics::counter!(names::APPENDED_EVENTS, "schema" => schema.clone())
             .increment(events as u64);

@@ -340,7 +340,6 @@ fn record_published(
         let lag = (chrono::Utc::now() - last.recorded_at)
             .to_std()
             .unwrap_or_default();
-        metrics::gauge!(names::RELAY_DELIVERY_LAG_SECONDS, "relay" => relay)
-            .set(lag.as_secs_f64());
+        metrics::gauge!(names::RELAY_DELIVERY_LAG_SECONDS, "relay" => relay).set(lag.as_secs_f64());
     }
 }

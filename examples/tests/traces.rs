@@ -93,7 +93,13 @@ fn render(spans: &[Seen], correlation: &str) -> String {
             .collect();
         keys.sort();
         let fields: Vec<String> = keys.iter().map(|(k, v)| format!("{k}={v}")).collect();
-        let _ = writeln!(out, "{}{} {}", "  ".repeat(depth), at.name, fields.join(" "));
+        let _ = writeln!(
+            out,
+            "{}{} {}",
+            "  ".repeat(depth),
+            at.name,
+            fields.join(" ")
+        );
         for child in all.iter().filter(|s| s.parent == Some(at.id)) {
             walk(out, spans, all, child, depth + 1);
         }
@@ -154,14 +160,13 @@ fn one_transfer_is_one_tree_of_spans_carrying_its_correlation_and_causes() {
         for _ in 0..20 {
             db.settle().await;
             transfers.catch_up().await.unwrap();
-            if transfers.dispatch_pending().await.unwrap() == 0 && transfers.pending().await.unwrap() == 0 {
+            if transfers.dispatch_pending().await.unwrap() == 0
+                && transfers.pending().await.unwrap() == 0
+            {
                 break;
             }
         }
-        let stored = store
-            .read_correlated(correlation, 100)
-            .await
-            .unwrap();
+        let stored = store.read_correlated(correlation, 100).await.unwrap();
         db.drop().await;
         (correlation, stored)
     });
@@ -217,9 +222,9 @@ fn one_transfer_is_one_tree_of_spans_carrying_its_correlation_and_causes() {
     let mut caused_by = Vec::new();
     for command in &commands {
         let cause = command.field("causation_id");
-        let cause_type = by_id
-            .get(cause)
-            .unwrap_or_else(|| panic!("saga command caused by {cause}, not an event of the transfer\n{tree}"));
+        let cause_type = by_id.get(cause).unwrap_or_else(|| {
+            panic!("saga command caused by {cause}, not an event of the transfer\n{tree}")
+        });
         caused_by.push(*cause_type);
         let executes = children(command, "execute");
         assert_eq!(executes.len(), 1, "{tree}");
@@ -240,12 +245,19 @@ fn one_transfer_is_one_tree_of_spans_carrying_its_correlation_and_causes() {
     // The saga's feed read the transfer's events in batches that name its correlation.
     let batches: Vec<&Seen> = spans
         .iter()
-        .filter(|s| s.name == "projection_batch" && s.field("correlation_ids").contains(&correlation))
+        .filter(|s| {
+            s.name == "projection_batch" && s.field("correlation_ids").contains(&correlation)
+        })
         .collect();
     assert!(!batches.is_empty(), "{tree}");
     assert!(
-        batches.iter().all(|b| b.field("projection") == "transfer_saga"),
+        batches
+            .iter()
+            .all(|b| b.field("projection") == "transfer_saga"),
         "{:?}",
-        batches.iter().map(|b| b.field("projection")).collect::<Vec<_>>()
+        batches
+            .iter()
+            .map(|b| b.field("projection"))
+            .collect::<Vec<_>>()
     );
 }

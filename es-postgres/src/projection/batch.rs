@@ -125,7 +125,10 @@ impl<P: PgProjection> ProjectionRunner<P> {
             correlation_ids = tracing::field::Empty,
         );
         if !span.is_disabled() {
-            span.record("correlation_ids", tracing::field::display(correlations(&batch)));
+            span.record(
+                "correlation_ids",
+                tracing::field::display(correlations(&batch)),
+            );
         }
         let started = std::time::Instant::now();
         let count = batch.len();

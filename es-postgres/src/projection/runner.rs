@@ -281,9 +281,24 @@ impl<P: PgProjection> ProjectionRunner<P> {
             _ => self.holder().await?.is_some(),
         };
         let key = &self.key;
-        gauge(names::PROJECTION_LAG_EVENTS, "projection", key, status.lag_events as f64);
-        gauge(names::PROJECTION_LAG_SECONDS, "projection", key, seconds(status.lag));
-        gauge(names::PROJECTION_PARKED, "projection", key, status.parked as f64);
+        gauge(
+            names::PROJECTION_LAG_EVENTS,
+            "projection",
+            key,
+            status.lag_events as f64,
+        );
+        gauge(
+            names::PROJECTION_LAG_SECONDS,
+            "projection",
+            key,
+            seconds(status.lag),
+        );
+        gauge(
+            names::PROJECTION_PARKED,
+            "projection",
+            key,
+            status.parked as f64,
+        );
         gauge(
             names::PROJECTION_CHECKPOINT,
             "projection",

@@ -236,12 +236,42 @@ impl<S: Saga, D: CommandDispatcher<S::Command>> PgSagaRunner<S, D> {
         let outbox = self.outbox_status().await?;
         let deadlines = self.deadline_status().await?;
         let saga = self.name();
-        gauge(names::SAGA_OUTBOX_PENDING, "saga", saga, outbox.pending as f64);
-        gauge(names::SAGA_OUTBOX_DEAD, "saga", saga, outbox.dead_lettered as f64);
-        gauge(names::SAGA_OUTBOX_OLDEST_SECONDS, "saga", saga, seconds(outbox.oldest_pending));
-        gauge(names::SAGA_DEADLINES_WAITING, "saga", saga, deadlines.waiting as f64);
-        gauge(names::SAGA_DEADLINES_DUE, "saga", saga, deadlines.due as f64);
-        gauge(names::SAGA_DEADLINES_FAILING, "saga", saga, deadlines.failing as f64);
+        gauge(
+            names::SAGA_OUTBOX_PENDING,
+            "saga",
+            saga,
+            outbox.pending as f64,
+        );
+        gauge(
+            names::SAGA_OUTBOX_DEAD,
+            "saga",
+            saga,
+            outbox.dead_lettered as f64,
+        );
+        gauge(
+            names::SAGA_OUTBOX_OLDEST_SECONDS,
+            "saga",
+            saga,
+            seconds(outbox.oldest_pending),
+        );
+        gauge(
+            names::SAGA_DEADLINES_WAITING,
+            "saga",
+            saga,
+            deadlines.waiting as f64,
+        );
+        gauge(
+            names::SAGA_DEADLINES_DUE,
+            "saga",
+            saga,
+            deadlines.due as f64,
+        );
+        gauge(
+            names::SAGA_DEADLINES_FAILING,
+            "saga",
+            saga,
+            deadlines.failing as f64,
+        );
         Ok((outbox, deadlines))
     }
 

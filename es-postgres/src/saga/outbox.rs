@@ -209,14 +209,18 @@ impl<S: Saga, D: CommandDispatcher<S::Command>> PgSagaRunner<S, D> {
                 claimed.attempts - 1
             );
             tracing::error!(saga = self.name(), command_id = %claimed.command_id, %reason, "dead-lettering the command");
-            return self.finish(&claimed, Some(&reason), 0, Duration::ZERO).await;
+            return self
+                .finish(&claimed, Some(&reason), 0, Duration::ZERO)
+                .await;
         }
         let command: S::Command = match serde_json::from_str(&claimed.command) {
             Ok(command) => command,
             Err(error) => {
                 let reason = format!("the command does not deserialize: {error}");
                 tracing::error!(saga = self.name(), command_id = %claimed.command_id, %reason, "dead-lettering the command");
-                return self.finish(&claimed, Some(&reason), 0, Duration::ZERO).await;
+                return self
+                    .finish(&claimed, Some(&reason), 0, Duration::ZERO)
+                    .await;
             }
         };
         let context = CommandContext::new()
@@ -235,8 +239,9 @@ impl<S: Saga, D: CommandDispatcher<S::Command>> PgSagaRunner<S, D> {
             attempt = claimed.attempts,
         );
         let started = Instant::now();
-        let dispatch = AssertUnwindSafe(self.dispatcher.dispatch(command, context).instrument(span))
-            .catch_unwind();
+        let dispatch =
+            AssertUnwindSafe(self.dispatcher.dispatch(command, context).instrument(span))
+                .catch_unwind();
         tokio::pin!(dispatch);
         let mut renew = tokio::time::interval(self.dispatch.lease / 3);
         renew.tick().await;
