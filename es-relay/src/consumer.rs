@@ -4,6 +4,7 @@ use async_trait::async_trait;
 use es_core::{BoxError, DomainEvent, Position};
 use es_postgres::sqlx::{self, PgConnection, PgPool};
 use serde::de::DeserializeOwned;
+use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::inbox::InboxDeadLetter;
@@ -218,7 +219,20 @@ pub(crate) async fn handle(
     max_deliveries: u64,
 ) -> Verdict {
     let id = &received.id;
-    match apply(pool, inbox, consumer, received, handler).await {
+    // The consumer's work joins the producer's: same correlation id, caused by the event.
+    let span = tracing::info_span!(
+        "inbox_message",
+        consumer,
+        message_id = %id,
+        topic = %received.topic,
+        delivery = received.deliveries,
+        correlation_id = received.header(header::CORRELATION_ID),
+        causation_id = received.header(header::EVENT_ID),
+    );
+    match apply(pool, inbox, consumer, received, handler)
+        .instrument(span)
+        .await
+    {
         Ok(()) => {
             if received.deliveries > 1
                 && let Err(error) = inbox.clear_failures(pool, consumer, &inbox_key(id)).await
