@@ -28,8 +28,8 @@ pub(crate) fn page_size(asked: Option<usize>) -> usize {
 
 /// The columns an event is read with, in [`event_from_row`]'s order.
 const EVENT_COLUMNS: &str = "event_id, stream_id, stream_version, transaction_id, position, \
-    event_type, schema_version, recorded_at, correlation_id, causation_id, metadata::text, \
-    payload::text";
+    event_type, schema_version, CASE WHEN isfinite(recorded_at) THEN recorded_at END, \
+    correlation_id, causation_id, metadata::text, payload::text";
 
 /// One stored event, with its payload as stored and as upcast to the current version.
 #[derive(Clone, Debug, Serialize)]
@@ -146,8 +146,10 @@ fn event_from_row(row: &PgRow, upcasters: &Upcasters) -> Result<EventView, Conso
         event_type,
         schema_version,
         recorded_at: row
-            .try_get(7)
-            .map_err(|e| ConsoleError::malformed(what("recorded_at"), e))?,
+            .try_get::<Option<DateTime<Utc>>, _>(7)
+            .map_err(|e| ConsoleError::malformed(what("recorded_at"), e))?
+            // Read as NULL when it is `infinity`, which no Rust time holds.
+            .ok_or_else(|| ConsoleError::malformed(what("recorded_at"), "not a finite time"))?,
         correlation_id: row
             .try_get(8)
             .map_err(|e| ConsoleError::malformed(what("correlation_id"), e))?,
@@ -302,13 +304,14 @@ pub(crate) async fn streams(
     // The range [c, c.) in bytes holds the category's streams (`c`, `c-...`) and a few
     // others (`c!x`, `c x`), filtered out after the index range.
     let sql = format!(
-        "SELECT st.stream_id, st.version, e.recorded_at FROM {s}.streams st \
+        "SELECT st.stream_id, st.version, {} FROM {s}.streams st \
          LEFT JOIN {s}.events e ON e.stream_id = st.stream_id AND e.stream_version = st.version \
          WHERE st.stream_id COLLATE \"C\" >= $1 COLLATE \"C\" \
            AND st.stream_id COLLATE \"C\" < ($1 || '.') COLLATE \"C\" \
            AND st.stream_id COLLATE \"C\" > $2 COLLATE \"C\" \
            AND split_part(st.stream_id, '-', 1) = $1 \
-         ORDER BY st.stream_id COLLATE \"C\" LIMIT $3"
+         ORDER BY st.stream_id COLLATE \"C\" LIMIT $3",
+        finite("e.recorded_at")
     );
     let rows = sqlx::query(AssertSqlSafe(sql))
         .bind(category)

@@ -1,0 +1,554 @@
+//! The console's pages and JSON endpoints through its router, against a real PostgreSQL:
+//! what each page shows, hostile data shown as text, capped pages, the security of its
+//! repairs, readiness, and rows it cannot show.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use axum::http::StatusCode;
+use common::*;
+use es_admin::Admin;
+use es_console::{Console, ReadyBound};
+use es_core::{EventStore, ExpectedVersion, NewEvent, StreamId, Upcasters};
+use es_postgres::sqlx;
+use es_postgres::testing::TestDatabase;
+use serde_json::json;
+
+const TOKEN: &str = "test-admin-token";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_page_shows_the_seeded_store() {
+    let db = TestDatabase::new().await;
+    let fail = Arc::new(AtomicBool::new(false));
+    let (correlation, ids) = work(&db.store, "order-1", "payment-1", false).await;
+    db.store
+        .append(
+            &StreamId::new("order-2").unwrap(),
+            ExpectedVersion::Any,
+            (0..5).map(|i| note(&format!("n{i}"))).collect(),
+        )
+        .await
+        .unwrap();
+    db.settle().await;
+    notes(&db, &fail).catch_up().await.unwrap();
+    let admin = Admin::new(db.store.clone()).projection(notes(&db, &fail));
+    let router = Console::new(admin).router();
+
+    let overview = get(&router, "/").await;
+    assert_eq!(overview.status, StatusCode::OK, "{}", overview.body);
+    assert!(overview.body.contains("notes"), "{}", overview.body);
+    assert!(overview.headers.contains_key("server-timing"));
+    let api = get(&router, "/api/overview").await.json();
+    assert_eq!(api["projections"][0]["name"], "notes");
+    assert_eq!(api["projections"][0]["lag_events"], 0);
+    assert!(api["store"]["positions_issued"].as_u64().unwrap() >= 8);
+
+    let categories = get(&router, "/streams").await;
+    assert_eq!(categories.status, StatusCode::OK, "{}", categories.body);
+    for category in ["order", "payment"] {
+        assert!(
+            categories.body.contains(&format!("category={category}")),
+            "{}",
+            categories.body
+        );
+    }
+    let api = get(&router, "/api/streams").await.json();
+    let names: Vec<_> = api["categories"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["category"].clone())
+        .collect();
+    assert_eq!(names, vec![json!("order"), json!("payment")]);
+
+    let orders = get(&router, "/api/streams?category=order").await.json();
+    let streams: Vec<_> = orders["streams"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| (s["stream_id"].clone(), s["version"].clone()))
+        .collect();
+    assert_eq!(
+        streams,
+        vec![(json!("order-1"), json!(1)), (json!("order-2"), json!(5))]
+    );
+    assert!(orders["streams"][0]["last_recorded_at"].is_string());
+    let page = get(&router, "/streams?category=order").await;
+    assert!(page.body.contains("order-2"), "{}", page.body);
+
+    // A stream, paged by version.
+    let stream = get(&router, "/stream?id=order-2&limit=2").await;
+    assert_eq!(stream.status, StatusCode::OK, "{}", stream.body);
+    assert!(
+        stream.body.contains("n0") && stream.body.contains("n1") && !stream.body.contains("n2")
+    );
+    assert!(
+        stream.body.contains("after=2"),
+        "a next page link: {}",
+        stream.body
+    );
+    let next = get(&router, "/api/stream?id=order-2&after=2&limit=2")
+        .await
+        .json();
+    let versions: Vec<_> = next["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["stream_version"].clone())
+        .collect();
+    assert_eq!(versions, vec![json!(3), json!(4)]);
+    let last = get(&router, "/api/stream?id=order-2&before=6&limit=2")
+        .await
+        .json();
+    let versions: Vec<_> = last["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["stream_version"].clone())
+        .collect();
+    assert_eq!(versions, vec![json!(4), json!(5)]);
+    assert_eq!(
+        get(&router, "/stream?id=order-404").await.status,
+        StatusCode::NOT_FOUND
+    );
+
+    // An event and its causation tree: the effect under its cause, the last under the effect.
+    let event = get(&router, &format!("/event/{}", ids[1])).await;
+    assert_eq!(event.status, StatusCode::OK, "{}", event.body);
+    assert!(event.body.contains(&correlation.to_string()));
+    let api = get(&router, &format!("/api/event/{}", ids[1])).await.json();
+    let tree: Vec<_> = api["trace"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| {
+            (
+                n["event_id"].as_str().unwrap().to_owned(),
+                n["depth"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        tree,
+        vec![
+            (ids[0].to_string(), 0),
+            (ids[1].to_string(), 1),
+            (ids[2].to_string(), 2)
+        ]
+    );
+    assert_eq!(api["event"]["upcast"]["kind"], "as_stored");
+    let trace = get(&router, &format!("/trace/{correlation}")).await;
+    assert_eq!(trace.status, StatusCode::OK);
+    assert!(trace.body.contains("payment-1"));
+    assert_eq!(
+        get(&router, "/event/not-a-uuid").await.status,
+        StatusCode::BAD_REQUEST
+    );
+    assert_eq!(
+        get(&router, &format!("/event/{}", uuid::Uuid::now_v7()))
+            .await
+            .status,
+        StatusCode::NOT_FOUND
+    );
+
+    // The global log: newest, and around the effect's position.
+    let newest = get(&router, "/api/log").await.json();
+    assert_eq!(newest["events"].as_array().unwrap().len(), 8);
+    let position = &api["event"]["position"];
+    let at = format!("{}.{}", position["transaction"], position["sequence"]);
+    let around = get(&router, &format!("/api/log?at={at}&limit=2"))
+        .await
+        .json();
+    let around: Vec<_> = around["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["event_id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(around, vec![ids[0].to_string(), ids[1].to_string()]);
+    let log = get(&router, &format!("/log?at={at}")).await;
+    assert!(log.body.contains("class=\"here\""), "{}", log.body);
+    assert_eq!(
+        get(&router, "/log?at=nonsense").await.status,
+        StatusCode::BAD_REQUEST
+    );
+
+    // Projections and sagas.
+    let projections = get(&router, "/projections").await;
+    assert!(
+        projections.body.contains("projection?name=notes"),
+        "{}",
+        projections.body
+    );
+    let projection = get(&router, "/projection?name=notes").await;
+    assert!(
+        projection.body.contains("No parked event"),
+        "{}",
+        projection.body
+    );
+    assert_eq!(
+        get(&router, "/projection?name=nope").await.status,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(get(&router, "/sagas").await.status, StatusCode::OK);
+    assert_eq!(get(&router, "/api/sagas").await.json(), json!([]));
+    assert_eq!(
+        get(&router, "/no/such/page").await.status,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(get(&router, "/health/live").await.status, StatusCode::OK);
+    db.drop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_stream_ids_and_payloads_are_shown_as_text() {
+    let db = TestDatabase::new().await;
+    let hostile = "<script>alert(1)</script>";
+    let stream = format!("{hostile}-a/b?c#d%e+f g&h=é");
+    db.store
+        .append(
+            &StreamId::new(stream.clone()).unwrap(),
+            ExpectedVersion::Any,
+            vec![note(hostile).with_metadata(es_core::Metadata::new().with("who", hostile))],
+        )
+        .await
+        .unwrap();
+    db.settle().await;
+    let router = Console::new(Admin::new(db.store.clone())).router();
+    let escaped = "&lt;script&gt;alert(1)&lt;/script&gt;";
+    let category = get(&router, &format!("/streams?category={}", enc(hostile))).await;
+    assert!(category.body.contains(escaped), "{}", category.body);
+    let stream_page = get(&router, &format!("/stream?id={}", enc(&stream))).await;
+    assert_eq!(stream_page.status, StatusCode::OK, "{}", stream_page.body);
+    let api = get(&router, &format!("/api/stream?id={}", enc(&stream)))
+        .await
+        .json();
+    assert_eq!(
+        api["stream_id"],
+        json!(stream),
+        "the id survives the round trip"
+    );
+    let event_id = api["events"][0]["event_id"].as_str().unwrap().to_owned();
+    let event = get(&router, &format!("/event/{event_id}")).await;
+    let log = get(&router, "/log").await;
+    let categories = get(&router, "/streams").await;
+    for page in [&category, &stream_page, &event, &log, &categories] {
+        assert!(!page.body.contains(hostile), "unescaped: {}", page.body);
+        assert!(page.body.contains(escaped), "{}", page.body);
+    }
+    // Links to the stream carry its id percent-encoded, and lead back to it.
+    assert!(
+        stream_page.body.contains(
+            "id=%3Cscript%3Ealert%281%29%3C%2Fscript%3E-a%2Fb%3Fc%23d%25e%2Bf%20g%26h%3D%C3%A9"
+        ),
+        "{}",
+        stream_page.body
+    );
+    db.drop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pages_are_capped_and_events_shown_as_upcast() {
+    let db = TestDatabase::new().await;
+    let store = db
+        .store
+        .clone()
+        .with_upcasters(Arc::new(Upcasters::new().add("OldNote", 1, |mut p| {
+            p["text"] = json!(format!("lifted {}", p["words"].as_str().unwrap_or("")));
+            Ok(p)
+        })));
+    let old = NewEvent::new(
+        "OldNote",
+        1,
+        serde_json::value::to_raw_value(&json!({"words": "hello"})).unwrap(),
+    );
+    let stream = StreamId::new("big-1").unwrap();
+    store
+        .append(&stream, ExpectedVersion::Any, vec![old])
+        .await
+        .unwrap();
+    for chunk in 0..3 {
+        store
+            .append(
+                &stream,
+                ExpectedVersion::Any,
+                (0..100).map(|i| note(&format!("{chunk}.{i}"))).collect(),
+            )
+            .await
+            .unwrap();
+    }
+    db.settle().await;
+    let router = Console::new(Admin::new(store)).router();
+    let page = get(&router, "/api/stream?id=big-1&limit=100000")
+        .await
+        .json();
+    assert_eq!(
+        page["events"].as_array().unwrap().len(),
+        es_console::MAX_PAGE
+    );
+    assert_eq!(
+        get(&router, "/api/log?limit=100000").await.json()["events"]
+            .as_array()
+            .unwrap()
+            .len(),
+        es_console::MAX_PAGE
+    );
+    let first = &page["events"][0];
+    assert_eq!(first["payload"], json!({"words": "hello"}));
+    assert_eq!(first["upcast"]["kind"], "lifted");
+    assert_eq!(first["upcast"]["events"][0]["schema_version"], 2);
+    assert_eq!(
+        first["upcast"]["events"][0]["payload"]["text"],
+        "lifted hello"
+    );
+    let html = get(&router, "/stream?id=big-1&limit=1").await;
+    assert!(
+        html.body.contains("lifted hello") && html.body.contains("OldNote"),
+        "{}",
+        html.body
+    );
+    db.drop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repairs_need_the_token_and_a_same_origin_form() {
+    let db = TestDatabase::new().await;
+    let fail = Arc::new(AtomicBool::new(true));
+    work(&db.store, "order-7", "payment-7", true).await;
+    db.settle().await;
+    let runner = notes(&db, &fail);
+    runner.catch_up().await.unwrap();
+    let parked = runner.parked().await.unwrap();
+    assert_eq!(parked.len(), 1, "the poisoned effect is parked");
+
+    // Read-only: no forms, and a POST is refused.
+    let read_only =
+        Console::new(Admin::new(db.store.clone()).projection(notes(&db, &fail))).router();
+    let page = get(&read_only, "/projection?name=notes").await;
+    assert!(
+        page.body.contains("Read-only console") && !page.body.contains("<form class"),
+        "{}",
+        page.body
+    );
+    let refused = post_form(
+        &read_only,
+        "/projection/replay",
+        &[("name", "notes"), ("token", TOKEN)],
+        &[],
+    )
+    .await;
+    assert_eq!(refused.status, StatusCode::FORBIDDEN);
+
+    let console = Console::new(Admin::new(db.store.clone()).projection(notes(&db, &fail)))
+        .admin_token(TOKEN)
+        .unwrap();
+    let router = console.router();
+    let page = get(&router, "/projection?name=notes").await;
+    assert!(
+        page.body.contains("effect poison") || page.body.contains("poisoned"),
+        "{}",
+        page.body
+    );
+    let csrf = csrf_of(&page.body);
+    let same_origin = [
+        ("origin", "http://127.0.0.1:8080"),
+        ("sec-fetch-site", "same-origin"),
+    ];
+    for (form, headers, why) in [
+        (
+            vec![("name", "notes"), ("token", TOKEN)],
+            &same_origin[..],
+            "no CSRF token",
+        ),
+        (
+            vec![
+                ("name", "notes"),
+                ("token", "wrong-token"),
+                ("csrf", csrf.as_str()),
+            ],
+            &same_origin[..],
+            "wrong token",
+        ),
+        (
+            vec![("name", "notes"), ("csrf", csrf.as_str())],
+            &same_origin[..],
+            "no token",
+        ),
+        (
+            vec![("name", "notes"), ("token", TOKEN), ("csrf", csrf.as_str())],
+            &[("origin", "http://evil.example")][..],
+            "another origin",
+        ),
+        (
+            vec![("name", "notes"), ("token", TOKEN), ("csrf", csrf.as_str())],
+            &[("sec-fetch-site", "cross-site")][..],
+            "another site",
+        ),
+    ] {
+        let answer = post_form(&router, "/projection/replay", &form, headers).await;
+        assert_eq!(
+            answer.status,
+            StatusCode::FORBIDDEN,
+            "{why}: {}",
+            answer.body
+        );
+    }
+    assert_eq!(
+        runner.parked().await.unwrap().len(),
+        1,
+        "nothing was replayed"
+    );
+    // A GET never changes anything.
+    assert_eq!(
+        get(&router, "/projection/replay?name=notes").await.status,
+        StatusCode::METHOD_NOT_ALLOWED
+    );
+
+    // Still failing: it stays parked. Fixed: replayed and applied.
+    let form = [("name", "notes"), ("token", TOKEN), ("csrf", csrf.as_str())];
+    let answer = post_form(&router, "/projection/replay", &form, &same_origin).await;
+    assert_eq!(answer.status, StatusCode::OK, "{}", answer.body);
+    assert!(answer.body.contains("1 still failing"), "{}", answer.body);
+    fail.store(false, Ordering::SeqCst);
+    let answer = post_form(&router, "/projection/replay", &form, &same_origin).await;
+    assert!(
+        answer.body.contains("Replayed 1 parked event"),
+        "{}",
+        answer.body
+    );
+    assert!(answer.body.contains("No parked event"), "{}", answer.body);
+    assert_eq!(noted(&db, "payment-7").await, 2);
+
+    // Skip: park another, skip it by header token (an API client), never applied.
+    fail.store(true, Ordering::SeqCst);
+    work(&db.store, "order-8", "payment-8", true).await;
+    db.settle().await;
+    runner.catch_up().await.unwrap();
+    let parked = runner.parked().await.unwrap();
+    assert_eq!(parked.len(), 1);
+    let id = parked[0].event_id.to_string();
+    let answer = post_form(
+        &router,
+        "/projection/skip",
+        &[("name", "notes"), ("event_id", &id)],
+        &[("x-admin-token", TOKEN)],
+    )
+    .await;
+    assert_eq!(answer.status, StatusCode::OK, "{}", answer.body);
+    assert!(
+        answer.body.contains("it will never be applied"),
+        "{}",
+        answer.body
+    );
+    assert!(runner.parked().await.unwrap().is_empty());
+    fail.store(false, Ordering::SeqCst);
+    assert_eq!(runner.replay_parked().await.unwrap().replayed, 0);
+    assert_eq!(
+        noted(&db, "payment-8").await,
+        1,
+        "only the last event of payment-8 applied"
+    );
+    db.drop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_names_a_runner_that_is_not_running_or_lags() {
+    let db = TestDatabase::new().await;
+    let fail = Arc::new(AtomicBool::new(false));
+    work(&db.store, "order-9", "payment-9", false).await;
+    db.settle().await;
+    let router = Console::new(Admin::new(db.store.clone()).projection(notes(&db, &fail)))
+        .ready_within(ReadyBound {
+            max_lag_events: 100,
+            max_lag: std::time::Duration::from_secs(3600),
+        })
+        .router();
+    let answer = get(&router, "/health/ready").await;
+    assert_eq!(answer.status, StatusCode::SERVICE_UNAVAILABLE);
+    let reason = answer.json()["reason"].as_str().unwrap().to_owned();
+    assert!(
+        reason.contains("projection notes is not running"),
+        "{reason}"
+    );
+
+    // Running (another instance holds the lock): ready once caught up.
+    let runner = notes(&db, &fail);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let running = tokio::spawn(async move {
+        runner
+            .run(async move {
+                let _ = stopped.await;
+            })
+            .await
+    });
+    wait_until("the console says ready", async || {
+        get(&router, "/health/ready").await.status == StatusCode::OK
+    })
+    .await;
+
+    // Lagging past the bound: not ready, naming it.
+    let strict = Console::new(Admin::new(db.store.clone()).projection(notes(&db, &fail)))
+        .ready_within(ReadyBound {
+            max_lag_events: 0,
+            max_lag: std::time::Duration::ZERO,
+        })
+        .router();
+    let _ = stop.send(());
+    running.await.unwrap().unwrap();
+    work(&db.store, "order-10", "payment-10", false).await;
+    db.settle().await;
+    let answer = get(&strict, "/health/ready").await;
+    assert_eq!(answer.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(
+        answer.json()["reason"].as_str().unwrap().contains("notes"),
+        "{}",
+        answer.body
+    );
+    db.drop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_row_the_console_cannot_show_gives_an_error_page_naming_it() {
+    let db = TestDatabase::new().await;
+    let id = uuid::Uuid::now_v7();
+    // A row from before the store checked rows, or edited by hand.
+    sqlx::query(
+        db.schema
+            .sql("ALTER TABLE {schema}.events DROP CONSTRAINT events_row_is_valid"),
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    sqlx::query(db.schema.sql(
+        "INSERT INTO {schema}.events (event_id, stream_id, stream_version, event_type, \
+         schema_version, recorded_at, correlation_id, payload) \
+         VALUES ($1, 'broken-1', 1, 'Written', 1, 'infinity', $1, '{}')",
+    ))
+    .bind(id)
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let router = Console::new(Admin::new(db.store.clone())).router();
+    let page = get(&router, &format!("/event/{id}")).await;
+    assert_eq!(page.status, StatusCode::INTERNAL_SERVER_ERROR);
+    assert!(
+        page.body
+            .contains(&format!("malformed event {id} (column recorded_at)")),
+        "{}",
+        page.body
+    );
+    let api = get(&router, &format!("/api/event/{id}")).await;
+    assert!(
+        api.json()["error"]
+            .as_str()
+            .unwrap()
+            .contains("recorded_at"),
+        "{}",
+        api.body
+    );
+    db.drop().await;
+}
