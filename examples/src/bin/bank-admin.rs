@@ -11,11 +11,15 @@
 //! bank-admin trace <correlation-id>     one piece of work across streams, as causes and effects
 //! bank-admin run                        keep every projection and saga live until Ctrl-C
 //! bank-admin seed --events N            append N deposits across accounts (for trying the above)
+//! bank-admin serve [--bind 127.0.0.1:8080] [--admin-token T]
+//!                                       the web console (es-console): read-only unless given
+//!                                       an admin token (or ES_CONSOLE_TOKEN); /metrics too
 //! ```
 //!
 //! Works on `DATABASE_URL` (default: the local server), schema `bank_example`, the one the
 //! `bank` example writes when run with `DATABASE_URL` set.
 
+use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::Arc;
 
@@ -51,6 +55,18 @@ enum Command {
         #[arg(long, default_value_t = 10_000)]
         events: usize,
     },
+    /// Serve the web console: streams, events and their causes, the global log,
+    /// projections (replay or skip parked events), sagas, health and /metrics.
+    Serve {
+        /// The address to listen on. Keep it on the loopback interface unless something in
+        /// front of it authenticates its users.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        bind: SocketAddr,
+        /// Allows the console's repairs to whoever gives this token (at least 8 characters);
+        /// without it the console is read-only.
+        #[arg(long, env = "ES_CONSOLE_TOKEN", hide_env_values = true)]
+        admin_token: Option<String>,
+    },
 }
 
 #[tokio::main]
@@ -78,7 +94,46 @@ async fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Command::Serve { bind, admin_token } => match serve(&store, bind, admin_token).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(error) => {
+                eprintln!("error: {error}");
+                ExitCode::FAILURE
+            }
+        },
     }
+}
+
+/// Serves the console over the bank's registry until Ctrl-C.
+async fn serve(
+    store: &PgEventStore,
+    bind: SocketAddr,
+    admin_token: Option<String>,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let mut console =
+        es_console::Console::try_new(admin(store)?)?.metrics(es_admin::prometheus_recorder()?);
+    let writable = admin_token.is_some();
+    if let Some(token) = admin_token {
+        console = console.admin_token(token)?;
+    }
+    let listener = tokio::net::TcpListener::bind(bind)
+        .await
+        .map_err(|e| format!("cannot listen on {bind}: {e}"))?;
+    println!(
+        "es-console at http://{}/ ({})",
+        listener.local_addr()?,
+        if writable {
+            "repairs allowed with the admin token"
+        } else {
+            "read-only: give --admin-token or ES_CONSOLE_TOKEN to allow repairs"
+        }
+    );
+    console
+        .serve(listener, async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
+        .await?;
+    Ok(())
 }
 
 /// The bank's projections (each rebuildable blue/green into `<schema>_next`) and sagas.
