@@ -63,6 +63,8 @@ pub use commands::{AdminCommand, DeadLetterCommand, OnError, SchemaCommand};
 pub use database::Database;
 pub use error::AdminError;
 pub use inspect::{ProjectionView, SagaView};
+#[cfg(feature = "otel")]
+pub use metrics::{OtelExport, otel_layer};
 #[cfg(feature = "prometheus")]
 pub use metrics::{SECONDS_BUCKETS, prometheus_recorder};
 pub use output::Out;

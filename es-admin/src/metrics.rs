@@ -76,3 +76,58 @@ pub fn prometheus_recorder() -> Result<metrics_exporter_prometheus::PrometheusHa
         }
     }
 }
+
+/// What [`otel_layer`] returns: the `tracing` layer to add to the service's subscriber, and
+/// the tracer provider to shut down (flushing what is buffered) when the service stops.
+#[cfg(feature = "otel")]
+pub type OtelExport<S> = (
+    tracing_opentelemetry::OpenTelemetryLayer<S, opentelemetry_sdk::trace::Tracer>,
+    opentelemetry_sdk::trace::SdkTracerProvider,
+);
+
+/// An OpenTelemetry export of the service's spans over OTLP/HTTP (protobuf), batched on a
+/// background thread, to the collector `OTEL_EXPORTER_OTLP_ENDPOINT` (or
+/// `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`) names, `http://localhost:4318` by default, under the
+/// service name `service`. Add the layer to the subscriber; with es-core's `otel` feature the
+/// framework's spans then carry one trace from a command through the log to saga commands and,
+/// through the relay's `traceparent` header, to consumers in other services.
+///
+/// ```no_run
+/// use tracing_subscriber::layer::SubscriberExt;
+/// # fn main() -> Result<(), es_admin::AdminError> {
+/// let (layer, provider) = es_admin::otel_layer("bank")?;
+/// let subscriber = tracing_subscriber::registry().with(layer);
+/// tracing::subscriber::set_global_default(subscriber).expect("one subscriber");
+/// // ... run the service ...
+/// provider.shutdown().ok();
+/// # Ok(()) }
+/// ```
+#[cfg(feature = "otel")]
+pub fn otel_layer<S>(service: &str) -> Result<OtelExport<S>, AdminError>
+where
+    S: tracing::Subscriber + for<'span> tracing_subscriber::registry::LookupSpan<'span>,
+{
+    use opentelemetry::trace::TracerProvider as _;
+    use opentelemetry_otlp::WithExportConfig as _;
+    let mut exporter = opentelemetry_otlp::SpanExporter::builder()
+        .with_http()
+        .with_protocol(opentelemetry_otlp::Protocol::HttpBinary);
+    if std::env::var_os("OTEL_EXPORTER_OTLP_ENDPOINT").is_none()
+        && std::env::var_os("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT").is_none()
+    {
+        exporter = exporter.with_endpoint("http://localhost:4318/v1/traces");
+    }
+    let exporter = exporter
+        .build()
+        .map_err(|e| AdminError::Config(format!("the OTLP exporter: {e}")))?;
+    let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder()
+        .with_batch_exporter(exporter)
+        .with_resource(
+            opentelemetry_sdk::Resource::builder()
+                .with_service_name(service.to_owned())
+                .build(),
+        )
+        .build();
+    let tracer = provider.tracer("es");
+    Ok((tracing_opentelemetry::layer().with_tracer(tracer), provider))
+}

@@ -183,10 +183,11 @@ pub struct StoreNumbers {
     /// Sequence numbers handed out so far: the number of events appended, plus those of
     /// appends that rolled back. Read from the sequence, not by counting.
     pub positions_issued: u64,
-    /// The planner's estimate of the number of events (from the last `ANALYZE`).
-    pub events_estimate: u64,
-    /// The planner's estimate of the number of streams.
-    pub streams_estimate: u64,
+    /// The planner's estimate of the number of events (from the last `ANALYZE` or vacuum);
+    /// `None` before the table was ever analyzed.
+    pub events_estimate: Option<u64>,
+    /// The planner's estimate of the number of streams; `None` before it was analyzed.
+    pub streams_estimate: Option<u64>,
 }
 
 /// [`StoreNumbers`], in one cheap query.
@@ -203,12 +204,13 @@ pub(crate) async fn store_numbers(store: &PgEventStore) -> Result<StoreNumbers, 
     .bind(&streams)
     .fetch_one(store.pool())
     .await?;
-    let count = |i: usize| -> Result<u64, ConsoleError> {
+    // reltuples is -1 for a table never analyzed.
+    let count = |i: usize| -> Result<Option<u64>, ConsoleError> {
         let value: Option<i64> = row.try_get(i)?;
-        Ok(value.unwrap_or(0).max(0) as u64)
+        Ok(value.and_then(|v| u64::try_from(v).ok()))
     };
     Ok(StoreNumbers {
-        positions_issued: count(0)?,
+        positions_issued: count(0)?.unwrap_or(0),
         events_estimate: count(1)?,
         streams_estimate: count(2)?,
     })

@@ -470,10 +470,14 @@ fn encode_events<E: DomainEvent, DomainErr: std::error::Error>(
             if context.idempotent {
                 new.event_id = derived_event_id(context.command_id, index as u32);
             }
+            #[cfg_attr(not(feature = "otel"), allow(unused_mut))]
+            let mut metadata = context.metadata.clone();
+            #[cfg(feature = "otel")]
+            crate::otel::stamp(&mut metadata);
             Ok(new
                 .correlated_with(correlation)
                 .caused_by(causation)
-                .with_metadata(context.metadata.clone()))
+                .with_metadata(metadata))
         })
         .collect()
 }

@@ -108,6 +108,8 @@ mod stream;
 mod upcast;
 mod version;
 
+#[cfg(feature = "otel")]
+pub mod otel;
 pub mod telemetry;
 #[cfg(feature = "testing")]
 pub mod testing;

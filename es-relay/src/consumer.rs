@@ -229,6 +229,10 @@ pub(crate) async fn handle(
         correlation_id = received.header(header::CORRELATION_ID),
         causation_id = received.header(header::EVENT_ID),
     );
+    #[cfg(feature = "otel")]
+    if let Some(traceparent) = received.header(header::TRACEPARENT) {
+        es_core::otel::continue_trace(&span, traceparent);
+    }
     match apply(pool, inbox, consumer, received, handler)
         .instrument(span)
         .await

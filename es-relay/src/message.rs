@@ -24,6 +24,10 @@ pub mod header {
     pub const CORRELATION_ID: &str = "Es-Correlation-Id";
     /// The causation id, when the event has one.
     pub const CAUSATION_ID: &str = "Es-Causation-Id";
+    /// The W3C trace context of the span that wrote the event (its `traceparent` metadata,
+    /// which commands stamp with es-core's `otel` feature), under the name OpenTelemetry
+    /// propagators read, so a consumer's trace continues the producer's.
+    pub const TRACEPARENT: &str = "traceparent";
     /// When the event was recorded (RFC 3339, UTC).
     pub const RECORDED_AT: &str = "Es-Recorded-At";
     /// The relay (and part) that published it.
@@ -87,6 +91,9 @@ impl Message {
         ];
         if let Some(causation) = event.causation_id {
             headers.push((header::CAUSATION_ID, causation.to_string()));
+        }
+        if let Some(traceparent) = traceparent(event) {
+            headers.push((header::TRACEPARENT, traceparent));
         }
         Self {
             topic,
@@ -249,6 +256,53 @@ mod tests {
         assert_eq!(decode_header_value("%zz%4"), "%zz%4");
     }
 
+    fn event_with_metadata(metadata: &str) -> RecordedEvent {
+        RecordedEvent {
+            event_id: uuid::Uuid::now_v7(),
+            stream_id: es_core::StreamId::new("order-1").expect("a stream id"),
+            stream_version: 1,
+            position: Position::new(1, 1),
+            event_type: "Placed".into(),
+            schema_version: 1,
+            recorded_at: chrono::Utc::now(),
+            correlation_id: uuid::Uuid::now_v7(),
+            causation_id: None,
+            metadata: es_core::Metadata::from_json(metadata).expect("metadata"),
+            split_index: 0,
+            payload: serde_json::value::RawValue::from_string("{}".into())
+                .expect("json")
+                .into(),
+        }
+    }
+
+    #[test]
+    fn a_well_formed_traceparent_becomes_a_header_and_nothing_else_does() {
+        let traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let with = |metadata: &str| {
+            let event = event_with_metadata(metadata);
+            let message = Message::new("r", "t".into(), &event, 0, "Placed", 1, "{}".into());
+            message
+                .headers
+                .iter()
+                .find(|(name, _)| *name == header::TRACEPARENT)
+                .map(|(_, value)| value.clone())
+        };
+        assert_eq!(
+            with(&format!(r#"{{"traceparent":"{traceparent}"}}"#)).as_deref(),
+            Some(traceparent)
+        );
+        assert_eq!(with("{}"), None);
+        for hostile in [
+            r#"{"traceparent":"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01\r\nX: y"}"#,
+            r#"{"traceparent":"<script>alert(1)</script>"}"#,
+            r#"{"traceparent":42}"#,
+            r#"{"traceparent":"00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01"}"#,
+            r#"{"note":"traceparent"}"#,
+        ] {
+            assert_eq!(with(hostile), None, "{hostile}");
+        }
+    }
+
     #[test]
     fn marks_order_by_position_then_split() {
         let a = Mark {
@@ -265,4 +319,24 @@ mod tests {
             Mark::from_headers(|name| headers.iter().find(|(n, _)| *n == name).map(|(_, v)| *v));
         assert_eq!(found, Some(b));
     }
+}
+
+/// The event's `traceparent` metadata when it has the W3C form (`vv-<32 hex>-<16 hex>-ff`);
+/// anything else in that key stays out of the headers.
+fn traceparent(event: &RecordedEvent) -> Option<String> {
+    if !event.metadata.as_json().contains("traceparent") {
+        return None;
+    }
+    let value = event.metadata.get("traceparent")?;
+    let text = value.as_str()?;
+    let lengths = [2, 32, 16, 2];
+    let parts: Vec<&str> = text.split('-').collect();
+    let well_formed = parts.len() == lengths.len()
+        && parts.iter().zip(lengths).all(|(part, length)| {
+            part.len() == length
+                && part
+                    .bytes()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        });
+    well_formed.then(|| text.to_owned())
 }

@@ -8,11 +8,8 @@ use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::sync::{Arc, Mutex};
 
-use es_core::{CommandContext, EventStore};
-use es_examples::account::{self, AccountCommand};
-use es_examples::bank::Bank;
-use es_postgres::PgSnapshotStore;
-use es_postgres::testing::TestDatabase;
+mod common;
+
 use tracing::field::{Field, Visit};
 use tracing::span::{Attributes, Id, Record};
 use tracing_subscriber::layer::{Context, SubscriberExt};
@@ -123,53 +120,7 @@ fn one_transfer_is_one_tree_of_spans_carrying_its_correlation_and_causes() {
         .enable_all()
         .build()
         .unwrap();
-    let (correlation, stored) = runtime.block_on(async {
-        let db = TestDatabase::new().await;
-        let store = db
-            .store
-            .clone()
-            .with_upcasters(Arc::new(account::upcasters()));
-        let bank = Bank::new(
-            Arc::new(store.clone()),
-            Arc::new(PgSnapshotStore::new(&store)),
-        );
-        for (id, owner) in [("alice", "Alice"), ("bob", "Bob")] {
-            let open = AccountCommand::Open {
-                owner: owner.into(),
-                currency: "EUR".into(),
-            };
-            bank.accounts
-                .execute_with(id, open, CommandContext::new())
-                .await
-                .unwrap();
-        }
-        bank.accounts
-            .execute_with(
-                "alice",
-                AccountCommand::Deposit { amount: 10_000 },
-                CommandContext::new(),
-            )
-            .await
-            .unwrap();
-        let (transfers, _) = bank.pg_sagas(&store);
-        let correlation = bank
-            .request_transfer("t-1", "alice", "bob", 2_500)
-            .await
-            .unwrap();
-        // Feed, then dispatch, until the transfer has run its course.
-        for _ in 0..20 {
-            db.settle().await;
-            transfers.catch_up().await.unwrap();
-            if transfers.dispatch_pending().await.unwrap() == 0
-                && transfers.pending().await.unwrap() == 0
-            {
-                break;
-            }
-        }
-        let stored = store.read_correlated(correlation, 100).await.unwrap();
-        db.drop().await;
-        (correlation, stored)
-    });
+    let (correlation, stored) = runtime.block_on(common::one_transfer());
     let spans = collector.0.lock().unwrap().clone();
     let correlation = correlation.to_string();
     let tree = render(&spans, &correlation);

@@ -149,6 +149,10 @@ pub(crate) async fn load(state: &crate::State) -> Result<Overview, ConsoleError>
     })
 }
 
+fn estimate(value: Option<u64>) -> String {
+    value.map_or_else(|| "not analyzed yet".to_owned(), |n| n.to_string())
+}
+
 fn secs(value: Option<f64>) -> String {
     seconds(value.map(std::time::Duration::from_secs_f64))
 }
@@ -195,7 +199,10 @@ pub(crate) fn projections_table(h: &mut Html, prefix: &str, projections: &[Proje
         }
         h.show(p.parked).raw("</td><td>");
         if p.rebuilding {
-            h.raw("rebuilding ");
+            h.raw("rebuild unfinished; ");
+        }
+        if p.parked > 0 {
+            h.raw("parked events: replay or skip them");
         }
         h.raw("</td></tr>");
     }
@@ -268,11 +275,11 @@ pub(crate) async fn page(
         ])
         .row([
             "events (estimate)".to_owned(),
-            o.store.events_estimate.to_string(),
+            estimate(o.store.events_estimate),
         ])
         .row([
             "streams (estimate)".to_owned(),
-            o.store.streams_estimate.to_string(),
+            estimate(o.store.streams_estimate),
         ])
         .raw("<tr><td>transaction horizon</td><td>");
     if o.horizon.held_back_events == 0 {

@@ -169,7 +169,7 @@ fn render(state: &crate::State, view: &ProjectionPage) -> HtmlResponse<String> {
         h.raw("<p class=\"ok\">No parked event.</p>");
     } else {
         if state.security.writable() {
-            h.raw("<p>Replay every parked event (those still failing stay parked): ");
+            h.raw("<div>Replay every parked event (those still failing stay parked): ");
             action_form(
                 &mut h,
                 state,
@@ -177,7 +177,7 @@ fn render(state: &crate::State, view: &ProjectionPage) -> HtmlResponse<String> {
                 &[("name", p.name.clone())],
                 "Replay parked events",
             );
-            h.raw("</p>");
+            h.raw("</div>");
         } else {
             h.raw("<p>Read-only console: start it with an admin token to replay or skip.</p>");
         }

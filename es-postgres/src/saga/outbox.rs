@@ -238,6 +238,8 @@ impl<S: Saga, D: CommandDispatcher<S::Command>> PgSagaRunner<S, D> {
             causation_id = %claimed.causation,
             attempt = claimed.attempts,
         );
+        #[cfg(feature = "otel")]
+        self.continue_trace(&span, claimed.causation).await;
         let started = Instant::now();
         let dispatch =
             AssertUnwindSafe(self.dispatcher.dispatch(command, context).instrument(span))
@@ -259,6 +261,24 @@ impl<S: Saga, D: CommandDispatcher<S::Command>> PgSagaRunner<S, D> {
         };
         tracing::warn!(saga = self.name(), command_id = %claimed.command_id, %error, attempts = claimed.attempts, "the command failed");
         self.finish(&claimed, Some(&error), cap, took).await
+    }
+
+    /// Makes the command's span a child of the span that wrote the event causing it, when
+    /// that event carries a trace context: the trace goes on across the log.
+    #[cfg(feature = "otel")]
+    async fn continue_trace(&self, span: &tracing::Span, cause: Uuid) {
+        use es_core::EventStore;
+        match self.store.read_event(cause).await {
+            Ok(Some(event)) => {
+                if let Some(traceparent) = es_core::otel::traceparent_of(&event.metadata) {
+                    es_core::otel::continue_trace(span, &traceparent);
+                }
+            }
+            Ok(None) => {}
+            Err(error) => {
+                tracing::debug!(%error, event_id = %cause, "reading the trace context of a command's cause failed")
+            }
+        }
     }
 
     async fn renew(&self, claimed: &Claimed) {
