@@ -226,47 +226,35 @@ pub struct Category {
     pub events_counted: Option<u64>,
 }
 
+/// The category of a stream id in SQL, as the index `streams_by_category` holds it.
+const CATEGORY: &str = "split_part(stream_id, '-', 1) COLLATE \"C\"";
+
 /// Categories after `after` (all from the first when `None`), at most `limit`, in byte order.
 ///
-/// A skip scan over the byte-ordered index of stream ids: one index probe per category,
-/// however many streams each holds.
+/// A skip scan over the index `streams_by_category`: one index probe per category, however
+/// many streams each holds.
 pub(crate) async fn categories(
     store: &PgEventStore,
     after: Option<&str>,
     limit_to: usize,
 ) -> Result<Vec<Category>, ConsoleError> {
     let s = schema(store);
-    // The next category after category `c`: the smallest stream id above `c` that does not
-    // start with `c-` (ids in `(c, c-)`, or at `c.` and above; `.` follows `-` in bytes).
-    let next = |c: &str| {
+    let next = |after: &str| {
         format!(
-            "(SELECT min(n.stream_id COLLATE \"C\") FROM ( \
-                 (SELECT stream_id FROM {s}.streams \
-                  WHERE stream_id COLLATE \"C\" > {c} COLLATE \"C\" \
-                    AND stream_id COLLATE \"C\" < ({c} || '-') COLLATE \"C\" \
-                  ORDER BY stream_id COLLATE \"C\" LIMIT 1) \
-                 UNION ALL \
-                 (SELECT stream_id FROM {s}.streams \
-                  WHERE stream_id COLLATE \"C\" >= ({c} || '.') COLLATE \"C\" \
-                  ORDER BY stream_id COLLATE \"C\" LIMIT 1)) n)"
+            "(SELECT {CATEGORY} FROM {s}.streams WHERE {CATEGORY} > {after} \
+              ORDER BY {CATEGORY} LIMIT 1)"
         )
-    };
-    let first = match after {
-        None => format!(
-            "(SELECT stream_id COLLATE \"C\" FROM {s}.streams ORDER BY stream_id COLLATE \"C\" \
-             LIMIT 1)"
-        ),
-        Some(_) => next("$1::text"),
     };
     let sql = format!(
         "WITH RECURSIVE c(category) AS ( \
-             SELECT split_part({first}, '-', 1) \
+             SELECT {} \
              UNION ALL \
-             SELECT split_part({}, '-', 1) FROM c WHERE c.category IS NOT NULL) \
+             SELECT {} FROM c WHERE c.category IS NOT NULL) \
          SELECT c.category, (SELECT sum(t.events)::bigint FROM {s}.event_types t \
                              WHERE t.category = c.category) \
-         FROM c WHERE c.category IS NOT NULL AND c.category <> '' LIMIT $2",
-        next("c.category")
+         FROM c WHERE c.category IS NOT NULL LIMIT $2",
+        next("$1::text COLLATE \"C\""),
+        next("c.category"),
     );
     let rows = sqlx::query(AssertSqlSafe(sql))
         .bind(after.unwrap_or(""))
@@ -303,15 +291,12 @@ pub(crate) async fn streams(
     limit_to: usize,
 ) -> Result<Vec<StreamSummary>, ConsoleError> {
     let s = schema(store);
-    // The range [c, c.) in bytes holds the category's streams (`c`, `c-...`) and a few
-    // others (`c!x`, `c x`), filtered out after the index range.
+    // The category's part of the index `streams_by_category`, from `after` on.
     let sql = format!(
         "SELECT st.stream_id, st.version, {} FROM {s}.streams st \
          LEFT JOIN {s}.events e ON e.stream_id = st.stream_id AND e.stream_version = st.version \
-         WHERE st.stream_id COLLATE \"C\" >= $1 COLLATE \"C\" \
-           AND st.stream_id COLLATE \"C\" < ($1 || '.') COLLATE \"C\" \
+         WHERE split_part(st.stream_id, '-', 1) COLLATE \"C\" = $1 \
            AND st.stream_id COLLATE \"C\" > $2 COLLATE \"C\" \
-           AND split_part(st.stream_id, '-', 1) = $1 \
          ORDER BY st.stream_id COLLATE \"C\" LIMIT $3",
         finite("e.recorded_at")
     );

@@ -27,8 +27,13 @@ async fn every_page_answers_within_200_ms_with_a_million_events() {
     let started = Instant::now();
     // 200,000 events in one stream (`big-1`), the other 800,000 in 100,000 streams of 8
     // (`account-N`); every three events one piece of work, each caused by the one before.
+    // The indexes on random ids are built after the rows (sorting beats a million random
+    // inserts), and the row check is left out for the seed (the rows are the test's own).
     sqlx::raw_sql(db.schema.sql(
-        "INSERT INTO {schema}.events (event_id, stream_id, stream_version, event_type, \
+        "ALTER TABLE {schema}.events DROP CONSTRAINT events_event_id_key, \
+             DROP CONSTRAINT events_row_is_valid; \
+         DROP INDEX {schema}.events_correlation_id; \
+         INSERT INTO {schema}.events (event_id, stream_id, stream_version, event_type, \
              schema_version, correlation_id, causation_id, payload) \
          SELECT md5('e' || i)::uuid, \
                 CASE WHEN i <= 200000 THEN 'big-1' ELSE 'account-' || ((i - 200001) / 8) END, \
@@ -47,6 +52,8 @@ async fn every_page_answers_within_200_ms_with_a_million_events() {
              stream_id, event_type, error, attempts) \
          SELECT 'notes', event_id, transaction_id, position, stream_id, event_type, \
                 'poisoned', 1 FROM {schema}.events WHERE event_id = md5('e' || 500000)::uuid; \
+         ALTER TABLE {schema}.events ADD CONSTRAINT events_event_id_key UNIQUE (event_id); \
+         CREATE INDEX events_correlation_id ON {schema}.events (correlation_id); \
          ANALYZE {schema}.events; ANALYZE {schema}.streams;",
     ))
     .execute(&db.pool)

@@ -552,3 +552,125 @@ async fn a_row_the_console_cannot_show_gives_an_error_page_naming_it() {
     );
     db.drop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unfinished_rebuild_shows_its_progress_on_a_page_that_refreshes_itself() {
+    let db = TestDatabase::new().await;
+    db.store
+        .append(
+            &StreamId::new("order-1").unwrap(),
+            ExpectedVersion::Any,
+            (0..10).map(|i| note(&format!("n{i}"))).collect(),
+        )
+        .await
+        .unwrap();
+    db.settle().await;
+    // A rebuild that got through the first four events (then stopped, or is running).
+    sqlx::query(db.schema.sql(
+        "INSERT INTO {schema}.projection_checkpoints \
+             (projection, transaction_id, position, rebuild_started_at) \
+         SELECT 'notes', transaction_id, position, now() FROM {schema}.events \
+         ORDER BY transaction_id, position OFFSET 3 LIMIT 1",
+    ))
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let fail = Arc::new(AtomicBool::new(false));
+    let router = Console::new(Admin::new(db.store.clone()).projection(notes(&db, &fail))).router();
+    let api = get(&router, "/api/projection?name=notes").await.json();
+    assert_eq!(api["rebuild"]["events_to_go"], 6, "{api}");
+    assert_eq!(api["projection"]["rebuilding"], true);
+    let page = get(&router, "/projection?name=notes").await;
+    assert!(page.body.contains("Rebuild in progress"), "{}", page.body);
+    assert!(
+        page.body.contains("<progress max=\"100\" value=\""),
+        "{}",
+        page.body
+    );
+    assert!(
+        page.body.contains("http-equiv=\"refresh\""),
+        "{}",
+        page.body
+    );
+    let overview = get(&router, "/").await;
+    assert!(
+        overview.body.contains("rebuild unfinished"),
+        "{}",
+        overview.body
+    );
+    db.drop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_category_is_listed_once_in_order_with_exactly_its_streams() {
+    let db = TestDatabase::new().await;
+    // Ids of category `a` are not contiguous in id order: `a b-1` and `a!-2` (categories
+    // `a b` and `a!`) sort between `a` and `a-5`.
+    for id in ["a-5", "a", "a b-1", "a!-2", "a.b", "b-1", "a-10"] {
+        db.store
+            .append(
+                &StreamId::new(id).unwrap(),
+                ExpectedVersion::Any,
+                vec![note(id)],
+            )
+            .await
+            .unwrap();
+    }
+    db.settle().await;
+    let router = Console::new(Admin::new(db.store.clone())).router();
+    let names = |api: serde_json::Value| -> Vec<String> {
+        api["categories"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["category"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    assert_eq!(
+        names(get(&router, "/api/streams").await.json()),
+        vec!["a", "a b", "a!", "a.b", "b"]
+    );
+    // Paged: two at a time, after the last one shown.
+    let first = get(&router, "/api/streams?limit=2").await.json();
+    assert_eq!(first["next_after"], "a b");
+    assert_eq!(
+        names(
+            get(
+                &router,
+                &format!("/api/streams?limit=2&after={}", enc("a b"))
+            )
+            .await
+            .json()
+        ),
+        vec!["a!", "a.b"]
+    );
+    let streams = |api: serde_json::Value| -> Vec<String> {
+        api["streams"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["stream_id"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    assert_eq!(
+        streams(get(&router, "/api/streams?category=a").await.json()),
+        vec!["a", "a-10", "a-5"]
+    );
+    assert_eq!(
+        streams(
+            get(&router, "/api/streams?category=a&limit=1&after=a")
+                .await
+                .json()
+        ),
+        vec!["a-10"]
+    );
+    assert_eq!(
+        streams(
+            get(&router, &format!("/api/streams?category={}", enc("a b")))
+                .await
+                .json()
+        ),
+        vec!["a b-1"]
+    );
+    db.drop().await;
+}
