@@ -11,15 +11,32 @@ impl Admin {
     /// Call it before rendering a scrape, or on a timer; the names are listed in
     /// [`es_core::telemetry`]. Counters and histograms need no call: they are recorded as the
     /// work happens, in whichever process does it.
-    pub async fn observe(&self) -> Result<(), AdminError> {
-        self.store.observe().await?;
+    ///
+    /// Each target is observed on its own: one whose query fails keeps its last values, is
+    /// logged and counted in `es_observe_errors_total{target}`, and the others are still set,
+    /// so a scrape during an outage still carries every counter. Returns how many failed.
+    pub async fn observe(&self) -> usize {
+        let mut failed = 0;
+        let mut failure = |target: &str, error: &dyn std::fmt::Display| {
+            failed += 1;
+            tracing::warn!(target_name = target, %error, "observing for metrics failed");
+            metrics::counter!(es_core::telemetry::OBSERVE_ERRORS, "target" => target.to_owned())
+                .increment(1);
+        };
+        if let Err(error) = self.store.observe().await {
+            failure("store", &error);
+        }
         for projection in &self.projections {
-            projection.observe().await?;
+            if let Err(error) = projection.observe().await {
+                failure(projection.name(), &error);
+            }
         }
         for saga in &self.sagas {
-            saga.observe().await?;
+            if let Err(error) = saga.observe().await {
+                failure(saga.name(), &error);
+            }
         }
-        Ok(())
+        failed
     }
 }
 
@@ -40,13 +57,14 @@ pub const SECONDS_BUCKETS: [f64; 14] = [
 /// Fails when another recorder was installed first.
 #[cfg(feature = "prometheus")]
 pub fn prometheus_recorder() -> Result<metrics_exporter_prometheus::PrometheusHandle, AdminError> {
-    use std::sync::OnceLock;
-    static HANDLE: OnceLock<metrics_exporter_prometheus::PrometheusHandle> = OnceLock::new();
-    if let Some(handle) = HANDLE.get() {
+    use std::sync::Mutex;
+    static HANDLE: Mutex<Option<metrics_exporter_prometheus::PrometheusHandle>> = Mutex::new(None);
+    let mut installed = HANDLE
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if let Some(handle) = installed.as_ref() {
         return Ok(handle.clone());
     }
-    // Two threads may race here: the loser's install fails (a recorder is set) and it
-    // returns the winner's handle once published.
     let recorder = metrics_exporter_prometheus::PrometheusBuilder::new()
         .set_buckets_for_metric(
             metrics_exporter_prometheus::Matcher::Suffix("_seconds".to_owned()),
@@ -55,26 +73,26 @@ pub fn prometheus_recorder() -> Result<metrics_exporter_prometheus::PrometheusHa
         .map_err(|e| AdminError::Config(format!("the metrics exporter: {e}")))?
         .build_recorder();
     let handle = recorder.handle();
-    match metrics::set_global_recorder(recorder) {
-        Ok(()) => {
-            es_core::telemetry::describe();
-            let _ = HANDLE.set(handle.clone());
-            Ok(handle)
-        }
-        Err(_) => {
-            for _ in 0..100 {
-                if let Some(handle) = HANDLE.get() {
-                    return Ok(handle.clone());
-                }
-                std::thread::sleep(std::time::Duration::from_millis(1));
+    metrics::set_global_recorder(recorder).map_err(|_| {
+        AdminError::Config(
+            "another metrics recorder is installed in this process; render its metrics instead"
+                .to_owned(),
+        )
+    })?;
+    es_core::telemetry::describe();
+    // Histogram samples are drained at each render; without scrapes they would pile up.
+    let upkeep = handle.clone();
+    std::thread::Builder::new()
+        .name("metrics-upkeep".to_owned())
+        .spawn(move || {
+            loop {
+                std::thread::sleep(std::time::Duration::from_secs(5));
+                upkeep.run_upkeep();
             }
-            Err(AdminError::Config(
-                "another metrics recorder is installed in this process; render its metrics \
-                 instead"
-                    .to_owned(),
-            ))
-        }
-    }
+        })
+        .map_err(AdminError::Output)?;
+    *installed = Some(handle.clone());
+    Ok(handle)
 }
 
 /// What [`otel_layer`] returns: the `tracing` layer to add to the service's subscriber, and

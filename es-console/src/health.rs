@@ -150,9 +150,9 @@ pub(crate) async fn metrics(State(state): State<Shared>) -> Response {
         )
         .into_response();
     };
-    if let Err(error) = state.admin.observe().await {
-        return crate::ConsoleError::from(error).into_response();
-    }
+    // A target whose gauges cannot be set keeps its last values and is counted in
+    // es_observe_errors_total: the scrape still carries everything else.
+    state.admin.observe().await;
     (
         [("content-type", "text/plain; version=0.0.4")],
         handle.render(),

@@ -267,7 +267,13 @@ impl<A: Aggregate> CommandHandler<A> {
         command: A::Command,
         context: CommandContext,
     ) -> Result<Executed<A>, CommandError<A::Error>> {
-        let stream = Repository::<A>::stream_id(id)?;
+        let stream = match Repository::<A>::stream_id(id) {
+            Ok(stream) => stream,
+            Err(error) => {
+                crate::telemetry::command_done(A::CATEGORY, "failed", std::time::Duration::ZERO);
+                return Err(error.into());
+            }
+        };
         let span = tracing::info_span!(
             "execute",
             aggregate = A::CATEGORY,
@@ -459,6 +465,10 @@ fn encode_events<E: DomainEvent, DomainErr: std::error::Error>(
 ) -> Result<Vec<NewEvent>, CommandError<DomainErr>> {
     let correlation = context.effective_correlation_id();
     let causation = context.effective_causation_id();
+    #[cfg(feature = "otel")]
+    let metadata = crate::otel::stamped(&context.metadata);
+    #[cfg(not(feature = "otel"))]
+    let metadata = &context.metadata;
     events
         .iter()
         .enumerate()
@@ -470,14 +480,10 @@ fn encode_events<E: DomainEvent, DomainErr: std::error::Error>(
             if context.idempotent {
                 new.event_id = derived_event_id(context.command_id, index as u32);
             }
-            #[cfg_attr(not(feature = "otel"), allow(unused_mut))]
-            let mut metadata = context.metadata.clone();
-            #[cfg(feature = "otel")]
-            crate::otel::stamp(&mut metadata);
             Ok(new
                 .correlated_with(correlation)
                 .caused_by(causation)
-                .with_metadata(metadata))
+                .with_metadata((*metadata).clone()))
         })
         .collect()
 }

@@ -41,6 +41,12 @@ pub trait DomainEvent: Sized + Send + Sync + 'static {
     /// Rebuilds an event from its type name and a payload (JSON text) at the current schema
     /// version.
     fn decode(event_type: &str, payload: &str) -> Result<Self, DecodeError>;
+
+    /// This event's personal fields and their data subject: what `#[event(personal)]` and
+    /// `#[event(subject)]` declare (see [`crate::personal`]). `None`: nothing personal.
+    fn personal_data(&self) -> Option<crate::PersonalData> {
+        None
+    }
 }
 
 /// The current schema version of `event_type` in `E`, or `None` when `E` has no such type.
@@ -218,6 +224,9 @@ pub struct NewEvent {
     pub causation_id: Option<Uuid>,
     /// Free-form data beside the payload (user, tenant, trace ids...).
     pub metadata: Metadata,
+    /// The payload's personal fields and their data subject, sealed by the store before it
+    /// writes them (see [`crate::personal`]); set by [`NewEvent::from_event`].
+    pub personal: Option<crate::PersonalData>,
 }
 
 impl NewEvent {
@@ -232,16 +241,15 @@ impl NewEvent {
             correlation_id: event_id,
             causation_id: None,
             metadata: Metadata::new(),
+            personal: None,
         }
     }
 
     /// Encodes a domain event at its current schema version.
     pub fn from_event<E: DomainEvent>(event: &E) -> Result<Self, serde_json::Error> {
-        Ok(Self::new(
-            event.event_type(),
-            event.schema_version(),
-            event.encode()?,
-        ))
+        let mut new = Self::new(event.event_type(), event.schema_version(), event.encode()?);
+        new.personal = event.personal_data();
+        Ok(new)
     }
 
     /// Replaces the event id, e.g. with one derived from a command id.

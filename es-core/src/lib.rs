@@ -110,6 +110,7 @@ mod version;
 
 #[cfg(feature = "otel")]
 pub mod otel;
+pub mod personal;
 pub mod telemetry;
 #[cfg(feature = "testing")]
 pub mod testing;
@@ -130,6 +131,7 @@ pub use event::{
 };
 pub use memory::InMemoryEventStore;
 pub use metadata::{InvalidMetadata, Metadata};
+pub use personal::{InMemoryKeyStore, KeyStore, Personal, PersonalData, SubjectKey};
 pub use position::Position;
 pub use repository::{Loaded, Repository};
 pub use saga::{

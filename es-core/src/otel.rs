@@ -33,7 +33,13 @@ pub fn current_traceparent() -> Option<String> {
 
 /// Reads a W3C `traceparent` (version 00); `None` when malformed.
 pub fn parse_traceparent(text: &str) -> Option<SpanContext> {
-    let mut parts = text.trim().split('-');
+    if !text
+        .bytes()
+        .all(|b| b == b'-' || b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    {
+        return None;
+    }
+    let mut parts = text.split('-');
     let (version, trace, span, flags) =
         (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
     if version != "00"
@@ -70,12 +76,30 @@ pub fn traceparent_of(metadata: &Metadata) -> Option<String> {
         .and_then(|value| value.as_str().map(str::to_owned))
 }
 
-/// Adds the current span's `traceparent` to `metadata`, unless it holds one already.
-pub(crate) fn stamp(metadata: &mut Metadata) {
-    if traceparent_of(metadata).is_none()
-        && let Some(traceparent) = current_traceparent()
-    {
-        metadata.insert(TRACEPARENT, traceparent);
+/// `metadata` with the current span's `traceparent` added, unless it holds one already (a
+/// caller's own trace context wins) or no OpenTelemetry context is current. The caller's
+/// metadata text is kept as written: the key is spliced in, not re-serialized.
+pub(crate) fn stamped(metadata: &Metadata) -> std::borrow::Cow<'_, Metadata> {
+    use std::borrow::Cow;
+    if metadata.as_json().contains(TRACEPARENT) {
+        return Cow::Borrowed(metadata);
+    }
+    let Some(traceparent) = current_traceparent() else {
+        return Cow::Borrowed(metadata);
+    };
+    let text = metadata.as_json().trim();
+    let Some(rest) = text.strip_prefix('{') else {
+        return Cow::Borrowed(metadata);
+    };
+    let rest = rest.trim_start();
+    let spliced = if rest.starts_with('}') {
+        format!("{{\"{TRACEPARENT}\":\"{traceparent}\"}}")
+    } else {
+        format!("{{\"{TRACEPARENT}\":\"{traceparent}\",{rest}")
+    };
+    match Metadata::from_json(spliced) {
+        Ok(stamped) => Cow::Owned(stamped),
+        Err(_) => Cow::Borrowed(metadata),
     }
 }
 
@@ -101,6 +125,8 @@ mod tests {
             "00-4bf92f3577b34da6a3ce929d0e0e473x-00f067aa0ba902b7-01",
             "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra",
             "<script>",
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00F067AA0BA902B7-01",
+            "00-+bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
         ] {
             assert!(parse_traceparent(bad).is_none(), "{bad:?}");
         }

@@ -3,12 +3,18 @@
 //! rules).
 //!
 //! Nothing is exported unless the service installs a recorder (for example
-//! `es_admin::prometheus_recorder`); without one, recording costs an atomic load.
+//! `es_admin::prometheus_recorder`); without one, recording builds the series' labels (a few
+//! small allocations) and drops them.
 //! Names follow Prometheus conventions: base units (seconds), `_total` on counters, and
 //! labels of bounded cardinality (a projection, saga, relay, aggregate category or store
 //! schema; never a stream or event id).
 
 use std::time::Duration;
+
+/// Counter: gauges that could not be set at a scrape, by `target` (`store`, or a projection's
+/// or saga's name): the query behind them failed, and they keep their last value. Alert on it
+/// growing, as on the scrape itself failing.
+pub const OBSERVE_ERRORS: &str = "es_observe_errors_total";
 
 /// Counter: commands handled, by `aggregate` (category) and `outcome` (`executed`,
 /// `deduplicated`, `refused` by the domain, `conflict` with an expected version, `failed`).
@@ -84,9 +90,12 @@ pub const SAGA_COMMAND_DURATION: &str = "es_saga_command_duration_seconds";
 pub const RELAY_MESSAGES: &str = "es_relay_messages_total";
 /// Histogram: how long publishing one batch took until the broker confirmed it, by `relay`.
 pub const RELAY_PUBLISH_DURATION: &str = "es_relay_publish_duration_seconds";
-/// Gauge: how long ago the last event a relay published was recorded, in seconds, by
-/// `relay`: the delay from append to broker.
-pub const RELAY_DELIVERY_LAG_SECONDS: &str = "es_relay_delivery_lag_seconds";
+/// Histogram: from an event's recording to the broker's confirmation of its message (the
+/// last event of each batch), by `relay`: the delay from append to broker.
+pub const RELAY_DELIVERY: &str = "es_relay_delivery_seconds";
+/// Gauge: when the last event a relay published was recorded, as a Unix time in seconds, by
+/// `relay`. A relay's lag behind the log is its projection's `es_projection_lag_seconds`.
+pub const RELAY_LAST_PUBLISHED: &str = "es_relay_last_published_timestamp_seconds";
 
 /// Gives every metric its help text (the `# HELP` lines of a Prometheus scrape). Call it once
 /// after installing a recorder; `es_admin::prometheus_recorder` does.
@@ -184,10 +193,15 @@ pub fn describe() {
         Unit::Seconds,
         "Time to publish a batch until the broker confirmed it"
     );
-    describe_gauge!(
-        RELAY_DELIVERY_LAG_SECONDS,
+    describe_histogram!(
+        RELAY_DELIVERY,
         Unit::Seconds,
-        "Age of the last event a relay published"
+        "Time from an event's recording to the broker's confirmation"
+    );
+    describe_gauge!(
+        RELAY_LAST_PUBLISHED,
+        Unit::Seconds,
+        "Recording time of the last event a relay published"
     );
 }
 

@@ -13,6 +13,7 @@ struct EventDef {
     name: String,
     version: u32,
     flatten: Option<syn::Type>,
+    personal: Option<crate::personal::PersonalFields>,
 }
 
 /// What `#[event(...)]` says of a variant or struct.
@@ -63,12 +64,14 @@ pub(crate) fn expand(input: DeriveInput) -> syn::Result<TokenStream> {
                         ),
                     ));
                 }
+                let personal = crate::personal::parse(&variant.fields, &[])?;
                 defs.push(EventDef {
                     ident: variant.ident.clone(),
                     fields: variant.fields.clone(),
                     name: name.0,
                     version: attrs.version,
                     flatten,
+                    personal,
                 });
             }
             let mut tokens = expand_enum(&input, &defs);
@@ -77,7 +80,7 @@ pub(crate) fn expand(input: DeriveInput) -> syn::Result<TokenStream> {
             }
             Ok(tokens)
         }
-        Data::Struct(_) => {
+        Data::Struct(data) => {
             let attrs = parse_event_attrs(&input.attrs, &input.ident)?;
             if let Some(span) = attrs.flatten {
                 return Err(syn::Error::new(
@@ -85,7 +88,13 @@ pub(crate) fn expand(input: DeriveInput) -> syn::Result<TokenStream> {
                     "`flatten` goes on a variant of an event enum, not on a struct",
                 ));
             }
-            Ok(expand_struct(&input, &attrs.name.0, attrs.version))
+            let personal = crate::personal::parse(&data.fields, &input.attrs)?;
+            Ok(expand_struct(
+                &input,
+                &attrs.name.0,
+                attrs.version,
+                personal.as_ref(),
+            ))
         }
         Data::Union(data) => Err(syn::Error::new(
             data.union_token.span,
@@ -301,9 +310,12 @@ fn expand_enum(input: &DeriveInput, defs: &[EventDef]) -> TokenStream {
                 <#inner as ::es_core::DomainEvent>::decode(other, payload).map(Self::#variant)
         }
     });
+    let personal = personal_method_of_enum(defs);
     quote! {
         impl #impl_generics ::es_core::DomainEvent for #ident #ty_generics #where_clause {
             const TYPES: &'static [::es_core::EventType] = #types;
+
+            #personal
 
             fn event_type(&self) -> &'static str {
                 match self { #(#type_arms,)* }
@@ -335,13 +347,68 @@ fn expand_enum(input: &DeriveInput, defs: &[EventDef]) -> TokenStream {
     }
 }
 
-fn expand_struct(input: &DeriveInput, name: &str, version: u32) -> TokenStream {
+/// `personal_data` of an enum: each variant's declared fields, a flattened variant's inner
+/// event's; nothing generated when no variant has either.
+fn personal_method_of_enum(defs: &[EventDef]) -> TokenStream {
+    if defs
+        .iter()
+        .all(|d| d.personal.is_none() && d.flatten.is_none())
+    {
+        return TokenStream::new();
+    }
+    let arms = defs.iter().filter_map(|d| {
+        let variant = &d.ident;
+        if d.flatten.is_some() {
+            return Some(
+                quote!(Self::#variant(inner) => ::es_core::DomainEvent::personal_data(inner)),
+            );
+        }
+        let fields = d.personal.as_ref()?;
+        let data = crate::personal::data(fields);
+        let pattern = match &fields.subject {
+            Some(subject) => quote!(Self::#variant { #subject, .. }),
+            None => quote!(Self::#variant { .. }),
+        };
+        Some(quote!(#pattern => #data))
+    });
+    quote! {
+        fn personal_data(&self) -> ::core::option::Option<::es_core::PersonalData> {
+            #[allow(unreachable_patterns)]
+            match self {
+                #(#arms,)*
+                _ => ::core::option::Option::None,
+            }
+        }
+    }
+}
+
+fn expand_struct(
+    input: &DeriveInput,
+    name: &str,
+    version: u32,
+    personal: Option<&crate::personal::PersonalFields>,
+) -> TokenStream {
     let ident = &input.ident;
     let (impl_generics, ty_generics, where_clause) = input.generics.split_for_impl();
+    let personal = personal.map(|fields| {
+        let data = crate::personal::data(fields);
+        let bind = match &fields.subject {
+            Some(subject) => quote!(let Self { #subject, .. } = self;),
+            None => TokenStream::new(),
+        };
+        quote! {
+            fn personal_data(&self) -> ::core::option::Option<::es_core::PersonalData> {
+                #bind
+                #data
+            }
+        }
+    });
     quote! {
         impl #impl_generics ::es_core::DomainEvent for #ident #ty_generics #where_clause {
             const TYPES: &'static [::es_core::EventType] =
                 &[::es_core::EventType { name: #name, version: #version }];
+
+            #personal
 
             fn event_type(&self) -> &'static str {
                 #name

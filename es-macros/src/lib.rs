@@ -32,6 +32,7 @@ use proc_macro::TokenStream;
 
 mod aggregate;
 mod domain_event;
+mod personal;
 
 /// Derives `es_core::DomainEvent` for an enum (one event type per variant) or a struct (one
 /// event type).

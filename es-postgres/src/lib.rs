@@ -49,6 +49,7 @@ mod convert;
 mod error;
 mod follower;
 mod import;
+mod personal;
 mod projection;
 mod row;
 mod saga;
@@ -68,6 +69,7 @@ pub use connect::{connect_pool, parse_url};
 pub use error::{PgError, is_transient};
 pub use follower::LogFollower;
 pub use import::ImportReport;
+pub use personal::{Forgotten, PgKeyStore};
 pub use projection::{
     ErrorPolicy, LockHolder, OnFailure, ParkedEvent, PgProjection, Progress, ProjectionError,
     ProjectionRunner, ProjectionStatus, ReadModel, ReplayReport, RunnerState, UnreadableType,

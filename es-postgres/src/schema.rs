@@ -18,7 +18,7 @@ pub const MAX_SCHEMA_NAME_LEN: usize = 48;
 /// `sqlx::migrate!`, which would compile sqlx's macro crates (and sqlx itself a second time)
 /// into every service; checksums are the same. A test checks every file of `migrations/` is
 /// listed here.
-const MIGRATIONS: [(i64, &str, &str); 14] = [
+const MIGRATIONS: [(i64, &str, &str); 15] = [
     (
         1,
         "event store",
@@ -80,6 +80,11 @@ const MIGRATIONS: [(i64, &str, &str); 14] = [
         14,
         "streams by category",
         include_str!("../migrations/0014_streams_by_category.sql"),
+    ),
+    (
+        15,
+        "personal data",
+        include_str!("../migrations/0015_personal_data.sql"),
     ),
 ];
 

@@ -20,7 +20,7 @@ use crate::error::{UNIQUE_VIOLATION, db_code, store_error};
 use crate::row::{EVENT_COLUMNS, decode_event};
 use crate::schema::{self, SchemaName};
 use crate::wakeup::Wakeup;
-use crate::{LogFollower, PgError};
+use crate::{LogFollower, PgError, PgKeyStore};
 
 /// How often at most a store wakes followers while appends happen.
 const DEFAULT_WAKEUP_INTERVAL: Duration = Duration::from_millis(10);
@@ -43,6 +43,7 @@ struct Inner {
     sql: Statements,
     wakeup: Arc<Wakeup>,
     upcasters: Arc<Upcasters>,
+    keys: PgKeyStore,
 }
 
 /// Every statement of the store, built once with the schema name in it. The schema name is
@@ -253,6 +254,7 @@ impl PgEventStore {
     ) -> Self {
         let sql = Statements::new(&schema);
         let wakeup = Arc::new(Wakeup::new(schema.channel(), wakeup_interval));
+        let keys = PgKeyStore::new(pool.clone(), &schema);
         Self {
             inner: Arc::new(Inner {
                 pool,
@@ -260,6 +262,7 @@ impl PgEventStore {
                 sql,
                 wakeup,
                 upcasters,
+                keys,
             }),
         }
     }
@@ -339,6 +342,10 @@ impl PgEventStore {
         LogFollower::new(self.clone(), after)
     }
 
+    pub(crate) fn keys(&self) -> &PgKeyStore {
+        &self.inner.keys
+    }
+
     /// Appends within the caller's transaction (or on a plain connection), so events can commit
     /// atomically with other writes: a saga's state, an outbox row, a read model.
     ///
@@ -373,9 +380,11 @@ impl PgEventStore {
         if events.is_empty() {
             return self.check_only(&mut *conn, stream, expected).await;
         }
+        let sealed = self.sealed(stream, &events).await?;
+        let writing = sealed.as_deref().unwrap_or(&events);
         let mut savepoint = conn.begin().await.map_err(store_error)?;
         match self
-            .try_append(&mut *savepoint, stream, expected, &events)
+            .try_append(&mut *savepoint, stream, expected, writing)
             .await
         {
             Ok(Some(result)) => {
@@ -429,24 +438,24 @@ impl PgEventStore {
         use es_core::telemetry as names;
         let head = self.head().await?;
         let horizon = self.horizon().await?;
-        let schema = self.schema().as_str();
-        gauge(names::LOG_HEAD, "schema", schema, head.sequence as f64);
+        let labels = [metrics::Label::new(
+            "schema",
+            self.schema().as_str().to_owned(),
+        )];
+        gauge(names::LOG_HEAD, &labels, head.sequence as f64);
         gauge(
             names::HORIZON_HELD_BACK_EVENTS,
-            "schema",
-            schema,
+            &labels,
             horizon.held_back_events as f64,
         );
         gauge(
             names::HORIZON_HELD_BACK_SECONDS,
-            "schema",
-            schema,
+            &labels,
             seconds(horizon.held_back_for),
         );
         gauge(
             names::HORIZON_OLDEST_TRANSACTION_SECONDS,
-            "schema",
-            schema,
+            &labels,
             seconds(horizon.oldest_writer_age),
         );
         Ok(horizon)
@@ -531,11 +540,13 @@ impl PgEventStore {
         if events.is_empty() {
             return self.check_only(&self.inner.pool, stream, expected).await;
         }
+        let sealed = self.sealed(stream, &events).await?;
+        let writing = sealed.as_deref().unwrap_or(&events);
         // A refusal is rare; only then is a second round trip spent finding out why. An `Any`
         // append refused by an id whose writer then rolled back is simply tried again.
         for _ in 0..3 {
             if let Some(result) = self
-                .try_append(&self.inner.pool, stream, expected, &events)
+                .try_append(&self.inner.pool, stream, expected, writing)
                 .await?
             {
                 self.wake_followers();
@@ -573,6 +584,10 @@ impl PgEventStore {
             .iter()
             .map(decode_event)
             .collect::<Result<Vec<_>, _>>()?;
+        // Sealed fields differ at every sealing (fresh nonces): a repeat is judged on what
+        // they hold.
+        let mut stored = stored;
+        self.reveal(&mut stored).await?;
         if let Some(repeat) = judge_repeat(stream, events, &stored)? {
             return Ok(repeat);
         }
@@ -682,6 +697,7 @@ impl EventStore for PgEventStore {
             .bind(to_i64(from_version.max(1)))
             .fetch(&self.inner.pool)
             .map(|row| row.map_err(store_error).and_then(|row| decode_event(&row)))
+            .and_then(move |event| self.revealed(event))
             .boxed()
     }
 
@@ -697,6 +713,7 @@ impl EventStore for PgEventStore {
             .bind(to_i64(to_version))
             .fetch(&self.inner.pool)
             .map(|row| row.map_err(store_error).and_then(|row| decode_event(&row)))
+            .and_then(move |event| self.revealed(event))
             .boxed()
     }
 
@@ -723,6 +740,22 @@ impl EventStore for PgEventStore {
                 Err(_) => break,
             }
         }
+        // The same for a sealed field that does not open: the batch ends before its event.
+        if let Err(error) = self.reveal(&mut events).await {
+            let bad = match &error {
+                StoreError::Malformed {
+                    event_id: Some(id), ..
+                } => events.iter().position(|e| e.event_id == *id),
+                _ => None,
+            };
+            match bad {
+                Some(index) if index > 0 => {
+                    events.truncate(index);
+                    self.reveal(&mut events).await?;
+                }
+                _ => return Err(error),
+            }
+        }
         Ok(events)
     }
 
@@ -733,7 +766,10 @@ impl EventStore for PgEventStore {
             .fetch_all(&self.inner.pool)
             .await
             .map_err(store_error)?;
-        rows.first().map(decode_event).transpose()
+        match rows.first().map(decode_event).transpose()? {
+            Some(event) => self.revealed(event).await.map(Some),
+            None => Ok(None),
+        }
     }
 
     async fn read_correlated(
@@ -741,7 +777,7 @@ impl EventStore for PgEventStore {
         correlation_id: Uuid,
         limit: usize,
     ) -> Result<Vec<RecordedEvent>, StoreError> {
-        sqlx::query(AssertSqlSafe(self.inner.sql.events_by_correlation.clone()))
+        let mut events = sqlx::query(AssertSqlSafe(self.inner.sql.events_by_correlation.clone()))
             .bind(correlation_id)
             .bind(i64::try_from(limit).unwrap_or(i64::MAX))
             .fetch_all(&self.inner.pool)
@@ -749,7 +785,9 @@ impl EventStore for PgEventStore {
             .map_err(store_error)?
             .iter()
             .map(decode_event)
-            .collect()
+            .collect::<Result<Vec<_>, _>>()?;
+        self.reveal(&mut events).await?;
+        Ok(events)
     }
 
     async fn stream_version(&self, stream: &StreamId) -> Result<Option<u64>, StoreError> {

@@ -210,6 +210,11 @@ pub(crate) enum Verdict {
 
 /// Handles one received message with the inbox and decides what the broker is told; logs
 /// each failure. Never fails: what it cannot record is retried.
+/// A header that holds a UUID: anything else (a hostile or huge value) stays out of spans.
+fn uuid_header(received: &Received, name: &str) -> Option<Uuid> {
+    received.header(name).and_then(|value| value.parse().ok())
+}
+
 pub(crate) async fn handle(
     pool: &PgPool,
     inbox: &Inbox,
@@ -226,8 +231,8 @@ pub(crate) async fn handle(
         message_id = %id,
         topic = %received.topic,
         delivery = received.deliveries,
-        correlation_id = received.header(header::CORRELATION_ID),
-        causation_id = received.header(header::EVENT_ID),
+        correlation_id = uuid_header(received, header::CORRELATION_ID).map(tracing::field::display),
+        causation_id = uuid_header(received, header::EVENT_ID).map(tracing::field::display),
     );
     #[cfg(feature = "otel")]
     if let Some(traceparent) = received.header(header::TRACEPARENT) {

@@ -298,6 +298,8 @@ mod tests {
             r#"{"traceparent":42}"#,
             r#"{"traceparent":"00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01"}"#,
             r#"{"note":"traceparent"}"#,
+            r#"{"traceparent":"ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"}"#,
+            r#"{"traceparent":"00-00000000000000000000000000000000-00f067aa0ba902b7-01"}"#,
         ] {
             assert_eq!(with(hostile), None, "{hostile}");
         }
@@ -338,5 +340,10 @@ fn traceparent(event: &RecordedEvent) -> Option<String> {
                     .bytes()
                     .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
         });
-    well_formed.then(|| text.to_owned())
+    // Version ff is invalid, and all-zero trace or span ids name nothing.
+    let meaningful = well_formed
+        && parts[0] != "ff"
+        && parts[1].bytes().any(|b| b != b'0')
+        && parts[2].bytes().any(|b| b != b'0');
+    meaningful.then(|| text.to_owned())
 }

@@ -322,9 +322,9 @@ impl<E: DomainEvent> es_postgres::PgProjection for Relay<E> {
     }
 }
 
-/// The relay's counters and its delivery lag: how long ago the last event confirmed by the
-/// broker was recorded (by the database's clock, read against this host's: a skew shows up
-/// here).
+/// The relay's counters, the delay from append to broker of the batch's last event (by the
+/// database's clock, read against this host's: a skew shows up here), and when that event was
+/// recorded.
 fn record_published(
     key: &str,
     messages: usize,
@@ -337,9 +337,12 @@ fn record_published(
     metrics::histogram!(names::RELAY_PUBLISH_DURATION, "relay" => relay.clone())
         .record(took.as_secs_f64());
     if let Some(last) = events.last() {
-        let lag = (chrono::Utc::now() - last.recorded_at)
+        let delivery = (chrono::Utc::now() - last.recorded_at)
             .to_std()
             .unwrap_or_default();
-        metrics::gauge!(names::RELAY_DELIVERY_LAG_SECONDS, "relay" => relay).set(lag.as_secs_f64());
+        metrics::histogram!(names::RELAY_DELIVERY, "relay" => relay.clone())
+            .record(delivery.as_secs_f64());
+        let recorded = last.recorded_at.timestamp_micros() as f64 / 1e6;
+        metrics::gauge!(names::RELAY_LAST_PUBLISHED, "relay" => relay).set(recorded);
     }
 }

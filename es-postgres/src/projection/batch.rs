@@ -163,7 +163,11 @@ impl<P: PgProjection> ProjectionRunner<P> {
         match result {
             Err(error) => Err(lock.classify(self, error).await),
             Ok(Some(done)) => {
-                crate::telemetry::batch_done(&self.key, count, started.elapsed());
+                crate::telemetry::batch_done(
+                    crate::telemetry::projection(self.store.schema().as_str(), &self.key),
+                    count,
+                    started.elapsed(),
+                );
                 Ok(Some(done))
             }
             ok => ok,

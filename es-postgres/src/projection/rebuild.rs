@@ -115,7 +115,7 @@ impl<P: PgProjection> ProjectionRunner<P> {
         start: Start,
     ) -> Result<u64, ProjectionError> {
         self.set_state(RunnerState::Active);
-        crate::telemetry::set_state(&self.key, "rebuilding");
+        crate::telemetry::set_state(&self.metric_labels(), "rebuilding");
         let keys = self.checkpoint_keys();
         let resume = {
             let mut tx = lock.begin(self).await?;

@@ -259,54 +259,48 @@ impl<P: PgProjection> ProjectionRunner<P> {
     }
 
     pub(super) fn set_state(&self, state: RunnerState) {
+        let held = matches!(state, RunnerState::Active);
         crate::telemetry::set_state(
-            &self.key,
-            crate::telemetry::state_label(&state, false, false),
+            &self.metric_labels(),
+            crate::telemetry::state_label(&state, false, held),
         );
         *self.state.lock().unwrap_or_else(PoisonError::into_inner) = state;
+    }
+
+    /// The labels of this runner's series: the store's schema and the projection's key.
+    pub(super) fn metric_labels(&self) -> Vec<metrics::Label> {
+        crate::telemetry::projection(self.store.schema().as_str(), &self.key)
     }
 
     /// Sets this projection's gauges (lag in events and seconds, parked events, checkpoint,
     /// state) from its status and lock holder; see [`es_core::telemetry`]. A scrape handler or
     /// a timer calls it; counters and histograms are recorded as the work happens.
     ///
-    /// The state is this instance's when it runs the projection; otherwise `running` when
-    /// another instance holds it and `idle` when none does.
+    /// The state is this instance's while it contends for the projection or reconnects;
+    /// otherwise `running` (`rebuilding` during a rebuild) while any instance holds the
+    /// projection's lock, and `idle` while none does, also after an interrupted rebuild.
     pub async fn observe(&self) -> Result<ProjectionStatus, ProjectionError> {
         use crate::telemetry::{gauge, seconds};
         use es_core::telemetry as names;
         let status = self.status().await?;
-        let held = match status.state {
-            RunnerState::Active => true,
-            _ => self.holder().await?.is_some(),
-        };
-        let key = &self.key;
+        // Asked of the database unless this instance holds it now: a cancelled run leaves
+        // its state behind, not its lock.
+        let held = self.is_active() || self.holder().await?.is_some();
+        let labels = self.metric_labels();
         gauge(
             names::PROJECTION_LAG_EVENTS,
-            "projection",
-            key,
+            &labels,
             status.lag_events as f64,
         );
-        gauge(
-            names::PROJECTION_LAG_SECONDS,
-            "projection",
-            key,
-            seconds(status.lag),
-        );
-        gauge(
-            names::PROJECTION_PARKED,
-            "projection",
-            key,
-            status.parked as f64,
-        );
+        gauge(names::PROJECTION_LAG_SECONDS, &labels, seconds(status.lag));
+        gauge(names::PROJECTION_PARKED, &labels, status.parked as f64);
         gauge(
             names::PROJECTION_CHECKPOINT,
-            "projection",
-            key,
+            &labels,
             status.checkpoint.sequence as f64,
         );
         crate::telemetry::set_state(
-            key,
+            &labels,
             crate::telemetry::state_label(&status.state, status.rebuilding, held),
         );
         Ok(status)

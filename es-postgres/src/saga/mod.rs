@@ -235,44 +235,35 @@ impl<S: Saga, D: CommandDispatcher<S::Command>> PgSagaRunner<S, D> {
         self.runner.observe().await?;
         let outbox = self.outbox_status().await?;
         let deadlines = self.deadline_status().await?;
-        let saga = self.name();
-        gauge(
-            names::SAGA_OUTBOX_PENDING,
-            "saga",
-            saga,
-            outbox.pending as f64,
-        );
+        let labels = self.metric_labels();
+        gauge(names::SAGA_OUTBOX_PENDING, &labels, outbox.pending as f64);
         gauge(
             names::SAGA_OUTBOX_DEAD,
-            "saga",
-            saga,
+            &labels,
             outbox.dead_lettered as f64,
         );
         gauge(
             names::SAGA_OUTBOX_OLDEST_SECONDS,
-            "saga",
-            saga,
+            &labels,
             seconds(outbox.oldest_pending),
         );
         gauge(
             names::SAGA_DEADLINES_WAITING,
-            "saga",
-            saga,
+            &labels,
             deadlines.waiting as f64,
         );
-        gauge(
-            names::SAGA_DEADLINES_DUE,
-            "saga",
-            saga,
-            deadlines.due as f64,
-        );
+        gauge(names::SAGA_DEADLINES_DUE, &labels, deadlines.due as f64);
         gauge(
             names::SAGA_DEADLINES_FAILING,
-            "saga",
-            saga,
+            &labels,
             deadlines.failing as f64,
         );
         Ok((outbox, deadlines))
+    }
+
+    /// The labels of this saga's series: the store's schema and the saga's name.
+    pub(crate) fn metric_labels(&self) -> Vec<metrics::Label> {
+        crate::telemetry::saga(self.store.schema().as_str(), self.name())
     }
 
     /// Whether this instance feeds the saga now.

@@ -209,18 +209,14 @@ impl<S: Saga, D: CommandDispatcher<S::Command>> PgSagaRunner<S, D> {
                 claimed.attempts - 1
             );
             tracing::error!(saga = self.name(), command_id = %claimed.command_id, %reason, "dead-lettering the command");
-            return self
-                .finish(&claimed, Some(&reason), 0, Duration::ZERO)
-                .await;
+            return self.finish(&claimed, Some(&reason), 0, None).await;
         }
         let command: S::Command = match serde_json::from_str(&claimed.command) {
             Ok(command) => command,
             Err(error) => {
                 let reason = format!("the command does not deserialize: {error}");
                 tracing::error!(saga = self.name(), command_id = %claimed.command_id, %reason, "dead-lettering the command");
-                return self
-                    .finish(&claimed, Some(&reason), 0, Duration::ZERO)
-                    .await;
+                return self.finish(&claimed, Some(&reason), 0, None).await;
             }
         };
         let context = CommandContext::new()
@@ -255,12 +251,12 @@ impl<S: Saga, D: CommandDispatcher<S::Command>> PgSagaRunner<S, D> {
         };
         let took = started.elapsed();
         let error = match outcome {
-            Ok(Ok(())) => return self.finish(&claimed, None, cap, took).await,
+            Ok(Ok(())) => return self.finish(&claimed, None, cap, Some(took)).await,
             Ok(Err(error)) => error.to_string(),
             Err(panic) => format!("the dispatcher panicked: {}", panic_message(&*panic)),
         };
         tracing::warn!(saga = self.name(), command_id = %claimed.command_id, %error, attempts = claimed.attempts, "the command failed");
-        self.finish(&claimed, Some(&error), cap, took).await
+        self.finish(&claimed, Some(&error), cap, Some(took)).await
     }
 
     /// Makes the command's span a child of the span that wrote the event causing it, when
@@ -268,6 +264,9 @@ impl<S: Saga, D: CommandDispatcher<S::Command>> PgSagaRunner<S, D> {
     #[cfg(feature = "otel")]
     async fn continue_trace(&self, span: &tracing::Span, cause: Uuid) {
         use es_core::EventStore;
+        if span.is_disabled() {
+            return;
+        }
         match self.store.read_event(cause).await {
             Ok(Some(event)) => {
                 if let Some(traceparent) = es_core::otel::traceparent_of(&event.metadata) {
@@ -302,7 +301,7 @@ impl<S: Saga, D: CommandDispatcher<S::Command>> PgSagaRunner<S, D> {
         claimed: &Claimed,
         error: Option<&str>,
         cap: u32,
-        took: Duration,
+        took: Option<Duration>,
     ) -> Result<(), ProjectionError> {
         let mut tx = self.store.pool().begin().await.map_err(|e| self.error(e))?;
         sqlx::query(AssertSqlSafe(self.sql.share_state.clone()))
@@ -349,7 +348,7 @@ impl<S: Saga, D: CommandDispatcher<S::Command>> PgSagaRunner<S, D> {
             (Some(_), true) => "dead_lettered",
             (Some(_), false) => "failed",
         };
-        crate::telemetry::saga_command(self.name(), outcome, took);
+        crate::telemetry::saga_command(self.metric_labels(), outcome, took);
         Ok(())
     }
 

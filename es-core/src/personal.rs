@@ -1,0 +1,510 @@
+//! Personal data and crypto-shredding: fields marked `#[event(personal)]` are stored encrypted
+//! with a key per data subject; forgetting the subject destroys the key, and from then on
+//! every reader gets [`Personal::Redacted`] for those fields, never an error, while the rest
+//! of each event reads as before.
+//!
+//! The store seals a new event's personal fields before writing it ([`seal`]) and opens them
+//! on every read ([`reveal`]); keys live behind a [`KeyStore`] (the PostgreSQL one is
+//! `es_postgres::PgKeyStore`). A sealed field is stored as
+//! `{"$personal":{"key":"<key id>","data":"<base64 of nonce and ciphertext>"}}`: XChaCha20-
+//! Poly1305 with the event id, event type and field name as associated data, so a ciphertext
+//! moved to another event or field does not open. A field whose key is gone reads as
+//! `{"$redacted":true}`, which [`Personal`] decodes as `Redacted`.
+
+use std::collections::HashMap;
+
+use async_trait::async_trait;
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use chacha20poly1305::aead::{Aead, AeadCore, KeyInit, OsRng, Payload};
+use chacha20poly1305::{XChaCha20Poly1305, XNonce};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde_json::Value;
+use serde_json::value::RawValue;
+use uuid::Uuid;
+
+use crate::{NewEvent, RecordedEvent, StoreError, StreamId};
+
+/// The key of the marker a sealed field is stored as.
+pub const SEALED: &str = "$personal";
+/// The key of the marker a field reads as once its subject is forgotten.
+pub const REDACTED: &str = "$redacted";
+/// The event type `forget` appends, in stream [`forgotten_stream`] of the subject.
+pub const SUBJECT_FORGOTTEN: &str = "SubjectForgotten";
+
+/// A personal field of an event: its value while its data subject is remembered, `Redacted`
+/// once the subject was forgotten (its key destroyed). Serializes as the bare value.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Personal<T> {
+    /// The value, as written.
+    Known(T),
+    /// The subject was forgotten: the value is gone for good.
+    Redacted,
+}
+
+impl<T> Personal<T> {
+    /// The value, unless redacted.
+    pub fn known(&self) -> Option<&T> {
+        match self {
+            Self::Known(value) => Some(value),
+            Self::Redacted => None,
+        }
+    }
+
+    /// Whether the subject was forgotten.
+    pub fn is_redacted(&self) -> bool {
+        matches!(self, Self::Redacted)
+    }
+}
+
+impl<T> From<T> for Personal<T> {
+    fn from(value: T) -> Self {
+        Self::Known(value)
+    }
+}
+
+impl<T: std::fmt::Display> std::fmt::Display for Personal<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Known(value) => value.fmt(f),
+            Self::Redacted => f.write_str("[redacted]"),
+        }
+    }
+}
+
+impl<T: Serialize> Serialize for Personal<T> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Self::Known(value) => value.serialize(serializer),
+            Self::Redacted => {
+                let mut map = serde_json::Map::new();
+                map.insert(REDACTED.to_owned(), Value::Bool(true));
+                map.serialize(serializer)
+            }
+        }
+    }
+}
+
+impl<'de, T: DeserializeOwned> Deserialize<'de> for Personal<T> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let value = Value::deserialize(deserializer)?;
+        if is_marker(&value, REDACTED) {
+            return Ok(Self::Redacted);
+        }
+        if is_marker(&value, SEALED) {
+            return Err(serde::de::Error::custom(
+                "a personal field is still sealed: read it through a store that has its key store",
+            ));
+        }
+        T::deserialize(value)
+            .map(Self::Known)
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+fn is_marker(value: &Value, key: &str) -> bool {
+    matches!(value, Value::Object(map) if map.len() == 1 && map.contains_key(key))
+}
+
+/// Which fields of an event are personal, and whose: what `#[event(personal)]` and
+/// `#[event(subject)]` declare, returned by [`DomainEvent::personal_data`](crate::DomainEvent::personal_data).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PersonalData {
+    /// The data subject; `None`: the stream the event is appended to.
+    pub subject: Option<String>,
+    /// The payload's top-level keys holding personal data.
+    pub fields: &'static [&'static str],
+}
+
+/// A data subject's key: its id (stored beside each sealed field) and the 32 key bytes.
+#[derive(Clone)]
+pub struct SubjectKey {
+    /// Names the key in sealed fields; says nothing of the subject.
+    pub id: Uuid,
+    /// The XChaCha20-Poly1305 key.
+    pub key: [u8; 32],
+}
+
+impl std::fmt::Debug for SubjectKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SubjectKey")
+            .field("id", &self.id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SubjectKey {
+    /// A fresh random key.
+    pub fn generate() -> Self {
+        let key = XChaCha20Poly1305::generate_key(&mut OsRng);
+        let mut bytes = [0u8; 32];
+        bytes.copy_from_slice(&key);
+        Self {
+            id: Uuid::now_v7(),
+            key: bytes,
+        }
+    }
+}
+
+/// Where subjects' keys live. Forgetting a subject destroys its key; nothing can read its
+/// sealed fields afterwards.
+#[async_trait]
+pub trait KeyStore: Send + Sync {
+    /// The key of `subject`, created when it has none, recording that `stream` holds data of
+    /// it (so forgetting can drop that stream's snapshots).
+    async fn key_for(&self, subject: &str, stream: &StreamId) -> Result<SubjectKey, StoreError>;
+
+    /// The keys among `ids` that still exist.
+    async fn keys(&self, ids: &[Uuid]) -> Result<HashMap<Uuid, SubjectKey>, StoreError>;
+}
+
+/// The stream [`SUBJECT_FORGOTTEN`] events of `subject` go to: `forgotten-` and a name-based
+/// UUID of the subject, so the subject itself appears nowhere in it.
+pub fn forgotten_stream(subject: &str) -> StreamId {
+    let id = Uuid::new_v5(&Uuid::NAMESPACE_OID, subject.as_bytes());
+    #[allow(clippy::expect_used)]
+    StreamId::new(format!("forgotten-{id}")).expect("a short id without NUL is a valid stream id")
+}
+
+/// Seals the personal fields of `events` (appended to `stream`) with their subjects' keys.
+/// Events without personal data are left as they are.
+pub async fn seal(
+    keys: &dyn KeyStore,
+    stream: &StreamId,
+    events: &mut [NewEvent],
+) -> Result<(), StoreError> {
+    let mut cache: HashMap<String, SubjectKey> = HashMap::new();
+    for event in events.iter_mut() {
+        let Some(personal) = event.personal.clone() else {
+            continue;
+        };
+        let subject = personal
+            .subject
+            .clone()
+            .unwrap_or_else(|| stream.as_str().to_owned());
+        let key = match cache.get(&subject) {
+            Some(key) => key.clone(),
+            None => {
+                let key = keys.key_for(&subject, stream).await?;
+                cache.insert(subject.clone(), key.clone());
+                key
+            }
+        };
+        let invalid = |reason: String| StoreError::InvalidEvent {
+            stream: stream.clone(),
+            event_id: event.event_id,
+            reason,
+        };
+        let mut payload: serde_json::Map<String, Value> = serde_json::from_str(event.payload.get())
+            .map_err(|e| {
+                invalid(format!(
+                    "an event with personal fields must be a JSON object: {e}"
+                ))
+            })?;
+        for field in personal.fields {
+            let Some(value) = payload.get_mut(*field) else {
+                continue;
+            };
+            if is_marker(value, REDACTED) {
+                continue;
+            }
+            let plain = serde_json::to_vec(value)
+                .map_err(|e| invalid(format!("personal field {field}: {e}")))?;
+            let sealed = encrypt(&key, event.event_id, &event.event_type, field, &plain)
+                .map_err(|reason| invalid(format!("personal field {field}: {reason}")))?;
+            *value = sealed;
+        }
+        let text = serde_json::to_string(&payload)
+            .map_err(|e| invalid(format!("re-encoding the sealed payload: {e}")))?;
+        event.payload = RawValue::from_string(text)
+            .map_err(|e| invalid(format!("re-encoding the sealed payload: {e}")))?;
+    }
+    Ok(())
+}
+
+/// Opens the sealed fields of `events` in place: the value written, or `{"$redacted":true}`
+/// when the subject's key is gone. Events without sealed fields are not parsed.
+pub async fn reveal(keys: &dyn KeyStore, events: &mut [RecordedEvent]) -> Result<(), StoreError> {
+    let sealed: Vec<usize> = (0..events.len())
+        .filter(|&i| events[i].payload.get().contains(SEALED))
+        .collect();
+    if sealed.is_empty() {
+        return Ok(());
+    }
+    let mut wanted: Vec<Uuid> = Vec::new();
+    let mut parsed: Vec<(usize, serde_json::Map<String, Value>)> = Vec::new();
+    for i in sealed {
+        let event = &events[i];
+        let Ok(Value::Object(map)) = serde_json::from_str::<Value>(event.payload.get()) else {
+            continue;
+        };
+        for value in map.values() {
+            if let Some(id) = sealed_key(value) {
+                wanted.push(id);
+            }
+        }
+        parsed.push((i, map));
+    }
+    wanted.sort_unstable();
+    wanted.dedup();
+    let found = keys.keys(&wanted).await?;
+    for (i, mut map) in parsed {
+        let event = &mut events[i];
+        let mut changed = false;
+        for (field, value) in map.iter_mut() {
+            let Some(id) = sealed_key(value) else {
+                continue;
+            };
+            let opened = found.get(&id).map(|key| {
+                decrypt(key, event.event_id, &event.event_type, field, value).map_err(|reason| {
+                    StoreError::Malformed {
+                        event_id: Some(event.event_id),
+                        position: Some(event.position),
+                        field: "payload",
+                        reason: format!("personal field {field} does not open: {reason}"),
+                    }
+                })
+            });
+            *value = match opened {
+                Some(plain) => plain?,
+                None => redacted(),
+            };
+            changed = true;
+        }
+        if changed {
+            let text = serde_json::to_string(&map).map_err(|e| StoreError::Malformed {
+                event_id: Some(event.event_id),
+                position: Some(event.position),
+                field: "payload",
+                reason: e.to_string(),
+            })?;
+            event.payload = crate::Payload::from_stored(text);
+        }
+    }
+    Ok(())
+}
+
+fn redacted() -> Value {
+    let mut map = serde_json::Map::new();
+    map.insert(REDACTED.to_owned(), Value::Bool(true));
+    Value::Object(map)
+}
+
+/// The key id of a sealed field.
+fn sealed_key(value: &Value) -> Option<Uuid> {
+    let Value::Object(outer) = value else {
+        return None;
+    };
+    if outer.len() != 1 {
+        return None;
+    }
+    let inner = outer.get(SEALED)?.as_object()?;
+    inner.get("key")?.as_str()?.parse().ok()
+}
+
+fn associated_data(event_id: Uuid, event_type: &str, field: &str) -> Vec<u8> {
+    let mut aad = Vec::with_capacity(16 + event_type.len() + field.len() + 2);
+    aad.extend_from_slice(event_id.as_bytes());
+    aad.extend_from_slice(event_type.as_bytes());
+    aad.push(0);
+    aad.extend_from_slice(field.as_bytes());
+    aad
+}
+
+fn encrypt(
+    key: &SubjectKey,
+    event_id: Uuid,
+    event_type: &str,
+    field: &str,
+    plain: &[u8],
+) -> Result<Value, String> {
+    let aad = associated_data(event_id, event_type, field);
+    let data = seal_bytes(&key.key, &aad, plain)?;
+    let mut inner = serde_json::Map::new();
+    inner.insert("key".to_owned(), Value::String(key.id.to_string()));
+    inner.insert("data".to_owned(), Value::String(data));
+    let mut outer = serde_json::Map::new();
+    outer.insert(SEALED.to_owned(), Value::Object(inner));
+    Ok(Value::Object(outer))
+}
+
+fn decrypt(
+    key: &SubjectKey,
+    event_id: Uuid,
+    event_type: &str,
+    field: &str,
+    sealed: &Value,
+) -> Result<Value, String> {
+    let data = sealed
+        .get(SEALED)
+        .and_then(|inner| inner.get("data"))
+        .and_then(Value::as_str)
+        .ok_or("no data")?;
+    let aad = associated_data(event_id, event_type, field);
+    let plain = open_bytes(&key.key, &aad, data).map_err(|_| {
+        "authentication failed (another event's or field's ciphertext, or a wrong key)".to_owned()
+    })?;
+    serde_json::from_slice(&plain).map_err(|e| e.to_string())
+}
+
+/// Keys in memory, for tests and the in-memory store.
+#[derive(Default)]
+pub struct InMemoryKeyStore {
+    keys: std::sync::Mutex<HashMap<String, SubjectKey>>,
+}
+
+impl InMemoryKeyStore {
+    /// No keys yet.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Destroys `subject`'s key; returns whether it had one.
+    pub fn forget(&self, subject: &str) -> bool {
+        self.keys
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(subject)
+            .is_some()
+    }
+}
+
+#[async_trait]
+impl KeyStore for InMemoryKeyStore {
+    async fn key_for(&self, subject: &str, _stream: &StreamId) -> Result<SubjectKey, StoreError> {
+        Ok(self
+            .keys
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .entry(subject.to_owned())
+            .or_insert_with(SubjectKey::generate)
+            .clone())
+    }
+
+    async fn keys(&self, ids: &[Uuid]) -> Result<HashMap<Uuid, SubjectKey>, StoreError> {
+        Ok(self
+            .keys
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .values()
+            .filter(|k| ids.contains(&k.id))
+            .map(|k| (k.id, k.clone()))
+            .collect())
+    }
+}
+
+/// The key of the marker a sealed snapshot state is stored as.
+pub const SEALED_STATE: &str = "$sealed_state";
+
+/// Seals a snapshot's state (JSON text) so that opening it needs every one of `keys`: the
+/// state is encrypted with a fresh data key split into one share per subject key (the shares
+/// XOR to the data key), each share sealed with its subject's key. Forgetting any of those
+/// subjects makes the snapshot unreadable, as it may hold that subject's data. `context`
+/// (the stream and versions) is bound as associated data.
+pub fn seal_state(keys: &[SubjectKey], context: &str, state: &str) -> Result<String, String> {
+    let data_key = XChaCha20Poly1305::generate_key(&mut OsRng);
+    let mut last = [0u8; 32];
+    last.copy_from_slice(&data_key);
+    let mut shares = Vec::with_capacity(keys.len());
+    for (i, key) in keys.iter().enumerate() {
+        let share: [u8; 32] = if i + 1 == keys.len() {
+            last
+        } else {
+            let random = XChaCha20Poly1305::generate_key(&mut OsRng);
+            for (l, r) in last.iter_mut().zip(random.iter()) {
+                *l ^= r;
+            }
+            let mut share = [0u8; 32];
+            share.copy_from_slice(&random);
+            share
+        };
+        let sealed = seal_bytes(&key.key, context.as_bytes(), &share)?;
+        shares.push(serde_json::json!({ "key": key.id.to_string(), "share": sealed }));
+    }
+    let mut data_key_bytes = [0u8; 32];
+    data_key_bytes.copy_from_slice(&data_key);
+    let data = seal_bytes(&data_key_bytes, context.as_bytes(), state.as_bytes())?;
+    let sealed = serde_json::json!({ SEALED_STATE: { "shares": shares, "data": data } });
+    Ok(sealed.to_string())
+}
+
+/// Whether a stored snapshot state is sealed.
+pub fn is_sealed_state(state: &str) -> bool {
+    state
+        .trim_start()
+        .starts_with(&format!("{{\"{SEALED_STATE}\""))
+}
+
+/// Opens a state sealed by [`seal_state`]: `Ok(None)` when a key it needs is gone.
+pub fn open_state(
+    keys: &HashMap<Uuid, SubjectKey>,
+    context: &str,
+    sealed: &str,
+) -> Result<Option<String>, String> {
+    let value: Value = serde_json::from_str(sealed).map_err(|e| e.to_string())?;
+    let inner = value.get(SEALED_STATE).ok_or("not a sealed state")?;
+    let shares = inner
+        .get("shares")
+        .and_then(Value::as_array)
+        .ok_or("no shares")?;
+    let mut data_key = [0u8; 32];
+    for share in shares {
+        let id: Uuid = share
+            .get("key")
+            .and_then(Value::as_str)
+            .and_then(|s| s.parse().ok())
+            .ok_or("a share without its key id")?;
+        let Some(key) = keys.get(&id) else {
+            return Ok(None);
+        };
+        let sealed_share = share
+            .get("share")
+            .and_then(Value::as_str)
+            .ok_or("a share without data")?;
+        let bytes = open_bytes(&key.key, context.as_bytes(), sealed_share)?;
+        if bytes.len() != 32 {
+            return Err("a share is not 32 bytes".to_owned());
+        }
+        for (d, b) in data_key.iter_mut().zip(bytes) {
+            *d ^= b;
+        }
+    }
+    let data = inner.get("data").and_then(Value::as_str).ok_or("no data")?;
+    let plain = open_bytes(&data_key, context.as_bytes(), data)?;
+    String::from_utf8(plain)
+        .map(Some)
+        .map_err(|e| e.to_string())
+}
+
+fn seal_bytes(key: &[u8; 32], aad: &[u8], plain: &[u8]) -> Result<String, String> {
+    let cipher = XChaCha20Poly1305::new(key.into());
+    let nonce = XChaCha20Poly1305::generate_nonce(&mut OsRng);
+    let ciphertext = cipher
+        .encrypt(&nonce, Payload { msg: plain, aad })
+        .map_err(|_| "encryption failed".to_owned())?;
+    let mut data = nonce.to_vec();
+    data.extend_from_slice(&ciphertext);
+    Ok(BASE64.encode(data))
+}
+
+fn open_bytes(key: &[u8; 32], aad: &[u8], sealed: &str) -> Result<Vec<u8>, String> {
+    let data = BASE64.decode(sealed).map_err(|e| e.to_string())?;
+    if data.len() < 24 {
+        return Err("shorter than a nonce".to_owned());
+    }
+    let (nonce, ciphertext) = data.split_at(24);
+    let nonce: [u8; 24] = nonce
+        .try_into()
+        .map_err(|_| "shorter than a nonce".to_owned())?;
+    let cipher = XChaCha20Poly1305::new(key.into());
+    cipher
+        .decrypt(
+            &XNonce::from(nonce),
+            Payload {
+                msg: ciphertext,
+                aad,
+            },
+        )
+        .map_err(|_| "authentication failed".to_owned())
+}
