@@ -14,6 +14,11 @@ use uuid::Uuid;
 
 use crate::ConsoleError;
 
+mod sagas;
+
+pub(crate) use sagas::saga_tables;
+pub use sagas::{Deadline, OutboxCommand, SagaInstance};
+
 /// The most rows a page shows, whatever it asks for.
 pub const MAX_PAGE: usize = 200;
 /// Rows a page shows when it does not say.
@@ -169,7 +174,7 @@ fn events(rows: &[PgRow], store: &PgEventStore) -> Result<Vec<EventView>, Consol
     rows.iter().map(|r| event_from_row(r, &upcasters)).collect()
 }
 
-fn limit(n: usize) -> i64 {
+pub(crate) fn limit(n: usize) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
 }
 
@@ -462,133 +467,14 @@ pub(crate) async fn log(
     events(&before, store)
 }
 
-/// One saga instance's state.
-#[derive(Clone, Debug, Serialize)]
-pub struct SagaInstance {
-    /// The instance's id.
-    pub instance: String,
-    /// Its state, as stored.
-    pub state: Value,
-    /// When it last changed.
-    pub updated_at: Option<DateTime<Utc>>,
-}
-
-/// A command waiting in a saga's outbox.
-#[derive(Clone, Debug, Serialize)]
-pub struct OutboxCommand {
-    /// The command's id.
-    pub command_id: Uuid,
-    /// The instance that issued it.
-    pub instance: String,
-    /// The command, as stored.
-    pub command: Value,
-    /// When it was issued.
-    pub created_at: Option<DateTime<Utc>>,
-    /// How many times it was tried.
-    pub attempts: u32,
-    /// The last error, if it failed.
-    pub last_error: Option<String>,
-}
-
-/// A deadline a saga instance waits on.
-#[derive(Clone, Debug, Serialize)]
-pub struct Deadline {
-    /// The instance.
-    pub instance: String,
-    /// The deadline's name.
-    pub name: String,
-    /// When it falls due.
-    pub due: Option<DateTime<Utc>>,
-}
-
-/// A saga's instances after `after`, its pending commands and its waiting deadlines, each at
-/// most `limit` (instances by id, commands oldest first, deadlines soonest first).
-pub(crate) async fn saga_tables(
-    store: &PgEventStore,
-    saga: &str,
-    after: Option<&str>,
-    limit_to: usize,
-) -> Result<(Vec<SagaInstance>, Vec<OutboxCommand>, Vec<Deadline>), ConsoleError> {
-    let s = schema(store);
-    let json = |text: String, what: String| {
-        serde_json::from_str::<Value>(&text)
-            .map_err(|e| ConsoleError::malformed(what, format!("not JSON: {e}")))
-    };
-    let rows = sqlx::query(AssertSqlSafe(format!(
-        "SELECT instance, state::text, {} FROM {s}.saga_states \
-         WHERE saga = $1 AND instance > $2 ORDER BY instance LIMIT $3",
-        finite("updated_at")
-    )))
-    .bind(saga)
-    .bind(after.unwrap_or(""))
-    .bind(limit(limit_to))
-    .fetch_all(store.pool())
-    .await?;
-    let mut instances = Vec::with_capacity(rows.len());
-    for row in &rows {
-        let instance: String = row.try_get(0)?;
-        let state = json(
-            row.try_get(1)?,
-            format!("state of saga instance {instance:?}"),
-        )?;
-        instances.push(SagaInstance {
-            state,
-            updated_at: row.try_get(2)?,
-            instance,
-        });
-    }
-    let rows = sqlx::query(AssertSqlSafe(format!(
-        "SELECT command_id, instance, command::text, {}, attempts, last_error \
-         FROM {s}.saga_outbox WHERE saga = $1 AND dead_at IS NULL ORDER BY seq LIMIT $2",
-        finite("created_at")
-    )))
-    .bind(saga)
-    .bind(limit(limit_to))
-    .fetch_all(store.pool())
-    .await?;
-    let mut outbox = Vec::with_capacity(rows.len());
-    for row in &rows {
-        let command_id: Uuid = row.try_get(0)?;
-        let attempts: i32 = row.try_get(4)?;
-        outbox.push(OutboxCommand {
-            command_id,
-            instance: row.try_get(1)?,
-            command: json(row.try_get(2)?, format!("outbox command {command_id}"))?,
-            created_at: row.try_get(3)?,
-            attempts: attempts.max(0) as u32,
-            last_error: row.try_get(5)?,
-        });
-    }
-    let rows = sqlx::query(AssertSqlSafe(format!(
-        "SELECT instance, name, {} FROM {s}.saga_deadlines \
-         WHERE saga = $1 AND fired_at IS NULL ORDER BY due LIMIT $2",
-        finite("due")
-    )))
-    .bind(saga)
-    .bind(limit(limit_to))
-    .fetch_all(store.pool())
-    .await?;
-    let deadlines = rows
-        .iter()
-        .map(|row| {
-            Ok(Deadline {
-                instance: row.try_get(0)?,
-                name: row.try_get(1)?,
-                due: row.try_get(2)?,
-            })
-        })
-        .collect::<Result<_, sqlx::Error>>()?;
-    Ok((instances, outbox, deadlines))
-}
-
 /// A timestamp column read as `NULL` when it holds `infinity` (which no Rust time holds).
-fn finite(column: &str) -> String {
+pub(crate) fn finite(column: &str) -> String {
     format!("CASE WHEN isfinite({column}) THEN {column} END")
 }
 
 /// The store's schema as a quoted SQL identifier: the one part of the console's SQL that is
 /// not a bound parameter. [`SchemaName`](es_postgres::SchemaName) admits only lowercase ASCII
 /// letters, digits and `_`, so quoting needs no escaping.
-fn schema(store: &PgEventStore) -> String {
+pub(crate) fn schema(store: &PgEventStore) -> String {
     format!("\"{}\"", store.schema().as_str())
 }
