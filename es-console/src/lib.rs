@@ -31,7 +31,8 @@
 //! # Layout
 //! - `html.rs`: the HTML builder and the one escaping function; `security.rs`: tokens and
 //!   CSRF; `timing.rs`: the `Server-Timing` middleware; `health.rs`: health endpoints.
-//! - `queries.rs`: the console's own reads of the store, each served by an index.
+//! - `queries/`: the console's own reads of the store, each served by an index and paged by key
+//!   (`sagas.rs`: a saga's tables).
 //! - `pages/`: one module per page, loading what it shows and rendering it; `api.rs`: the
 //!   same as JSON. `error.rs`: [`ConsoleError`].
 //!
