@@ -508,3 +508,141 @@ fn open_bytes(key: &[u8; 32], aad: &[u8], sealed: &str) -> Result<Vec<u8>, Strin
         )
         .map_err(|_| "authentication failed".to_owned())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Metadata, Payload};
+
+    fn recorded(new: &NewEvent, stream: &StreamId) -> RecordedEvent {
+        RecordedEvent {
+            event_id: new.event_id,
+            stream_id: stream.clone(),
+            stream_version: 1,
+            position: crate::Position::new(1, 1),
+            event_type: new.event_type.clone(),
+            schema_version: new.schema_version,
+            recorded_at: chrono::Utc::now(),
+            correlation_id: new.correlation_id,
+            causation_id: None,
+            metadata: Metadata::new(),
+            split_index: 0,
+            payload: Payload::from_stored(new.payload.get()),
+        }
+    }
+
+    fn registered(email: &str) -> NewEvent {
+        let payload =
+            RawValue::from_string(format!(r#"{{"email":"{email}","plan":"gold"}}"#)).unwrap();
+        let mut event = NewEvent::new("Registered", 1, payload);
+        event.personal = Some(PersonalData {
+            subject: None,
+            fields: &["email", "absent"],
+        });
+        event
+    }
+
+    fn block_on<F: std::future::Future>(future: F) -> F::Output {
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(future)
+    }
+
+    #[test]
+    fn sealed_fields_open_only_in_their_own_event_and_field_and_redact_once_forgotten() {
+        block_on(async {
+            let keys = InMemoryKeyStore::new();
+            let stream = StreamId::new("customer-1").unwrap();
+            let mut events = vec![registered("a@b.c"), registered("x@y.z")];
+            seal(&keys, &stream, &mut events).await.unwrap();
+            for event in &events {
+                let text = event.payload.get();
+                assert!(!text.contains("a@b.c") && !text.contains("x@y.z"), "{text}");
+                assert!(text.contains("\"plan\":\"gold\""), "{text}");
+            }
+            let mut read: Vec<RecordedEvent> =
+                events.iter().map(|e| recorded(e, &stream)).collect();
+            reveal(&keys, &mut read).await.unwrap();
+            assert_eq!(read[0].payload.get(), r#"{"email":"a@b.c","plan":"gold"}"#);
+
+            // A ciphertext moved to another event (another id as associated data) does not open.
+            let mut moved = recorded(&events[0], &stream);
+            moved.event_id = events[1].event_id;
+            let error = reveal(&keys, std::slice::from_mut(&mut moved))
+                .await
+                .unwrap_err();
+            assert!(
+                matches!(error, StoreError::Malformed { event_id: Some(id), .. } if id == events[1].event_id),
+                "{error}"
+            );
+            // Nor under another type name.
+            let mut renamed = recorded(&events[0], &stream);
+            renamed.event_type = "Other".into();
+            assert!(reveal(&keys, std::slice::from_mut(&mut renamed)).await.is_err());
+
+            assert!(keys.forget("customer-1"));
+            let mut read: Vec<RecordedEvent> =
+                events.iter().map(|e| recorded(e, &stream)).collect();
+            reveal(&keys, &mut read).await.unwrap();
+            assert_eq!(
+                read[0].payload.get(),
+                r#"{"email":{"$redacted":true},"plan":"gold"}"#
+            );
+        });
+    }
+
+    #[test]
+    fn hostile_sealed_markers_are_errors_or_passed_over_never_panics() {
+        block_on(async {
+            let keys = InMemoryKeyStore::new();
+            let stream = StreamId::new("customer-1").unwrap();
+            let mut sealed = vec![registered("a@b.c")];
+            seal(&keys, &stream, &mut sealed).await.unwrap();
+            let key_id = keys.key_for("customer-1", &stream).await.unwrap().id;
+            for payload in [
+                format!(r#"{{"email":{{"$personal":{{"key":"{key_id}","data":"!!"}}}}}}"#),
+                format!(r#"{{"email":{{"$personal":{{"key":"{key_id}","data":"AAAA"}}}}}}"#),
+                format!(r#"{{"email":{{"$personal":{{"key":"{key_id}"}}}}}}"#),
+                r#"{"email":{"$personal":{"key":"not-a-uuid","data":"AAAA"}}}"#.to_owned(),
+                r#"{"email":{"$personal":42}}"#.to_owned(),
+                r#"["$personal"]"#.to_owned(),
+                r#""$personal""#.to_owned(),
+            ] {
+                let mut event = recorded(&sealed[0], &stream);
+                event.payload = Payload::from_stored(payload.as_str());
+                let _ = reveal(&keys, std::slice::from_mut(&mut event)).await;
+            }
+        });
+    }
+
+    #[test]
+    fn personal_values_serialize_bare_and_redacted_reads_back() {
+        let known: Personal<String> = "a@b.c".to_owned().into();
+        assert_eq!(serde_json::to_string(&known).unwrap(), r#""a@b.c""#);
+        let redacted: Personal<String> = serde_json::from_str(r#"{"$redacted":true}"#).unwrap();
+        assert!(redacted.is_redacted());
+        assert_eq!(
+            serde_json::to_string(&redacted).unwrap(),
+            r#"{"$redacted":true}"#
+        );
+        let sealed = serde_json::from_str::<Personal<String>>(r#"{"$personal":{"key":"k"}}"#);
+        assert!(sealed.is_err());
+        assert_eq!(redacted.to_string(), "[redacted]");
+    }
+
+    #[test]
+    fn sealed_states_need_every_key() {
+        let (a, b) = (SubjectKey::generate(), SubjectKey::generate());
+        let sealed = seal_state(&[a.clone(), b.clone()], "s\u{0}1", r#"{"x":1}"#).unwrap();
+        assert!(is_sealed_state(&sealed));
+        let both: HashMap<Uuid, SubjectKey> = [(a.id, a.clone()), (b.id, b)].into();
+        assert_eq!(
+            open_state(&both, "s\u{0}1", &sealed).unwrap().as_deref(),
+            Some(r#"{"x":1}"#)
+        );
+        assert!(open_state(&both, "s\u{0}2", &sealed).is_err());
+        let one: HashMap<Uuid, SubjectKey> = [(a.id, a)].into();
+        assert_eq!(open_state(&one, "s\u{0}1", &sealed).unwrap(), None);
+    }
+}
