@@ -44,4 +44,6 @@ pub mod docs {
     pub struct Benchmarks;
     #[doc = include_str!("../../docs/scaling.md")]
     pub struct Scaling;
+    #[doc = include_str!("../../docs/personal-data.md")]
+    pub struct PersonalData;
 }
