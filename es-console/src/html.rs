@@ -157,6 +157,11 @@ impl Html {
         self.raw("</tr>")
     }
 
+    /// Text exactly as it is (stored JSON), in a `<pre>`.
+    pub(crate) fn pre(&mut self, text: &str) -> &mut Self {
+        self.raw("<pre>").text(text).raw("</pre>")
+    }
+
     /// JSON text, pretty-printed when it parses, in a `<pre>`.
     pub(crate) fn json(&mut self, text: &str) -> &mut Self {
         let pretty = serde_json::from_str::<serde_json::Value>(text)

@@ -264,7 +264,9 @@ async fn pages_are_capped_and_events_shown_as_upcast() {
     let old = NewEvent::new(
         "OldNote",
         1,
-        serde_json::value::to_raw_value(&json!({"words": "hello"})).unwrap(),
+        // Stored as written: key order and spacing are kept, and shown so.
+        serde_json::value::RawValue::from_string(r#"{"words": "hello",  "b": 1}"#.to_owned())
+            .unwrap(),
     );
     let stream = StreamId::new("big-1").unwrap();
     store
@@ -298,7 +300,7 @@ async fn pages_are_capped_and_events_shown_as_upcast() {
         es_console::MAX_PAGE
     );
     let first = &page["events"][0];
-    assert_eq!(first["payload"], json!({"words": "hello"}));
+    assert_eq!(first["payload"], json!({"words": "hello", "b": 1}));
     assert_eq!(first["upcast"]["kind"], "lifted");
     assert_eq!(first["upcast"]["events"][0]["schema_version"], 2);
     assert_eq!(
@@ -307,7 +309,11 @@ async fn pages_are_capped_and_events_shown_as_upcast() {
     );
     let html = get(&router, "/stream?id=big-1&limit=1").await;
     assert!(
-        html.body.contains("lifted hello") && html.body.contains("OldNote"),
+        html.body.contains("lifted hello")
+            && html.body.contains("OldNote")
+            && html
+                .body
+                .contains("{&quot;words&quot;: &quot;hello&quot;,  &quot;b&quot;: 1}"),
         "{}",
         html.body
     );

@@ -190,9 +190,9 @@ pub(crate) async fn page(
         }
     }
     h.raw("</td></tr><tr><td>metadata</td><td>")
-        .json(&e.metadata.to_string())
+        .pre(e.metadata.get())
         .raw("</td></tr><tr><td>payload (as stored)</td><td>")
-        .json(&e.payload.to_string())
+        .pre(e.payload.get())
         .raw("</td></tr><tr><td>as upcast to the current version</td><td>");
     upcast(&mut h, &e.upcast);
     h.raw("</td></tr></table><h2>Causation tree</h2>");

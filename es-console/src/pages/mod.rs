@@ -92,6 +92,7 @@ pub(crate) fn events_table(
         "version",
         "type",
         "recorded",
+        "correlation, causation, metadata",
         "payload (as stored)",
         "as upcast",
     ]);
@@ -121,13 +122,32 @@ pub(crate) fn events_table(
             .show(event.schema_version)
             .raw(")</small></td><td>")
             .show(event.recorded_at.format("%Y-%m-%d %H:%M:%S%.3f"))
-            .raw("</td><td>");
-        h.json(&event.payload.to_string());
+            .raw("</td><td><small>");
+        h.link(
+            &Href::new(prefix, "/trace").segment(event.correlation_id),
+            short(event.correlation_id),
+        );
+        if let Some(cause) = event.causation_id {
+            h.raw(" ← ")
+                .link(&Href::new(prefix, "/event").segment(cause), short(cause));
+        }
+        h.raw("</small>");
+        if event.metadata.get() != "{}" {
+            h.pre(event.metadata.get());
+        }
+        h.raw("</td><td>");
+        h.pre(event.payload.get());
         h.raw("</td><td>");
         upcast(h, &event.upcast);
         h.raw("</td></tr>");
     }
     h.raw("</table>");
+}
+
+/// The first block of a UUID: enough to tell ids apart on one page (the link holds it all).
+fn short(id: uuid::Uuid) -> String {
+    let text = id.to_string();
+    text.split('-').next().unwrap_or(&text).to_owned()
 }
 
 /// What readers decode an event as.

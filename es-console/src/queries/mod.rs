@@ -8,6 +8,7 @@ use es_core::{Position, Upcasters};
 use es_postgres::PgEventStore;
 use serde::Serialize;
 use serde_json::Value;
+use serde_json::value::RawValue;
 use sqlx::postgres::PgRow;
 use sqlx::{AssertSqlSafe, Row};
 use uuid::Uuid;
@@ -57,10 +58,10 @@ pub struct EventView {
     pub correlation_id: Uuid,
     /// What caused it.
     pub causation_id: Option<Uuid>,
-    /// Its metadata, as stored.
-    pub metadata: Value,
-    /// Its payload, as stored.
-    pub payload: Value,
+    /// Its metadata, as stored (the stored JSON text, unchanged).
+    pub metadata: Box<RawValue>,
+    /// Its payload, as stored (the stored JSON text, unchanged).
+    pub payload: Box<RawValue>,
     /// What readers decode it as, after the upcasters.
     pub upcast: Upcast,
 }
@@ -122,10 +123,12 @@ fn event_from_row(row: &PgRow, upcasters: &Upcasters) -> Result<EventView, Conso
     let payload: String = row
         .try_get(11)
         .map_err(|e| ConsoleError::malformed(what("payload"), e))?;
-    let payload: Value = serde_json::from_str(&payload)
+    let payload = RawValue::from_string(payload)
         .map_err(|e| ConsoleError::malformed(what("payload"), format!("not JSON: {e}")))?;
     let upcast = if upcasters.lifts_from(&event_type, schema_version) {
-        match upcasters.lift(&event_type, schema_version, payload.clone()) {
+        let value: Value = serde_json::from_str(payload.get())
+            .map_err(|e| ConsoleError::malformed(what("payload"), format!("not JSON: {e}")))?;
+        match upcasters.lift(&event_type, schema_version, value) {
             Ok(events) => Upcast::Lifted {
                 events: events
                     .into_iter()
@@ -161,7 +164,7 @@ fn event_from_row(row: &PgRow, upcasters: &Upcasters) -> Result<EventView, Conso
         causation_id: row
             .try_get(9)
             .map_err(|e| ConsoleError::malformed(what("causation_id"), e))?,
-        metadata: serde_json::from_str(&metadata)
+        metadata: RawValue::from_string(metadata)
             .map_err(|e| ConsoleError::malformed(what("metadata"), format!("not JSON: {e}")))?,
         payload,
         upcast,
