@@ -144,10 +144,11 @@ pub(crate) fn events_table(
     h.raw("</table>");
 }
 
-/// The first block of a UUID: enough to tell ids apart on one page (the link holds it all).
+/// The last block of a UUID (random in v4 and v7 ids, where the first is a timestamp):
+/// enough to tell ids apart on one page; the link holds the whole id.
 fn short(id: uuid::Uuid) -> String {
     let text = id.to_string();
-    text.split('-').next().unwrap_or(&text).to_owned()
+    format!("…{}", text.rsplit('-').next().unwrap_or(&text))
 }
 
 /// What readers decode an event as.
