@@ -271,7 +271,7 @@ impl<A: Aggregate> CommandHandler<A> {
             Ok(stream) => stream,
             Err(error) => {
                 crate::telemetry::command_done(A::CATEGORY, "failed", std::time::Duration::ZERO);
-                return Err(error.into());
+                return Err(error);
             }
         };
         let span = tracing::info_span!(

@@ -579,7 +579,11 @@ mod tests {
             // Nor under another type name.
             let mut renamed = recorded(&events[0], &stream);
             renamed.event_type = "Other".into();
-            assert!(reveal(&keys, std::slice::from_mut(&mut renamed)).await.is_err());
+            assert!(
+                reveal(&keys, std::slice::from_mut(&mut renamed))
+                    .await
+                    .is_err()
+            );
 
             assert!(keys.forget("customer-1"));
             let mut read: Vec<RecordedEvent> =

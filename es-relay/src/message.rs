@@ -211,6 +211,31 @@ pub fn topic_segment(text: &str) -> String {
     }
 }
 
+/// The event's `traceparent` metadata when it has the W3C form (`vv-<32 hex>-<16 hex>-ff`);
+/// anything else in that key stays out of the headers.
+fn traceparent(event: &RecordedEvent) -> Option<String> {
+    if !event.metadata.as_json().contains("traceparent") {
+        return None;
+    }
+    let value = event.metadata.get("traceparent")?;
+    let text = value.as_str()?;
+    let lengths = [2, 32, 16, 2];
+    let parts: Vec<&str> = text.split('-').collect();
+    let well_formed = parts.len() == lengths.len()
+        && parts.iter().zip(lengths).all(|(part, length)| {
+            part.len() == length
+                && part
+                    .bytes()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        });
+    // Version ff is invalid, and all-zero trace or span ids name nothing.
+    let meaningful = well_formed
+        && parts[0] != "ff"
+        && parts[1].bytes().any(|b| b != b'0')
+        && parts[2].bytes().any(|b| b != b'0');
+    meaningful.then(|| text.to_owned())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -321,29 +346,4 @@ mod tests {
             Mark::from_headers(|name| headers.iter().find(|(n, _)| *n == name).map(|(_, v)| *v));
         assert_eq!(found, Some(b));
     }
-}
-
-/// The event's `traceparent` metadata when it has the W3C form (`vv-<32 hex>-<16 hex>-ff`);
-/// anything else in that key stays out of the headers.
-fn traceparent(event: &RecordedEvent) -> Option<String> {
-    if !event.metadata.as_json().contains("traceparent") {
-        return None;
-    }
-    let value = event.metadata.get("traceparent")?;
-    let text = value.as_str()?;
-    let lengths = [2, 32, 16, 2];
-    let parts: Vec<&str> = text.split('-').collect();
-    let well_formed = parts.len() == lengths.len()
-        && parts.iter().zip(lengths).all(|(part, length)| {
-            part.len() == length
-                && part
-                    .bytes()
-                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-        });
-    // Version ff is invalid, and all-zero trace or span ids name nothing.
-    let meaningful = well_formed
-        && parts[0] != "ff"
-        && parts[1].bytes().any(|b| b != b'0')
-        && parts[2].bytes().any(|b| b != b'0');
-    meaningful.then(|| text.to_owned())
 }

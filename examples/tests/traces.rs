@@ -82,7 +82,7 @@ fn render(spans: &[Seen], correlation: &str) -> String {
         })
         .collect();
     let mut out = String::new();
-    fn walk(out: &mut String, spans: &[&Seen], all: &[Seen], at: &Seen, depth: usize) {
+    fn walk(out: &mut String, all: &[Seen], at: &Seen, depth: usize) {
         let mut keys: Vec<(&String, &String)> = at
             .fields
             .iter()
@@ -98,14 +98,14 @@ fn render(spans: &[Seen], correlation: &str) -> String {
             fields.join(" ")
         );
         for child in all.iter().filter(|s| s.parent == Some(at.id)) {
-            walk(out, spans, all, child, depth + 1);
+            walk(out, all, child, depth + 1);
         }
     }
     for root in ours
         .iter()
         .filter(|s| s.parent.is_none_or(|p| !ours.iter().any(|o| o.id == p)))
     {
-        walk(&mut out, &ours, spans, root, 0);
+        walk(&mut out, spans, root, 0);
     }
     out
 }
