@@ -115,7 +115,9 @@ impl<P: PgProjection> ProjectionRunner<P> {
         start: Start,
     ) -> Result<u64, ProjectionError> {
         self.set_state(RunnerState::Active);
-        crate::telemetry::set_state(&self.metric_labels(), "rebuilding");
+        if self.metered {
+            crate::telemetry::set_state(&self.metric_labels(), "rebuilding");
+        }
         let keys = self.checkpoint_keys();
         let resume = {
             let mut tx = lock.begin(self).await?;
@@ -244,6 +246,7 @@ impl<P: PgProjection> ProjectionRunner<P> {
             active: Arc::clone(&self.active),
             contact: Arc::clone(&self.contact),
             state: Arc::clone(&self.state),
+            metered: self.metered,
             unknown_types: Arc::clone(&self.unknown_types),
         }
     }
@@ -255,6 +258,7 @@ impl<P: PgProjection> ProjectionRunner<P> {
         runner.active = Arc::new(AtomicBool::new(false));
         runner.contact = Arc::new(super::lock::Contact::new());
         runner.state = Arc::new(Mutex::new(RunnerState::Idle));
+        runner.metered = false;
         runner
     }
 

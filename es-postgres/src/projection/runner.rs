@@ -118,6 +118,9 @@ pub struct ProjectionRunner<P> {
     pub(super) active: Arc<AtomicBool>,
     pub(super) contact: Arc<Contact>,
     pub(super) state: Arc<Mutex<RunnerState>>,
+    /// Whether its state is exported as a metric: not for a blue/green build beside the live
+    /// runner, whose key lives only while it builds (a stale `idle` series would alert).
+    pub(super) metered: bool,
     /// Types of read categories passed over because nothing reads them, warned about once.
     pub(super) unknown_types: Arc<super::batch::TypeWatch>,
 }
@@ -154,6 +157,7 @@ impl<P: PgProjection> ProjectionRunner<P> {
             active: Arc::new(AtomicBool::new(false)),
             contact: Arc::new(Contact::new()),
             state: Arc::new(Mutex::new(RunnerState::Idle)),
+            metered: true,
             unknown_types: Arc::default(),
         }
     }
@@ -259,11 +263,13 @@ impl<P: PgProjection> ProjectionRunner<P> {
     }
 
     pub(super) fn set_state(&self, state: RunnerState) {
-        let held = matches!(state, RunnerState::Active);
-        crate::telemetry::set_state(
-            &self.metric_labels(),
-            crate::telemetry::state_label(&state, false, held),
-        );
+        if self.metered {
+            let held = matches!(state, RunnerState::Active);
+            crate::telemetry::set_state(
+                &self.metric_labels(),
+                crate::telemetry::state_label(&state, false, held),
+            );
+        }
         *self.state.lock().unwrap_or_else(PoisonError::into_inner) = state;
     }
 
