@@ -5,7 +5,6 @@
 use axum::extract::{Form, Query, State};
 use axum::http::HeaderMap;
 use axum::response::Html as HtmlResponse;
-use chrono::{DateTime, Utc};
 use es_core::{EventStore as _, Position};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -13,6 +12,7 @@ use uuid::Uuid;
 use super::overview::{ProjectionSummary, projections, projections_table};
 use super::{action_form, held_by, position_param, respond};
 use crate::html::{Href, Html};
+use crate::queries::{self, ParkedView};
 use crate::{ConsoleError, Shared};
 
 /// The query of `/projection`.
@@ -28,25 +28,6 @@ pub(crate) struct ActionForm {
     event_id: Option<String>,
     token: Option<String>,
     csrf: Option<String>,
-}
-
-/// An event a projection parked.
-#[derive(Clone, Debug, Serialize)]
-pub struct ParkedView {
-    /// The event's id.
-    pub event_id: Uuid,
-    /// Its position.
-    pub position: Position,
-    /// Its stream.
-    pub stream_id: String,
-    /// Its type.
-    pub event_type: String,
-    /// The last error applying it.
-    pub error: String,
-    /// How many times applying it failed.
-    pub attempts: u32,
-    /// When it was (last) parked.
-    pub parked_at: DateTime<Utc>,
 }
 
 /// How far an unfinished rebuild has got.
@@ -85,21 +66,8 @@ pub(crate) async fn load(state: &crate::State, name: &str) -> Result<ProjectionP
             ))
         })?;
     let head = state.admin.store().head().await?;
-    let parked = state
-        .admin
-        .parked_events(name)
-        .await?
-        .into_iter()
-        .map(|p| ParkedView {
-            event_id: p.event_id,
-            position: p.position,
-            stream_id: p.stream_id,
-            event_type: p.event_type,
-            error: p.error,
-            attempts: p.attempts,
-            parked_at: p.parked_at,
-        })
-        .collect();
+    // The oldest parked events, a page of them: a projection may have parked many.
+    let parked = queries::parked(state.admin.store(), name, queries::MAX_PAGE).await?;
     let rebuild = projection.rebuilding.then(|| RebuildProgress {
         events_to_go: projection.lag_events,
         percent: if head.sequence == 0 {
@@ -214,7 +182,12 @@ fn render(state: &crate::State, view: &ProjectionPage) -> HtmlResponse<String> {
                 .raw("</td><td>")
                 .el("pre", &parked.error)
                 .raw("</td><td>")
-                .show(parked.parked_at.format("%Y-%m-%d %H:%M:%S"))
+                .text(
+                    parked
+                        .parked_at
+                        .map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string())
+                        .unwrap_or_default(),
+                )
                 .raw("</td><td>");
             if state.security.writable() {
                 action_form(
@@ -231,6 +204,16 @@ fn render(state: &crate::State, view: &ProjectionPage) -> HtmlResponse<String> {
             h.raw("</td></tr>");
         }
         h.raw("</table>");
+        if p.parked > view.parked.len() as u64 {
+            h.raw("<p>")
+                .text(format!(
+                    "The oldest {} of {} parked events are shown; replaying or skipping them \
+                     shows the next ones.",
+                    view.parked.len(),
+                    p.parked
+                ))
+                .raw("</p>");
+        }
     }
     h.raw("<p>")
         .link(

@@ -481,3 +481,57 @@ pub(crate) fn finite(column: &str) -> String {
 pub(crate) fn schema(store: &PgEventStore) -> String {
     format!("\"{}\"", store.schema().as_str())
 }
+
+/// An event a projection parked.
+#[derive(Clone, Debug, Serialize)]
+pub struct ParkedView {
+    /// The event's id.
+    pub event_id: Uuid,
+    /// Its position.
+    pub position: Position,
+    /// Its stream.
+    pub stream_id: String,
+    /// Its type.
+    pub event_type: String,
+    /// The last error applying it.
+    pub error: String,
+    /// How many times applying it failed.
+    pub attempts: u32,
+    /// When it was (last) parked.
+    pub parked_at: Option<DateTime<Utc>>,
+}
+
+/// The oldest `limit` events the projection (or part) `key` parked, by position.
+pub(crate) async fn parked(
+    store: &PgEventStore,
+    key: &str,
+    limit_to: usize,
+) -> Result<Vec<ParkedView>, ConsoleError> {
+    let s = schema(store);
+    let rows = sqlx::query(AssertSqlSafe(format!(
+        "SELECT event_id, transaction_id, position, stream_id, event_type, error, attempts, {} \
+         FROM {s}.parked_events WHERE projection = $1 \
+         ORDER BY transaction_id, position LIMIT $2",
+        finite("parked_at")
+    )))
+    .bind(key)
+    .bind(limit(limit_to))
+    .fetch_all(store.pool())
+    .await?;
+    rows.iter()
+        .map(|row| {
+            let transaction: i64 = row.try_get(1)?;
+            let sequence: i64 = row.try_get(2)?;
+            let attempts: i32 = row.try_get(6)?;
+            Ok(ParkedView {
+                event_id: row.try_get(0)?,
+                position: Position::new(transaction.max(0) as u64, sequence.max(0) as u64),
+                stream_id: row.try_get(3)?,
+                event_type: row.try_get(4)?,
+                error: row.try_get(5)?,
+                attempts: attempts.max(0) as u32,
+                parked_at: row.try_get(7)?,
+            })
+        })
+        .collect()
+}
