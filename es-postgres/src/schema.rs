@@ -302,7 +302,7 @@ mod tests {
     /// The checksum of every released migration. sqlx refuses to migrate a database whose
     /// applied migration's text changed since: a released migration is never edited, its
     /// changes go into a new one. Add the new one's checksum here.
-    const RELEASED: [&str; 14] = [
+    const RELEASED: [&str; 15] = [
         "4e40d51ec5368ec567a44341d900df3f32fe782227ebea8f8c8899a2b806cb9ecfe9ab7bc0ca6cff281b0b8775c24129",
         "60adec5713da08d6253034feb72eb74713d2bc8147d320aecc8a9faf227f7e70396a7a3864f4ed024f5190aa2aa826a9",
         "c0f0ce96c82c4c8af2d930b66ceebaac30fb52a0026d7046443113514a9353978fafbe79df3ee0fd2c5e29e976299d22",
@@ -317,6 +317,7 @@ mod tests {
         "5b0a468817cc3747a032a5daeff4ffa67afedb47e987c21f6a469a1f1b0b66af5af060f5990600a7044c956cd8ed47e4",
         "78e8f7335fc354a96aacd9d08a890ae40920fdaf62e03d22df334d0885d46351627422a2c64ca25842b5c8abadc11590",
         "f118f8cebbf88c619719b0c3ecbcc69df4d147cfa56cd000a9b008a50ed9d51ce816b55ffdc36acaf34fb3201703b3ab",
+        "698d3b05ac0206088fe85168116da0cae3688554e41c4d2bd7fb0f5de4e3e6d4d94a585fda4ff6b9e63a25814a82979b",
     ];
 
     #[test]
