@@ -34,8 +34,9 @@ pub const REDACTED: &str = "$redacted";
 pub const SUBJECT_FORGOTTEN: &str = "SubjectForgotten";
 
 /// A personal field of an event: its value while its data subject is remembered, `Redacted`
-/// once the subject was forgotten (its key destroyed). Serializes as the bare value.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+/// once the subject was forgotten (its key destroyed). Serializes as the bare value. Its
+/// `Debug` does not print the value, so logging an event leaks none of it.
+#[derive(Clone, PartialEq, Eq, Hash)]
 pub enum Personal<T> {
     /// The value, as written.
     Known(T),
@@ -55,6 +56,15 @@ impl<T> Personal<T> {
     /// Whether the subject was forgotten.
     pub fn is_redacted(&self) -> bool {
         matches!(self, Self::Redacted)
+    }
+}
+
+impl<T> std::fmt::Debug for Personal<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Known(_) => f.write_str("Personal::Known(..)"),
+            Self::Redacted => f.write_str("Personal::Redacted"),
+        }
     }
 }
 
@@ -89,22 +99,34 @@ impl<T: Serialize> Serialize for Personal<T> {
 impl<'de, T: DeserializeOwned> Deserialize<'de> for Personal<T> {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let value = Value::deserialize(deserializer)?;
-        if is_marker(&value, REDACTED) {
+        if is_redacted(&value) {
             return Ok(Self::Redacted);
         }
-        if is_marker(&value, SEALED) {
+        if sealed_key(&value).is_some() {
             return Err(serde::de::Error::custom(
                 "a personal field is still sealed: read it through a store that has its key store",
             ));
         }
-        T::deserialize(value)
-            .map(Self::Known)
-            .map_err(serde::de::Error::custom)
+        // Not serde's message: it may quote the value, and errors end up in tables (parked
+        // events, dead letters) and logs that forgetting does not reach.
+        T::deserialize(value).map(Self::Known).map_err(|_| {
+            serde::de::Error::custom(format!(
+                "a personal field does not decode as {}",
+                std::any::type_name::<T>()
+            ))
+        })
     }
 }
 
-fn is_marker(value: &Value, key: &str) -> bool {
-    matches!(value, Value::Object(map) if map.len() == 1 && map.contains_key(key))
+/// Exactly `{"$redacted": true}`.
+fn is_redacted(value: &Value) -> bool {
+    matches!(value, Value::Object(map) if map.len() == 1 && map.get(REDACTED) == Some(&Value::Bool(true)))
+}
+
+/// A value shaped like one of the markers (what a non-personal field must never hold).
+fn looks_like_marker(value: &Value) -> bool {
+    matches!(value, Value::Object(map) if map.len() == 1
+        && (map.contains_key(REDACTED) || map.contains_key(SEALED)))
 }
 
 /// Which fields of an event are personal, and whose: what `#[event(personal)]` and
@@ -176,13 +198,31 @@ pub async fn seal(
 ) -> Result<(), StoreError> {
     let mut cache: HashMap<String, SubjectKey> = HashMap::new();
     for event in events.iter_mut() {
+        let invalid = |reason: String| StoreError::InvalidEvent {
+            stream: stream.clone(),
+            event_id: event.event_id,
+            reason,
+        };
         let Some(personal) = event.personal.clone() else {
+            refuse_forged_markers(event.payload.get()).map_err(invalid)?;
             continue;
         };
         let subject = personal
             .subject
             .clone()
             .unwrap_or_else(|| stream.as_str().to_owned());
+        // Messages name fields, never values: they may end up in logs.
+        let mut payload: serde_json::Map<String, Value> = serde_json::from_str(event.payload.get())
+            .map_err(|_| {
+                invalid("an event with personal fields must be a JSON object".to_owned())
+            })?;
+        for (field, value) in &payload {
+            if !personal.fields.contains(&field.as_str()) && looks_like_marker(value) {
+                return Err(invalid(format!(
+                    "field {field} is shaped like a sealed or redacted personal field but is not                      declared personal"
+                )));
+            }
+        }
         let key = match cache.get(&subject) {
             Some(key) => key.clone(),
             None => {
@@ -191,36 +231,89 @@ pub async fn seal(
                 key
             }
         };
-        let invalid = |reason: String| StoreError::InvalidEvent {
-            stream: stream.clone(),
-            event_id: event.event_id,
-            reason,
-        };
-        let mut payload: serde_json::Map<String, Value> = serde_json::from_str(event.payload.get())
-            .map_err(|e| {
-                invalid(format!(
-                    "an event with personal fields must be a JSON object: {e}"
-                ))
-            })?;
         for field in personal.fields {
             let Some(value) = payload.get_mut(*field) else {
-                continue;
+                // Sealing fails closed: a declared field the payload lacks (a serde rename the
+                // derive could not see) would otherwise be written in plaintext under its
+                // other name.
+                return Err(invalid(format!(
+                    "personal field {field} is not in the payload (renamed or skipped?)"
+                )));
             };
-            if is_marker(value, REDACTED) {
+            if is_redacted(value) {
                 continue;
             }
             let plain = serde_json::to_vec(value)
-                .map_err(|e| invalid(format!("personal field {field}: {e}")))?;
+                .map_err(|_| invalid(format!("personal field {field} does not encode")))?;
             let sealed = encrypt(&key, event.event_id, &event.event_type, field, &plain)
                 .map_err(|reason| invalid(format!("personal field {field}: {reason}")))?;
             *value = sealed;
         }
         let text = serde_json::to_string(&payload)
-            .map_err(|e| invalid(format!("re-encoding the sealed payload: {e}")))?;
+            .map_err(|_| invalid("re-encoding the sealed payload failed".to_owned()))?;
         event.payload = RawValue::from_string(text)
-            .map_err(|e| invalid(format!("re-encoding the sealed payload: {e}")))?;
+            .map_err(|_| invalid("re-encoding the sealed payload failed".to_owned()))?;
     }
     Ok(())
+}
+
+/// Refuses events without personal fields whose payload holds a marker-shaped value at its top
+/// level (user input such as a stored webhook body, say): readers would take it for a sealed
+/// or redacted field. [`seal`] checks it too; a store calls this when no event has personal
+/// fields.
+pub fn refuse_forged(stream: &StreamId, events: &[NewEvent]) -> Result<(), StoreError> {
+    for event in events.iter().filter(|e| e.personal.is_none()) {
+        refuse_forged_markers(event.payload.get()).map_err(|reason| StoreError::InvalidEvent {
+            stream: stream.clone(),
+            event_id: event.event_id,
+            reason,
+        })?;
+    }
+    Ok(())
+}
+
+fn refuse_forged_markers(payload: &str) -> Result<(), String> {
+    if !payload.contains(SEALED) && !payload.contains(REDACTED) {
+        return Ok(());
+    }
+    let Ok(Value::Object(map)) = serde_json::from_str::<Value>(payload) else {
+        return Ok(());
+    };
+    match map.iter().find(|(_, value)| looks_like_marker(value)) {
+        Some((field, _)) => Err(format!(
+            "field {field} is shaped like a sealed or redacted personal field but is not              declared personal"
+        )),
+        None => Ok(()),
+    }
+}
+
+/// The new event as it would read back once its subject was forgotten, where the stored one
+/// reads redacted: a repeat of an append whose subject was forgotten meanwhile is judged on
+/// the fields that remain.
+pub fn redacted_like(new: &NewEvent, stored: &RecordedEvent) -> Option<NewEvent> {
+    let personal = new.personal.as_ref()?;
+    if !stored.payload.get().contains(REDACTED) {
+        return None;
+    }
+    let Ok(Value::Object(stored_map)) = serde_json::from_str::<Value>(stored.payload.get()) else {
+        return None;
+    };
+    let Ok(Value::Object(mut new_map)) = serde_json::from_str::<Value>(new.payload.get()) else {
+        return None;
+    };
+    let mut changed = false;
+    for field in personal.fields {
+        if stored_map.get(*field).is_some_and(is_redacted) && new_map.contains_key(*field) {
+            new_map.insert((*field).to_owned(), redacted());
+            changed = true;
+        }
+    }
+    if !changed {
+        return None;
+    }
+    let mut copy = new.clone();
+    copy.payload = serde_json::value::to_raw_value(&new_map).ok()?;
+    Some(copy)
 }
 
 /// Opens the sealed fields of `events` in place: the value written, or `{"$redacted":true}`
@@ -291,7 +384,7 @@ fn redacted() -> Value {
     Value::Object(map)
 }
 
-/// The key id of a sealed field.
+/// The key id of a sealed field: exactly `{"$personal": {"key": <uuid>, "data": <text>}}`.
 fn sealed_key(value: &Value) -> Option<Uuid> {
     let Value::Object(outer) = value else {
         return None;
@@ -300,6 +393,9 @@ fn sealed_key(value: &Value) -> Option<Uuid> {
         return None;
     }
     let inner = outer.get(SEALED)?.as_object()?;
+    if inner.len() != 2 || !inner.get("data").is_some_and(Value::is_string) {
+        return None;
+    }
     inner.get("key")?.as_str()?.parse().ok()
 }
 
@@ -537,7 +633,7 @@ mod tests {
         let mut event = NewEvent::new("Registered", 1, payload);
         event.personal = Some(PersonalData {
             subject: None,
-            fields: &["email", "absent"],
+            fields: &["email"],
         });
         event
     }
@@ -594,6 +690,61 @@ mod tests {
                 r#"{"email":{"$redacted":true},"plan":"gold"}"#
             );
         });
+    }
+
+    #[test]
+    fn sealing_fails_closed_and_refuses_forged_markers() {
+        block_on(async {
+            let keys = InMemoryKeyStore::new();
+            let stream = StreamId::new("customer-1").unwrap();
+            // A declared field the payload lacks (renamed by serde, say) is refused, not
+            // written in plaintext under its other name.
+            let mut renamed = registered("a@b.c");
+            renamed.personal = Some(PersonalData {
+                subject: None,
+                fields: &["e_mail"],
+            });
+            let error = seal(&keys, &stream, std::slice::from_mut(&mut renamed))
+                .await
+                .unwrap_err();
+            assert!(error.to_string().contains("e_mail"), "{error}");
+            assert!(!error.to_string().contains("a@b.c"), "{error}");
+            // A non-personal field shaped like a marker would be read as one.
+            for forged in [
+                r#"{"body":{"$personal":{"key":"k","data":"d"}}}"#,
+                r#"{"body":{"$redacted":true}}"#,
+            ] {
+                let event = NewEvent::new("Hook", 1, RawValue::from_string(forged.into()).unwrap());
+                assert!(refuse_forged(&stream, std::slice::from_ref(&event)).is_err());
+                let mut with_personal = registered("a@b.c");
+                let mut map: serde_json::Map<String, Value> =
+                    serde_json::from_str(with_personal.payload.get()).unwrap();
+                let body: Value = serde_json::from_str(forged).unwrap();
+                map.insert("body".into(), body["body"].clone());
+                with_personal.payload = serde_json::value::to_raw_value(&map).unwrap();
+                assert!(
+                    seal(&keys, &stream, std::slice::from_mut(&mut with_personal))
+                        .await
+                        .is_err()
+                );
+            }
+            let plain = NewEvent::new(
+                "Hook",
+                1,
+                RawValue::from_string(r#"{"body":{"$redacted":true,"x":1}}"#.into()).unwrap(),
+            );
+            assert!(refuse_forged(&stream, std::slice::from_ref(&plain)).is_ok());
+        });
+    }
+
+    #[test]
+    fn decode_errors_of_personal_fields_never_quote_the_value() {
+        let error = serde_json::from_str::<Personal<u64>>(r#""jane@example.org""#).unwrap_err();
+        assert!(!error.to_string().contains("jane"), "{error}");
+        assert_eq!(
+            format!("{:?}", Personal::Known("jane".to_owned())),
+            "Personal::Known(..)"
+        );
     }
 
     #[test]

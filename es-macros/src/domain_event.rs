@@ -64,7 +64,11 @@ pub(crate) fn expand(input: DeriveInput) -> syn::Result<TokenStream> {
                         ),
                     ));
                 }
-                let personal = crate::personal::parse(&variant.fields, &[])?;
+                let personal = crate::personal::parse(&variant.fields, &variant.attrs)?;
+                if personal.is_some() {
+                    // serde applies the enum's `rename_all_fields` to every variant's fields.
+                    crate::personal::parse_container(&input.attrs)?;
+                }
                 defs.push(EventDef {
                     ident: variant.ident.clone(),
                     fields: variant.fields.clone(),

@@ -41,6 +41,14 @@ pub(crate) fn parse(
             })?;
         }
         if !personal && !is_subject {
+            if mentions_personal(&field.ty) {
+                return Err(syn::Error::new(
+                    field.ty.span(),
+                    "a field holding `Personal` values must be marked #[event(personal)] (and be \
+                     `Personal<T>` itself: nested personal values are not sealed), or its data \
+                     is stored in plaintext",
+                ));
+            }
             continue;
         }
         first_span.get_or_insert(field.span());
@@ -93,10 +101,26 @@ pub(crate) fn parse(
     }
     refuse_serde(
         container_attrs,
-        &["rename_all"],
+        &[
+            "rename_all",
+            "rename_all_fields",
+            "transparent",
+            "into",
+            "from",
+            "try_from",
+        ],
         "an event with personal fields",
     )?;
     Ok(Some(PersonalFields { keys, subject }))
+}
+
+/// Refuses serde options on an enum holding personal fields that rename them.
+pub(crate) fn parse_container(attrs: &[syn::Attribute]) -> syn::Result<()> {
+    refuse_serde(
+        attrs,
+        &["rename_all_fields"],
+        "an enum with personal fields",
+    )
 }
 
 /// The `PersonalData` expression of an event whose fields are bound by name.
@@ -112,6 +136,18 @@ pub(crate) fn data(fields: &PersonalFields) -> TokenStream {
         subject: #subject,
         fields: &[#(#keys),*],
     }))
+}
+
+/// Whether `Personal` appears anywhere in the type (`Vec<Personal<String>>`, say).
+fn mentions_personal(ty: &syn::Type) -> bool {
+    let syn::Type::Path(path) = ty else {
+        return false;
+    };
+    path.path.segments.iter().any(|segment| {
+        segment.ident == "Personal"
+            || matches!(&segment.arguments, syn::PathArguments::AngleBracketed(args)
+                if args.args.iter().any(|arg| matches!(arg, syn::GenericArgument::Type(t) if mentions_personal(t))))
+    })
 }
 
 fn is_personal_type(ty: &syn::Type) -> bool {

@@ -19,3 +19,12 @@ CREATE TABLE subject_streams (
 );
 
 CREATE INDEX subject_streams_stream_id ON subject_streams (stream_id);
+
+-- Subjects forgotten, by a name-based UUID of the subject (its name itself is gone): what they
+-- write afterwards is sealed with a key nobody keeps, so a command that loaded their data
+-- before the forgetting cannot bring it back. `readmit` removes the row.
+CREATE TABLE forgotten_subjects (
+    subject_hash  uuid        NOT NULL,
+    forgotten_at  timestamptz NOT NULL DEFAULT now(),
+    CONSTRAINT forgotten_subjects_pkey PRIMARY KEY (subject_hash)
+);

@@ -72,6 +72,12 @@ impl PgEventStore {
         if report.events == 0 {
             return Ok(report);
         }
+        // Personal fields sealed as appends seal them, before a connection is held (the keys
+        // are taken from the pool).
+        let mut sealed_streams: Vec<Option<Vec<NewEvent>>> = Vec::with_capacity(streams.len());
+        for (stream, events) in streams {
+            sealed_streams.push(self.sealed(None, stream, events).await?);
+        }
 
         let schema = self.schema().quoted();
         let mut conn = self.pool().acquire().await.map_err(store_error)?;
@@ -129,7 +135,8 @@ impl PgEventStore {
             .map_err(store_error)?;
         let mut buffer = String::with_capacity(SEND_CHUNK + 4096);
         let mut sent = Ok(());
-        'rows: for (stream, events) in streams {
+        'rows: for ((stream, events), sealed) in streams.iter().zip(&sealed_streams) {
+            let events = sealed.as_deref().unwrap_or(events);
             for (index, event) in events.iter().enumerate() {
                 copy_row(&mut buffer, stream, index as u64 + 1, event);
                 if buffer.len() >= SEND_CHUNK {

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use es_core::personal::{self, KeyStore, SubjectKey};
 use es_core::{ExpectedVersion, NewEvent, Position, RecordedEvent, StoreError, StreamId};
-use sqlx::{AssertSqlSafe, PgPool, Row};
+use sqlx::{AssertSqlSafe, PgConnection, PgPool, Row};
 use uuid::Uuid;
 
 use crate::PgEventStore;
@@ -27,6 +27,9 @@ pub struct PgKeyStore {
 
 struct Statements {
     existing: String,
+    record_stream: String,
+    tombstone: String,
+    readmit: String,
     create: String,
     keys: String,
     stream_keys: String,
@@ -38,13 +41,25 @@ impl PgKeyStore {
     pub(crate) fn new(pool: PgPool, schema: &SchemaName) -> Self {
         let s = schema.quoted();
         let sql = Statements {
-            // The key, recording the stream beside it, in one round trip when it exists.
+            // The key, recording the stream beside it, in one round trip when it exists; or
+            // whether the subject was forgotten.
             existing: format!(
                 "WITH k AS (SELECT key_id, key FROM {s}.subject_keys WHERE subject = $1), \
                  s AS (INSERT INTO {s}.subject_streams (key_id, stream_id) \
                        SELECT key_id, $2 FROM k ON CONFLICT DO NOTHING) \
-                 SELECT key_id, key FROM k"
+                 SELECT key_id, key FROM k \
+                 UNION ALL SELECT NULL, NULL FROM {s}.forgotten_subjects \
+                 WHERE subject_hash = $3 AND NOT EXISTS (SELECT FROM k)"
             ),
+            record_stream: format!(
+                "INSERT INTO {s}.subject_streams (key_id, stream_id) VALUES ($1, $2) \
+                 ON CONFLICT DO NOTHING"
+            ),
+            tombstone: format!(
+                "INSERT INTO {s}.forgotten_subjects (subject_hash) VALUES ($1) \
+                 ON CONFLICT (subject_hash) DO UPDATE SET forgotten_at = now()"
+            ),
+            readmit: format!("DELETE FROM {s}.forgotten_subjects WHERE subject_hash = $1"),
             create: format!(
                 "INSERT INTO {s}.subject_keys (subject, key_id, key) VALUES ($1, $2, $3) \
                  ON CONFLICT (subject) DO NOTHING"
@@ -103,29 +118,49 @@ fn subject_key(id: Uuid, key: &[u8]) -> Result<SubjectKey, StoreError> {
     Ok(SubjectKey { id, key })
 }
 
-#[async_trait]
-impl KeyStore for PgKeyStore {
-    async fn key_for(&self, subject: &str, stream: &StreamId) -> Result<SubjectKey, StoreError> {
+impl PgKeyStore {
+    /// [`KeyStore::key_for`] on `conn` (the caller's transaction, when it has one).
+    pub(crate) async fn key_for_on(
+        &self,
+        conn: &mut PgConnection,
+        subject: &str,
+        stream: &StreamId,
+    ) -> Result<SubjectKey, StoreError> {
         // Two tries: a writer racing to create the same subject's key wins, and the second
         // read (a new statement, so a new snapshot) finds its key.
         for _ in 0..2 {
             let row = sqlx::query(AssertSqlSafe(self.sql.existing.clone()))
                 .bind(subject)
                 .bind(stream.as_str())
-                .fetch_optional(&self.pool)
+                .bind(subject_hash(subject))
+                .fetch_optional(&mut *conn)
                 .await
                 .map_err(store_error)?;
             if let Some(row) = row {
-                let id: Uuid = row.try_get(0).map_err(store_error)?;
-                let key: Vec<u8> = row.try_get(1).map_err(store_error)?;
-                return subject_key(id, &key);
+                let id: Option<Uuid> = row.try_get(0).map_err(store_error)?;
+                let key: Option<Vec<u8>> = row.try_get(1).map_err(store_error)?;
+                return match (id, key) {
+                    (Some(id), Some(key)) => subject_key(id, &key),
+                    // Forgotten: a key nobody keeps, so what is sealed with it reads redacted;
+                    // the stream is recorded under it, so no snapshot of it is kept.
+                    _ => {
+                        let throwaway = SubjectKey::generate();
+                        sqlx::query(AssertSqlSafe(self.sql.record_stream.clone()))
+                            .bind(throwaway.id)
+                            .bind(stream.as_str())
+                            .execute(&mut *conn)
+                            .await
+                            .map_err(store_error)?;
+                        Ok(throwaway)
+                    }
+                };
             }
             let fresh = SubjectKey::generate();
             sqlx::query(AssertSqlSafe(self.sql.create.clone()))
                 .bind(subject)
                 .bind(fresh.id)
                 .bind(&fresh.key[..])
-                .execute(&self.pool)
+                .execute(&mut *conn)
                 .await
                 .map_err(store_error)?;
         }
@@ -138,13 +173,18 @@ impl KeyStore for PgKeyStore {
         })
     }
 
-    async fn keys(&self, ids: &[Uuid]) -> Result<HashMap<Uuid, SubjectKey>, StoreError> {
+    /// [`KeyStore::keys`] on `conn`.
+    pub(crate) async fn keys_on(
+        &self,
+        conn: &mut PgConnection,
+        ids: &[Uuid],
+    ) -> Result<HashMap<Uuid, SubjectKey>, StoreError> {
         if ids.is_empty() {
             return Ok(HashMap::new());
         }
         let rows = sqlx::query(AssertSqlSafe(self.sql.keys.clone()))
             .bind(ids)
-            .fetch_all(&self.pool)
+            .fetch_all(&mut *conn)
             .await
             .map_err(store_error)?;
         let mut keys = HashMap::with_capacity(rows.len());
@@ -154,6 +194,58 @@ impl KeyStore for PgKeyStore {
             keys.insert(id, subject_key(id, &key)?);
         }
         Ok(keys)
+    }
+
+    /// The key store working on one connection: key lookups while that connection is held
+    /// (a stream being read, the caller's transaction) need no second one from the pool.
+    pub(crate) fn on<'c>(&self, conn: &'c mut PgConnection) -> OnConnection<'_, 'c> {
+        OnConnection {
+            keys: self,
+            conn: tokio::sync::Mutex::new(conn),
+        }
+    }
+}
+
+/// The name-based UUID a forgotten subject is remembered by.
+fn subject_hash(subject: &str) -> Uuid {
+    Uuid::new_v5(
+        &Uuid::NAMESPACE_OID,
+        format!("es-forgotten:{subject}").as_bytes(),
+    )
+}
+
+/// [`PgKeyStore`] on one connection.
+pub(crate) struct OnConnection<'k, 'c> {
+    keys: &'k PgKeyStore,
+    conn: tokio::sync::Mutex<&'c mut PgConnection>,
+}
+
+#[async_trait]
+impl KeyStore for OnConnection<'_, '_> {
+    async fn key_for(&self, subject: &str, stream: &StreamId) -> Result<SubjectKey, StoreError> {
+        let mut conn = self.conn.lock().await;
+        self.keys.key_for_on(&mut conn, subject, stream).await
+    }
+
+    async fn keys(&self, ids: &[Uuid]) -> Result<HashMap<Uuid, SubjectKey>, StoreError> {
+        let mut conn = self.conn.lock().await;
+        self.keys.keys_on(&mut conn, ids).await
+    }
+}
+
+#[async_trait]
+impl KeyStore for PgKeyStore {
+    async fn key_for(&self, subject: &str, stream: &StreamId) -> Result<SubjectKey, StoreError> {
+        let mut conn = self.pool.acquire().await.map_err(store_error)?;
+        self.key_for_on(&mut conn, subject, stream).await
+    }
+
+    async fn keys(&self, ids: &[Uuid]) -> Result<HashMap<Uuid, SubjectKey>, StoreError> {
+        if ids.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let mut conn = self.pool.acquire().await.map_err(store_error)?;
+        self.keys_on(&mut conn, ids).await
     }
 }
 
@@ -192,6 +284,11 @@ impl PgEventStore {
             .fetch_all(&mut *tx)
             .await
             .map_err(store_error)?;
+        sqlx::query(AssertSqlSafe(keys.sql.tombstone.clone()))
+            .bind(subject_hash(subject))
+            .execute(&mut *tx)
+            .await
+            .map_err(store_error)?;
         let mut snapshots_dropped = 0;
         for key in &destroyed {
             snapshots_dropped += sqlx::query(AssertSqlSafe(keys.sql.drop_snapshots.clone()))
@@ -224,34 +321,68 @@ impl PgEventStore {
         })
     }
 
+    /// Lets a forgotten subject's personal data be kept again: what it writes from now on is
+    /// sealed with a new key and reads back (what was written before stays redacted). Until
+    /// then, personal fields written for it are sealed with a key nobody keeps: a command
+    /// that loaded its data before the forgetting cannot bring it back. Returns whether it
+    /// was forgotten.
+    pub async fn readmit(&self, subject: &str) -> Result<bool, StoreError> {
+        let removed = sqlx::query(AssertSqlSafe(self.keys().sql.readmit.clone()))
+            .bind(subject_hash(subject))
+            .execute(self.pool())
+            .await
+            .map_err(store_error)?
+            .rows_affected();
+        Ok(removed > 0)
+    }
+
     /// Seals the personal fields of `events` when any has some: the events to write, beside
-    /// the originals (kept for judging a repeat).
+    /// the originals (kept for judging a repeat). Key lookups run on `conn` when given (the
+    /// caller's transaction), else on a pooled connection while none is held. Events without
+    /// personal fields are checked for values shaped like sealed or redacted fields.
     pub(crate) async fn sealed(
         &self,
+        conn: Option<&mut PgConnection>,
         stream: &StreamId,
         events: &[NewEvent],
     ) -> Result<Option<Vec<NewEvent>>, StoreError> {
         if events.iter().all(|e| e.personal.is_none()) {
+            personal::refuse_forged(stream, events)?;
             return Ok(None);
         }
         let mut sealed = events.to_vec();
-        personal::seal(self.keys(), stream, &mut sealed).await?;
+        match conn {
+            Some(conn) => personal::seal(&self.keys().on(conn), stream, &mut sealed).await?,
+            None => personal::seal(self.keys(), stream, &mut sealed).await?,
+        }
         Ok(Some(sealed))
     }
 
-    /// [`reveal`](Self::reveal) of one event.
-    pub(crate) async fn revealed(&self, event: RecordedEvent) -> Result<RecordedEvent, StoreError> {
-        if !event.payload.get().contains(personal::SEALED) {
-            return Ok(event);
+    /// Opens the sealed fields of events read back (redacted where the key is gone), looking
+    /// the keys up on `conn`.
+    pub(crate) async fn reveal_on(
+        &self,
+        conn: &mut PgConnection,
+        events: &mut [RecordedEvent],
+    ) -> Result<(), StoreError> {
+        if events
+            .iter()
+            .all(|e| !e.payload.get().contains(personal::SEALED))
+        {
+            return Ok(());
         }
-        let mut one = [event];
-        self.reveal(&mut one).await?;
-        let [event] = one;
-        Ok(event)
+        personal::reveal(&self.keys().on(conn), events).await
     }
 
-    /// Opens the sealed fields of events read back (redacted where the key is gone).
+    /// [`reveal_on`](Self::reveal_on) with a pooled connection, taken only when an event is
+    /// sealed; call it while holding no other connection of the pool.
     pub(crate) async fn reveal(&self, events: &mut [RecordedEvent]) -> Result<(), StoreError> {
+        if events
+            .iter()
+            .all(|e| !e.payload.get().contains(personal::SEALED))
+        {
+            return Ok(());
+        }
         personal::reveal(self.keys(), events).await
     }
 }

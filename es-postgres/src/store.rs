@@ -59,7 +59,6 @@ struct Statements {
     one_exists: Arc<str>,
     one_new: Arc<str>,
     one_any: Arc<str>,
-    read_stream: Arc<str>,
     read_stream_range: Arc<str>,
     read_all: Arc<str>,
     events_by_id: Arc<str>,
@@ -140,11 +139,6 @@ impl Statements {
             append_exists: append(&exists),
             append_new: append(&new),
             append_any: append(&any),
-            read_stream: format!(
-                "SELECT {EVENT_COLUMNS} FROM {s}.events \
-                 WHERE stream_id = $1 AND stream_version >= $2 ORDER BY stream_version"
-            )
-            .into(),
             read_stream_range: format!(
                 "SELECT {EVENT_COLUMNS} FROM {s}.events \
                  WHERE stream_id = $1 AND stream_version BETWEEN $2 AND $3 \
@@ -380,7 +374,7 @@ impl PgEventStore {
         if events.is_empty() {
             return self.check_only(&mut *conn, stream, expected).await;
         }
-        let sealed = self.sealed(stream, &events).await?;
+        let sealed = self.sealed(Some(&mut *conn), stream, &events).await?;
         let writing = sealed.as_deref().unwrap_or(&events);
         let mut savepoint = conn.begin().await.map_err(store_error)?;
         match self
@@ -540,7 +534,7 @@ impl PgEventStore {
         if events.is_empty() {
             return self.check_only(&self.inner.pool, stream, expected).await;
         }
-        let sealed = self.sealed(stream, &events).await?;
+        let sealed = self.sealed(None, stream, &events).await?;
         let writing = sealed.as_deref().unwrap_or(&events);
         // A refusal is rare; only then is a second round trip spent finding out why. An `Any`
         // append refused by an id whose writer then rolled back is simply tried again.
@@ -567,6 +561,72 @@ impl PgEventStore {
         })
     }
 
+    /// A stream's events from `from` to `to`, read a page at a time on one connection held for
+    /// the stream's life, each page's sealed fields opened on that same connection (no second
+    /// one from the pool: many loads at once cannot starve each other). A row that does not
+    /// decode ends the stream with its error, after the events before it.
+    fn read_pages<'a>(
+        &'a self,
+        stream: &'a StreamId,
+        from: u64,
+        to: u64,
+    ) -> BoxStream<'a, Result<RecordedEvent, StoreError>> {
+        const PAGE: u64 = 1024;
+        struct Pages {
+            next: u64,
+            done: bool,
+            conn: Option<sqlx::pool::PoolConnection<sqlx::Postgres>>,
+        }
+        let start = Pages {
+            next: from.max(1),
+            done: false,
+            conn: None,
+        };
+        futures_util::stream::try_unfold(start, move |mut pages| async move {
+            if pages.done || pages.next > to {
+                return Ok::<_, StoreError>(None);
+            }
+            let conn = match pages.conn.as_mut() {
+                Some(conn) => conn,
+                None => pages
+                    .conn
+                    .insert(self.inner.pool.acquire().await.map_err(store_error)?),
+            };
+            let last = to.min(pages.next.saturating_add(PAGE - 1));
+            let rows = sqlx::query(AssertSqlSafe(self.inner.sql.read_stream_range.clone()))
+                .bind(stream.as_str())
+                .bind(to_i64(pages.next))
+                .bind(to_i64(last))
+                .fetch_all(&mut **conn)
+                .await
+                .map_err(store_error)?;
+            let full = rows.len() as u64 == last - pages.next + 1;
+            let mut events = Vec::with_capacity(rows.len());
+            let mut failed = None;
+            for row in &rows {
+                match decode_event(row) {
+                    Ok(event) => events.push(event),
+                    Err(error) => {
+                        failed = Some(error);
+                        break;
+                    }
+                }
+            }
+            if let Err(error) = self.reveal_on(conn, &mut events).await {
+                failed = Some(error);
+                events.clear();
+            }
+            pages.next = last.saturating_add(1);
+            pages.done = !full || failed.is_some() || last == u64::MAX;
+            let page: Vec<Result<RecordedEvent, StoreError>> =
+                events.into_iter().map(Ok).chain(failed.map(Err)).collect();
+            Ok(Some((page, pages)))
+        })
+        .map_ok(|page| futures_util::stream::iter(page))
+        .try_flatten()
+        .boxed()
+    }
+
     /// After a refused append: a repeat of an earlier append, a reused id, or a conflict.
     async fn resolve_refusal(
         &self,
@@ -587,8 +647,20 @@ impl PgEventStore {
         // Sealed fields differ at every sealing (fresh nonces): a repeat is judged on what
         // they hold.
         let mut stored = stored;
-        self.reveal(&mut stored).await?;
-        if let Some(repeat) = judge_repeat(stream, events, &stored)? {
+        self.reveal_on(&mut *conn, &mut stored).await?;
+        // A subject forgotten since the first append: its fields read redacted now, and the
+        // repeat is judged on the others.
+        let compared: Vec<NewEvent> = events
+            .iter()
+            .map(|event| {
+                stored
+                    .iter()
+                    .find(|s| s.event_id == event.event_id)
+                    .and_then(|s| es_core::personal::redacted_like(event, s))
+                    .unwrap_or_else(|| event.clone())
+            })
+            .collect();
+        if let Some(repeat) = judge_repeat(stream, &compared, &stored)? {
             return Ok(repeat);
         }
         let actual = self.version_on(&mut *conn, stream).await?;
@@ -692,13 +764,7 @@ impl EventStore for PgEventStore {
         stream: &'a StreamId,
         from_version: u64,
     ) -> BoxStream<'a, Result<RecordedEvent, StoreError>> {
-        sqlx::query(AssertSqlSafe(self.inner.sql.read_stream.clone()))
-            .bind(stream.as_str())
-            .bind(to_i64(from_version.max(1)))
-            .fetch(&self.inner.pool)
-            .map(|row| row.map_err(store_error).and_then(|row| decode_event(&row)))
-            .and_then(move |event| self.revealed(event))
-            .boxed()
+        self.read_pages(stream, from_version, u64::MAX)
     }
 
     fn read_stream_range<'a>(
@@ -707,14 +773,7 @@ impl EventStore for PgEventStore {
         from_version: u64,
         to_version: u64,
     ) -> BoxStream<'a, Result<RecordedEvent, StoreError>> {
-        sqlx::query(AssertSqlSafe(self.inner.sql.read_stream_range.clone()))
-            .bind(stream.as_str())
-            .bind(to_i64(from_version.max(1)))
-            .bind(to_i64(to_version))
-            .fetch(&self.inner.pool)
-            .map(|row| row.map_err(store_error).and_then(|row| decode_event(&row)))
-            .and_then(move |event| self.revealed(event))
-            .boxed()
+        self.read_pages(stream, from_version, to_version)
     }
 
     async fn read_all(
@@ -740,7 +799,10 @@ impl EventStore for PgEventStore {
                 Err(_) => break,
             }
         }
-        // The same for a sealed field that does not open: the batch ends before its event.
+        // The connection goes back to the pool before keys are looked up on another.
+        drop(rows);
+        // The same for a sealed field that does not open: the batch ends before its event
+        // (events are opened in order, and those before it already are).
         if let Err(error) = self.reveal(&mut events).await {
             let bad = match &error {
                 StoreError::Malformed {
@@ -749,10 +811,7 @@ impl EventStore for PgEventStore {
                 _ => None,
             };
             match bad {
-                Some(index) if index > 0 => {
-                    events.truncate(index);
-                    self.reveal(&mut events).await?;
-                }
+                Some(index) if index > 0 => events.truncate(index),
                 _ => return Err(error),
             }
         }
@@ -767,7 +826,12 @@ impl EventStore for PgEventStore {
             .await
             .map_err(store_error)?;
         match rows.first().map(decode_event).transpose()? {
-            Some(event) => self.revealed(event).await.map(Some),
+            Some(event) => {
+                let mut one = [event];
+                self.reveal(&mut one).await?;
+                let [event] = one;
+                Ok(Some(event))
+            }
             None => Ok(None),
         }
     }

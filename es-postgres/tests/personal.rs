@@ -297,10 +297,114 @@ async fn forgetting_redacts_every_reader_and_a_rebuild_keeps_no_plaintext() {
         ]
     );
 
-    // New data of the forgotten subject gets a new key and reads back.
+    // What is written for the forgotten subject afterwards (a command that loaded its data
+    // before the forgetting, say) is sealed with a key nobody keeps: it reads redacted.
     append(&db.store, &customer, &registered()).await;
-    assert_eq!(decoded(&db.store, &customer).await.len(), 2);
-    assert_eq!(decoded(&db.store, &customer).await[1], registered());
+    let read = decoded(&db.store, &customer).await;
+    assert_eq!(read.len(), 2);
+    assert!(matches!(&read[1], CustomerEvent::Registered { email, .. } if email.is_redacted()));
+    // (The read model holds the other customer's email, as it should.)
+    assert_eq!(tables_holding(&db, EMAIL).await, ["emails"]);
+    assert!(tables_holding(&db, NAME).await.is_empty());
+    // Readmitted, it gets a new key: new data reads back, the old stays redacted.
+    assert!(db.store.readmit("customer-c2").await.unwrap());
+    append(&db.store, &customer, &registered()).await;
+    let read = decoded(&db.store, &customer).await;
+    assert_eq!(read.len(), 3);
+    assert_eq!(read[2], registered());
+    assert!(matches!(&read[0], CustomerEvent::Registered { email, .. } if email.is_redacted()));
+    db.drop().await;
+}
+
+#[tokio::test]
+async fn a_repeat_after_forgetting_is_still_a_repeat_and_imports_are_sealed() {
+    let db = TestDatabase::new().await;
+    let customer = StreamId::new("customer-c5").unwrap();
+    let first = append(&db.store, &customer, &registered()).await;
+    db.store.forget("customer-c5").await.unwrap();
+    // The command's retry sends the same event (same id, same plaintext): the stored one
+    // reads redacted now, and the repeat is judged on the other fields.
+    let repeat = db
+        .store
+        .append(&customer, ExpectedVersion::Any, vec![first])
+        .await
+        .unwrap();
+    assert!(repeat.deduplicated);
+
+    let imported = StreamId::new("customer-c6").unwrap();
+    let events = vec![
+        NewEvent::from_event(&registered()).unwrap(),
+        NewEvent::from_event(&order("customer-c6")).unwrap(),
+    ];
+    db.store
+        .import(&[(imported.clone(), events)])
+        .await
+        .unwrap();
+    assert_no_plaintext(&db).await;
+    assert_eq!(
+        decoded(&db.store, &imported).await,
+        [registered(), order("customer-c6")]
+    );
+
+    // A value shaped like a sealed field, in an event that declares no personal field, is
+    // refused: readers would take it for one.
+    let forged = NewEvent::new(
+        "Webhook",
+        1,
+        serde_json::value::to_raw_value(&serde_json::json!({
+            "body": { "$redacted": true }
+        }))
+        .unwrap(),
+    );
+    let refused = db
+        .store
+        .append(&customer, ExpectedVersion::Any, vec![forged])
+        .await;
+    assert!(
+        matches!(refused, Err(es_core::StoreError::InvalidEvent { .. })),
+        "{refused:?}"
+    );
+    db.drop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_loads_of_personal_streams_at_once_do_not_starve_a_small_pool() {
+    let db = TestDatabase::new().await;
+    let pool = es_postgres::sqlx::postgres::PgPoolOptions::new()
+        .max_connections(2)
+        .acquire_timeout(std::time::Duration::from_secs(5))
+        .after_connect({
+            let schema = db.schema.to_string();
+            move |conn, _| {
+                let schema = schema.clone();
+                Box::pin(async move {
+                    sqlx::query(AssertSqlSafe(format!("SET search_path TO \"{schema}\"")))
+                        .execute(conn)
+                        .await?;
+                    Ok(())
+                })
+            }
+        })
+        .connect(&es_postgres::testing::database_url())
+        .await
+        .unwrap();
+    let store = PgEventStore::in_schema(pool, db.schema.clone());
+    let streams: Vec<StreamId> = (0..8)
+        .map(|i| StreamId::new(format!("customer-p{i}")).unwrap())
+        .collect();
+    for stream in &streams {
+        for _ in 0..3 {
+            append(&store, stream, &registered()).await;
+        }
+    }
+    let loads = streams.iter().map(|stream| {
+        let store = store.clone();
+        let stream = stream.clone();
+        tokio::spawn(async move { decoded(&store, &stream).await })
+    });
+    for load in futures_util::future::join_all(loads).await {
+        assert_eq!(load.unwrap(), vec![registered(); 3]);
+    }
     db.drop().await;
 }
 
