@@ -57,6 +57,7 @@ mod schema;
 mod snapshot;
 mod store;
 mod telemetry;
+mod tenancy;
 mod types;
 mod wakeup;
 
@@ -81,4 +82,5 @@ pub use snapshot::PgSnapshotStore;
 /// store uses.
 pub use sqlx;
 pub use store::{Horizon, PgEventStore};
+pub use tenancy::TenantStores;
 pub use types::StoredType;
