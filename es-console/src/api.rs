@@ -72,6 +72,7 @@ pub(crate) async fn sagas(State(state): State<Shared>) -> Api<Vec<overview::Saga
 pub(crate) struct SagaQuery {
     name: String,
     after: Option<String>,
+    dead_after: Option<i64>,
     limit: Option<usize>,
 }
 
@@ -80,6 +81,13 @@ pub(crate) async fn saga(
     Query(query): Query<SagaQuery>,
 ) -> Api<sagas::SagaPage> {
     Ok(Json(
-        sagas::load(&state, &query.name, query.after.as_deref(), query.limit).await?,
+        sagas::load(
+            &state,
+            &query.name,
+            query.after.as_deref(),
+            query.dead_after,
+            query.limit,
+        )
+        .await?,
     ))
 }

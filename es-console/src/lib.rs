@@ -79,12 +79,12 @@ pub use pages::event::{EventPage, TraceNode};
 pub use pages::log::LogView;
 pub use pages::overview::{HorizonView, Overview, ProjectionSummary, SagaSummary};
 pub use pages::projections::{ProjectionPage, RebuildProgress};
-pub use pages::sagas::{DeadLetterView, SagaPage};
+pub use pages::sagas::SagaPage;
 pub use pages::stream::StreamPageView;
 pub use pages::streams::StreamsView;
 pub use queries::{
-    Category, DEFAULT_PAGE, Deadline, EventView, MAX_PAGE, OutboxCommand, ParkedView, SagaInstance,
-    StoreNumbers, StreamSummary, Upcast, UpcastEvent,
+    Category, DEFAULT_PAGE, DeadLetterView, Deadline, EventView, MAX_PAGE, OutboxCommand,
+    ParkedView, SagaInstance, StoreNumbers, StreamSummary, Upcast, UpcastEvent,
 };
 pub use security::TOKEN_HEADER;
 

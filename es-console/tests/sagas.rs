@@ -157,3 +157,66 @@ async fn a_saga_shows_its_state_outbox_deadlines_and_dead_letters() {
     assert_eq!(wrong.status, StatusCode::FORBIDDEN);
     db.drop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letters_are_read_a_page_at_a_time() {
+    let db = TestDatabase::new().await;
+    for i in 0..3 {
+        work(
+            &db.store,
+            &format!("order-{i}"),
+            &format!("payment-{i}"),
+            true,
+        )
+        .await;
+    }
+    db.settle().await;
+    let runner = echo(&db);
+    runner.catch_up().await.unwrap();
+    runner.dispatch_pending().await.unwrap();
+    let all = runner.dead_letters().await.unwrap();
+    assert_eq!(all.len(), 3);
+
+    let router = Console::new(Admin::new(db.store.clone()).saga(echo(&db))).router();
+    let first = get(&router, "/api/saga?name=echo&limit=2").await.json();
+    let first = first["dead_letters"].as_array().unwrap().clone();
+    assert_eq!(first.len(), 2, "a page holds at most `limit` dead letters");
+    let last_seq = first[1]["seq"].as_i64().unwrap();
+    let rest = get(
+        &router,
+        &format!("/api/saga?name=echo&limit=2&dead_after={last_seq}"),
+    )
+    .await
+    .json();
+    let rest = rest["dead_letters"].as_array().unwrap().clone();
+    assert_eq!(rest.len(), 1);
+    let mut ids: Vec<String> = first
+        .iter()
+        .chain(&rest)
+        .map(|d| d["command_id"].as_str().unwrap().to_owned())
+        .collect();
+    let mut expected: Vec<String> = all.iter().map(|d| d.command_id.to_string()).collect();
+    assert_eq!(ids, expected, "in the order they were issued");
+    ids.sort();
+    expected.sort();
+    assert_eq!(ids, expected);
+
+    // The page links to the rest (keeping its size) only when it is full.
+    let page = get(&router, "/saga?name=echo&limit=2").await;
+    assert!(
+        page.body
+            .contains(&format!("dead_after={last_seq}&amp;limit=2")),
+        "{}",
+        page.body
+    );
+    let page = get(&router, "/saga?name=echo").await;
+    assert!(!page.body.contains("more dead letters"), "{}", page.body);
+    assert!(!page.body.contains("more instances"), "{}", page.body);
+    let page = get(&router, "/saga?name=echo&limit=1").await;
+    assert!(
+        page.body.contains("after=order-0&amp;limit=1"),
+        "{}",
+        page.body
+    );
+    db.drop().await;
+}

@@ -12,7 +12,7 @@ use uuid::Uuid;
 use super::overview::{SagaSummary, sagas, sagas_table};
 use super::{action_form, held_by, respond};
 use crate::html::{Href, Html};
-use crate::queries::{self, Deadline, OutboxCommand, SagaInstance};
+use crate::queries::{self, DeadLetterView, Deadline, OutboxCommand, SagaInstance};
 use crate::{ConsoleError, Shared};
 
 /// The query of `/saga`.
@@ -20,6 +20,8 @@ use crate::{ConsoleError, Shared};
 pub(crate) struct SagaQuery {
     name: String,
     after: Option<String>,
+    /// The outbox `seq` the page of dead letters starts after.
+    dead_after: Option<i64>,
     limit: Option<usize>,
 }
 
@@ -30,23 +32,6 @@ pub(crate) struct DeadLetterForm {
     command_id: String,
     token: Option<String>,
     csrf: Option<String>,
-}
-
-/// A dead-lettered command.
-#[derive(Clone, Debug, Serialize)]
-pub struct DeadLetterView {
-    /// The command's id.
-    pub command_id: Uuid,
-    /// The instance that issued it.
-    pub instance: String,
-    /// The command as stored.
-    pub command: String,
-    /// How many times it was tried.
-    pub attempts: u32,
-    /// The last error.
-    pub error: Option<String>,
-    /// When it was dead-lettered.
-    pub dead_at: DateTime<Utc>,
 }
 
 /// What `/saga` shows.
@@ -60,16 +45,20 @@ pub struct SagaPage {
     pub outbox: Vec<OutboxCommand>,
     /// Deadlines waiting, soonest first (at most a page).
     pub deadlines: Vec<Deadline>,
-    /// Its dead-lettered commands.
+    /// Its dead-lettered commands, in the order they were issued (at most a page: the
+    /// saga's `dead_lettered` says how many there are).
     pub dead_letters: Vec<DeadLetterView>,
     /// What the last action did, when the page answers one.
     pub notice: Option<String>,
+    /// The page size: each list above holds at most this many.
+    pub page: usize,
 }
 
 pub(crate) async fn load(
     state: &crate::State,
     name: &str,
     after: Option<&str>,
+    dead_after: Option<i64>,
     limit: Option<usize>,
 ) -> Result<SagaPage, ConsoleError> {
     let saga = sagas(state)
@@ -82,23 +71,10 @@ pub(crate) async fn load(
                 state.admin.saga_names().join(", ")
             ))
         })?;
+    let page = queries::page_size(limit);
     let (instances, outbox, deadlines) =
-        queries::saga_tables(state.admin.store(), name, after, queries::page_size(limit)).await?;
-    let dead_letters = state
-        .admin
-        .saga_dead_letters(name)
-        .await?
-        .into_iter()
-        .take(queries::MAX_PAGE)
-        .map(|d| DeadLetterView {
-            command_id: d.command_id,
-            instance: d.instance,
-            command: d.command,
-            attempts: d.attempts,
-            error: d.error,
-            dead_at: d.dead_at,
-        })
-        .collect();
+        queries::saga_tables(state.admin.store(), name, after, page).await?;
+    let dead_letters = queries::dead_letters(state.admin.store(), name, dead_after, page).await?;
     Ok(SagaPage {
         saga,
         instances,
@@ -106,6 +82,7 @@ pub(crate) async fn load(
         deadlines,
         dead_letters,
         notice: None,
+        page,
     })
 }
 
@@ -162,7 +139,7 @@ fn render(state: &crate::State, view: &SagaPage) -> HtmlResponse<String> {
                 .raw("</td><td>")
                 .text(d.error.as_deref().unwrap_or(""))
                 .raw("</td><td>")
-                .text(time(Some(d.dead_at)))
+                .text(time(d.dead_at))
                 .raw("</td><td>");
             if state.security.writable() {
                 let fields = [
@@ -187,6 +164,18 @@ fn render(state: &crate::State, view: &SagaPage) -> HtmlResponse<String> {
             h.raw("</td></tr>");
         }
         h.raw("</table>");
+        if view.dead_letters.len() == view.page
+            && let Some(last) = view.dead_letters.last()
+        {
+            h.raw("<p class=\"pager\">").link(
+                &Href::new(prefix, "/saga")
+                    .param("name", &s.name)
+                    .param("dead_after", last.seq.to_string())
+                    .param("limit", view.page.to_string()),
+                "more dead letters",
+            );
+            h.raw("</p>");
+        }
     }
     h.raw("<h2>Outbox</h2>");
     if view.outbox.is_empty() {
@@ -234,11 +223,14 @@ fn render(state: &crate::State, view: &SagaPage) -> HtmlResponse<String> {
                 .raw("</td></tr>");
         }
         h.raw("</table>");
-        if let Some(last) = view.instances.last() {
+        if view.instances.len() == view.page
+            && let Some(last) = view.instances.last()
+        {
             h.raw("<p class=\"pager\">").link(
                 &Href::new(prefix, "/saga")
                     .param("name", &s.name)
-                    .param("after", &last.instance),
+                    .param("after", &last.instance)
+                    .param("limit", view.page.to_string()),
                 "more instances",
             );
             h.raw("</p>");
@@ -257,7 +249,14 @@ pub(crate) async fn page(
     State(state): State<Shared>,
     Query(query): Query<SagaQuery>,
 ) -> Result<HtmlResponse<String>, ConsoleError> {
-    let view = load(&state, &query.name, query.after.as_deref(), query.limit).await?;
+    let view = load(
+        &state,
+        &query.name,
+        query.after.as_deref(),
+        query.dead_after,
+        query.limit,
+    )
+    .await?;
     Ok(render(&state, &view))
 }
 
@@ -278,7 +277,7 @@ async fn dead_letter_action(
     } else {
         state.admin.discard_dead_letters(&form.name, &[id]).await?
     };
-    let mut view = load(state, &form.name, None, None).await?;
+    let mut view = load(state, &form.name, None, None, None).await?;
     view.notice = Some(format!(
         "{} {done} dead-lettered command(s).",
         if retry { "Retried" } else { "Discarded" }

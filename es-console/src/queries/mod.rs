@@ -17,8 +17,8 @@ use crate::ConsoleError;
 
 mod sagas;
 
-pub(crate) use sagas::saga_tables;
-pub use sagas::{Deadline, OutboxCommand, SagaInstance};
+pub use sagas::{DeadLetterView, Deadline, OutboxCommand, SagaInstance};
+pub(crate) use sagas::{dead_letters, saga_tables};
 
 /// The most rows a page shows, whatever it asks for.
 pub const MAX_PAGE: usize = 200;

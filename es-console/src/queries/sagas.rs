@@ -39,6 +39,68 @@ pub struct OutboxCommand {
     pub last_error: Option<String>,
 }
 
+/// A dead-lettered command.
+#[derive(Clone, Debug, Serialize)]
+pub struct DeadLetterView {
+    /// Its place in the saga's outbox (the order commands were issued): what the next page of
+    /// dead letters starts after.
+    pub seq: i64,
+    /// The command's id.
+    pub command_id: Uuid,
+    /// The instance that issued it.
+    pub instance: String,
+    /// The command as stored.
+    pub command: String,
+    /// How many times it was tried.
+    pub attempts: u32,
+    /// The last error.
+    pub error: Option<String>,
+    /// When it was dead-lettered.
+    pub dead_at: Option<DateTime<Utc>>,
+}
+
+/// A saga's dead-lettered commands after the outbox `seq` `after` (from the first when
+/// `None`), at most `limit`, in the order they were issued.
+///
+/// Keyed on `seq` and capped: a page costs the same with ten dead letters or half a million
+/// (es-admin's `saga_dead_letters` reads them all). The outbox has no index on its dead letters
+/// alone (a partial index on `(saga, seq) WHERE dead_at IS NOT NULL` would serve this query
+/// exactly); until it has, the primary key is walked in `seq` order and the walk stops at
+/// `limit` matches.
+pub(crate) async fn dead_letters(
+    store: &PgEventStore,
+    saga: &str,
+    after: Option<i64>,
+    limit_to: usize,
+) -> Result<Vec<DeadLetterView>, ConsoleError> {
+    let s = schema(store);
+    let rows = sqlx::query(AssertSqlSafe(format!(
+        "SELECT seq, command_id, instance, command::text, attempts, last_error, {} \
+         FROM {s}.saga_outbox WHERE saga = $1 AND dead_at IS NOT NULL AND seq > $2 \
+         ORDER BY seq LIMIT $3",
+        finite("dead_at")
+    )))
+    .bind(saga)
+    .bind(after.unwrap_or(i64::MIN))
+    .bind(limit(limit_to))
+    .fetch_all(store.pool())
+    .await?;
+    rows.iter()
+        .map(|row| {
+            let attempts: i32 = row.try_get(4)?;
+            Ok(DeadLetterView {
+                seq: row.try_get(0)?,
+                command_id: row.try_get(1)?,
+                instance: row.try_get(2)?,
+                command: row.try_get(3)?,
+                attempts: attempts.max(0) as u32,
+                error: row.try_get(5)?,
+                dead_at: row.try_get(6)?,
+            })
+        })
+        .collect()
+}
+
 /// A deadline a saga instance waits on.
 #[derive(Clone, Debug, Serialize)]
 pub struct Deadline {
