@@ -46,4 +46,6 @@ pub mod docs {
     pub struct Scaling;
     #[doc = include_str!("../../docs/personal-data.md")]
     pub struct PersonalData;
+    #[doc = include_str!("../../docs/tenancy.md")]
+    pub struct Tenancy;
 }
