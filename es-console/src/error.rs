@@ -78,24 +78,39 @@ impl ConsoleError {
     }
 }
 
+/// An error page, kept in the response's extensions so that [`crate::security::guard`], which
+/// knows where the console is mounted, can render it again with links inside the mount point.
+#[derive(Clone, Debug)]
+pub(crate) struct ErrorPage {
+    title: &'static str,
+    report: String,
+}
+
+impl ErrorPage {
+    /// The page, its links under `prefix`.
+    pub(crate) fn render(&self, prefix: &str) -> String {
+        let mut body = crate::html::Html::default();
+        body.raw("<p class=\"bad\">").text(&self.report).raw("</p>");
+        crate::html::page(prefix, self.title, false, body)
+    }
+}
+
 /// An error shown as a page.
 impl IntoResponse for ConsoleError {
     fn into_response(self) -> Response {
-        let mut body = crate::html::Html::default();
-        body.raw("<p class=\"bad\">")
-            .text(self.report())
-            .raw("</p>");
         let title = match self.status() {
             StatusCode::NOT_FOUND => "Not found",
             StatusCode::FORBIDDEN => "Refused",
             StatusCode::BAD_REQUEST => "Bad request",
             _ => "Error",
         };
-        (
-            self.status(),
-            Html(crate::html::page("", title, false, body)),
-        )
-            .into_response()
+        let page = ErrorPage {
+            title,
+            report: self.report(),
+        };
+        let mut response = (self.status(), Html(page.render(""))).into_response();
+        response.extensions_mut().insert(page);
+        response
     }
 }
 

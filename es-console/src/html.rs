@@ -44,8 +44,12 @@ pub(crate) fn escape(text: &str) -> String {
 pub(crate) struct Href(String);
 
 impl Href {
-    /// `path` (starting with `/`) under the console's mount point `prefix`.
+    /// `path` (starting with `/`) under the console's mount point `prefix`. The root is the
+    /// mount point itself (`/console`, not `/console/`, which a nested router does not route).
     pub(crate) fn new(prefix: &str, path: &str) -> Self {
+        if path == "/" && !prefix.is_empty() {
+            return Self(prefix.to_owned());
+        }
         Self(format!("{prefix}{path}"))
     }
 

@@ -28,6 +28,13 @@
 //! pages hold at most [`MAX_PAGE`] rows. Bind it to `127.0.0.1` (what `bank-admin serve`
 //! does by default) or put it behind your own authentication.
 //!
+//! Every request must name a host the console answers for ([`Console::allowed_hosts`];
+//! always `localhost`, `127.0.0.1` and `[::1]`), or is refused with `421 Misdirected
+//! Request`: a defence against DNS rebinding. Every response forbids framing
+//! (`X-Frame-Options`, CSP `frame-ancestors 'none'`), allows no script nor any other source
+//! (`default-src 'none'`, the console's own inline CSS only), and sends no referrer to
+//! other sites (`Referrer-Policy: same-origin`).
+//!
 //! # Layout
 //! - `html.rs`: the HTML builder and the one escaping function; `security.rs`: tokens and
 //!   CSRF; `timing.rs`: the `Server-Timing` middleware; `health.rs`: health endpoints.
@@ -154,6 +161,24 @@ impl Console {
         })
     }
 
+    /// Also answers requests for `hosts` (names or addresses, such as `console.internal` or
+    /// `10.0.0.5`; a port, if given, is ignored). The console always answers for `localhost`,
+    /// `127.0.0.1` and `[::1]` on any port, and for requests without a `Host` header; a
+    /// request naming any other host is refused with `421 Misdirected Request` (a defence
+    /// against DNS rebinding: a page whose own name was made to resolve to the console's
+    /// address cannot read it from an operator's browser). `/health/*` and `/metrics`
+    /// answer for any host, as probes and scrapers name the address they call.
+    pub fn allowed_hosts<I, S>(self, hosts: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        Self {
+            security: self.security.with_hosts(hosts),
+            ..self
+        }
+    }
+
     /// The path the router is nested under in the service's router (such as `/console`), so
     /// the console's links point inside it. Default: the root.
     pub fn mounted_at(self, prefix: impl Into<String>) -> Self {
@@ -220,6 +245,10 @@ impl Console {
             .route("/health/ready", get(health::ready))
             .route("/metrics", get(health::metrics))
             .fallback(not_found)
+            .layer(axum::middleware::from_fn_with_state(
+                state.clone(),
+                security::guard,
+            ))
             .layer(axum::middleware::from_fn(timing::server_timing))
             .with_state(state)
     }

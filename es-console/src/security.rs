@@ -3,13 +3,120 @@
 //! passes a CSRF check (the console's per-process CSRF token, echoed back in the form, and
 //! the browser's `Origin` / `Sec-Fetch-Site` headers saying the request came from the
 //! console's own pages). Tokens are compared in constant time.
+//!
+//! Every request also passes [`guard`]: its `Host` must be one the console answers for (a
+//! defence against DNS rebinding, where a page on `rebind.example` that resolves to
+//! `127.0.0.1` would otherwise read every JSON endpoint from the operator's browser), and every
+//! response carries headers that keep it out of frames, stop content sniffing, send no
+//! referrer to other sites and allow nothing but the console's own inline CSS.
 
 use std::fmt::Write as _;
 
-use axum::http::HeaderMap;
+use axum::extract::{Request, State};
 use axum::http::header::{HOST, ORIGIN};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
 
-use crate::ConsoleError;
+use crate::{ConsoleError, Shared};
+
+/// Hosts the console always answers for, whatever the port.
+pub(crate) const LOOPBACK_HOSTS: [&str; 3] = ["localhost", "127.0.0.1", "[::1]"];
+
+/// The headers every response carries. The console has no JavaScript, no images and no
+/// frames, and its CSS is one inline `<style>`.
+const RESPONSE_HEADERS: [(&str, &str); 4] = [
+    ("x-frame-options", "DENY"),
+    (
+        "content-security-policy",
+        "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; \
+         frame-ancestors 'none'; base-uri 'none'",
+    ),
+    ("x-content-type-options", "nosniff"),
+    // Not `no-referrer`: under it a browser sends `Origin: null` with the console's own form
+    // POSTs, which the origin check must then refuse. `same-origin` sends no referrer to any
+    // other site all the same (the console links to none), and the real `Origin` to itself.
+    ("referrer-policy", "same-origin"),
+];
+
+/// The host part of a `Host` header or of an allowed host as configured, for comparison:
+/// lowercase, without a port or a trailing dot; an IPv6 address in brackets.
+pub(crate) fn host_name(authority: &str) -> String {
+    let authority = authority.trim().to_ascii_lowercase();
+    if authority.parse::<std::net::Ipv6Addr>().is_ok() {
+        return format!("[{authority}]");
+    }
+    let host = if authority.starts_with('[') {
+        match authority.find(']') {
+            Some(end) => &authority[..=end],
+            None => authority.as_str(),
+        }
+    } else {
+        authority
+            .split_once(':')
+            .map_or(authority.as_str(), |(host, _)| host)
+    };
+    host.trim_end_matches('.').to_owned()
+}
+
+/// Paths an orchestrator or a scraper calls by the pod's address (a Kubernetes probe sends
+/// `Host: 10.1.2.3:8080`): answered for any host. They show runner names and numbers, never
+/// events.
+fn any_host(path: &str) -> bool {
+    path.starts_with("/health/") || path == "/metrics"
+}
+
+/// Refuses a request for a host the console does not answer for (`421 Misdirected Request`),
+/// and sets [`RESPONSE_HEADERS`] on every response.
+pub(crate) async fn guard(State(state): State<Shared>, request: Request, next: Next) -> Response {
+    let mut response = match request.headers().get(HOST) {
+        Some(host) if !any_host(request.uri().path()) => {
+            let host = host.to_str().map(host_name);
+            match host {
+                Ok(name) if state.security.allows_host(&name) => next.run(request).await,
+                Ok(name) => misdirected(&state.security, &name),
+                Err(_) => misdirected(&state.security, "(not text)"),
+            }
+        }
+        _ => next.run(request).await,
+    };
+    if let Some(page) = response
+        .extensions_mut()
+        .remove::<crate::error::ErrorPage>()
+        && !state.prefix.is_empty()
+    {
+        response = (
+            response.status(),
+            axum::response::Html(page.render(&state.prefix)),
+        )
+            .into_response();
+    }
+    let headers = response.headers_mut();
+    for (name, value) in RESPONSE_HEADERS {
+        headers.insert(
+            HeaderName::from_static(name),
+            HeaderValue::from_static(value),
+        );
+    }
+    response
+}
+
+fn misdirected(security: &Security, host: &str) -> Response {
+    let mut allowed: Vec<&str> = LOOPBACK_HOSTS.to_vec();
+    allowed.extend(security.hosts.iter().map(String::as_str));
+    (
+        StatusCode::MISDIRECTED_REQUEST,
+        [("content-type", "text/plain; charset=utf-8")],
+        format!(
+            "421 Misdirected Request: this console does not answer for the host {host:?} \
+             (it answers for {}, any port). A request naming another host may be a page \
+             rebinding its own name to this address. To reach the console by this name, allow \
+             it: Console::allowed_hosts([{host:?}]) (bank-admin serve --allow-host {host}).\n",
+            allowed.join(", ")
+        ),
+    )
+        .into_response()
+}
 
 /// The header an API client may carry the admin token in, instead of the form field.
 pub const TOKEN_HEADER: &str = "x-admin-token";
@@ -20,12 +127,15 @@ pub const TOKEN_HEADER: &str = "x-admin-token";
 pub(crate) struct Security {
     admin_token: Option<String>,
     csrf: String,
+    /// Hosts allowed besides [`LOOPBACK_HOSTS`], as [`host_name`] gives them.
+    hosts: Vec<String>,
 }
 
 impl std::fmt::Debug for Security {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Security")
             .field("admin_token", &self.admin_token.as_ref().map(|_| "…"))
+            .field("hosts", &self.hosts)
             .finish_non_exhaustive()
     }
 }
@@ -43,7 +153,28 @@ impl Security {
         Ok(Self {
             admin_token: None,
             csrf,
+            hosts: Vec::new(),
         })
+    }
+
+    /// Also answers for `hosts` (names or addresses; a port, if given, is ignored).
+    pub(crate) fn with_hosts<I, S>(mut self, hosts: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        for host in hosts {
+            let name = host_name(host.as_ref());
+            if !name.is_empty() && !self.hosts.contains(&name) {
+                self.hosts.push(name);
+            }
+        }
+        self
+    }
+
+    /// Whether the console answers for `name` (as [`host_name`] gives it).
+    pub(crate) fn allows_host(&self, name: &str) -> bool {
+        LOOPBACK_HOSTS.contains(&name) || self.hosts.iter().any(|h| h == name)
     }
 
     /// Allows mutations by whoever presents `token`.
@@ -148,6 +279,40 @@ mod tests {
         Security::new()
             .and_then(|s| s.with_admin_token("secret-token".to_owned()))
             .expect("security")
+    }
+
+    #[test]
+    fn hosts_are_compared_without_port_case_or_trailing_dot() {
+        assert_eq!(host_name("LocalHost:8080"), "localhost");
+        assert_eq!(host_name("localhost."), "localhost");
+        assert_eq!(host_name("127.0.0.1"), "127.0.0.1");
+        assert_eq!(host_name("[::1]:8080"), "[::1]");
+        assert_eq!(host_name("::1"), "[::1]");
+        assert_eq!(host_name("[::1]"), "[::1]");
+        let security = Security::new().expect("security").with_hosts([
+            "Console.Internal:443",
+            "10.0.0.5",
+            "fe80::1",
+        ]);
+        for allowed in [
+            "localhost",
+            "127.0.0.1",
+            "[::1]",
+            "console.internal",
+            "10.0.0.5",
+        ] {
+            assert!(security.allows_host(allowed), "{allowed}");
+        }
+        assert!(security.allows_host(&host_name("[FE80::1]:80")));
+        for refused in [
+            "rebind.evil",
+            "localhost.evil",
+            "127.0.0.1.nip.io",
+            "0.0.0.0",
+            "",
+        ] {
+            assert!(!security.allows_host(&host_name(refused)), "{refused}");
+        }
     }
 
     #[test]

@@ -680,3 +680,124 @@ async fn each_category_is_listed_once_in_order_with_exactly_its_streams() {
     );
     db.drop().await;
 }
+
+/// `GET uri` with a `Host` header.
+async fn get_for_host(router: &axum::Router, uri: &str, host: &str) -> Answer {
+    send(
+        router,
+        axum::http::Request::get(uri)
+            .header("host", host)
+            .body(axum::body::Body::empty())
+            .unwrap(),
+    )
+    .await
+}
+
+fn has_security_headers(answer: &Answer) -> bool {
+    let h = |name: &str| {
+        answer
+            .headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_owned()
+    };
+    h("x-frame-options") == "DENY"
+        && h("content-security-policy").contains("frame-ancestors 'none'")
+        && h("content-security-policy").contains("default-src 'none'")
+        && h("x-content-type-options") == "nosniff"
+        && h("referrer-policy") == "same-origin"
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_allowed_hosts_are_answered_and_every_response_forbids_framing() {
+    let db = TestDatabase::new().await;
+    work(&db.store, "order-1", "payment-1", false).await;
+    db.settle().await;
+    let router = Console::new(Admin::new(db.store.clone()))
+        .allowed_hosts(["Console.Internal", "10.0.0.5:9000"])
+        .router();
+    for host in [
+        "127.0.0.1:8080",
+        "localhost:3000",
+        "LOCALHOST",
+        "[::1]:8080",
+        "console.internal:8443",
+        "10.0.0.5:8080",
+    ] {
+        let answer = get_for_host(&router, "/api/streams", host).await;
+        assert_eq!(answer.status, StatusCode::OK, "{host}: {}", answer.body);
+        assert!(
+            has_security_headers(&answer),
+            "{host}: {:?}",
+            answer.headers
+        );
+    }
+    // A page on rebind.evil whose name now resolves to 127.0.0.1 reads nothing.
+    for uri in ["/api/streams", "/", "/event/x", "/nothing"] {
+        let answer = get_for_host(&router, uri, "rebind.evil:8080").await;
+        assert_eq!(answer.status, StatusCode::MISDIRECTED_REQUEST, "{uri}");
+        assert!(
+            answer.body.contains("\"rebind.evil\"") && answer.body.contains("allowed_hosts"),
+            "{}",
+            answer.body
+        );
+        assert!(!answer.body.contains("order-1"));
+        assert!(has_security_headers(&answer));
+    }
+    let answer = get_for_host(&router, "/", "localhost.evil").await;
+    assert_eq!(answer.status, StatusCode::MISDIRECTED_REQUEST);
+    // Probes and scrapers name the pod's address; no Host at all is a client of its own.
+    let answer = get_for_host(&router, "/health/live", "10.1.2.3:8080").await;
+    assert_eq!(answer.status, StatusCode::OK);
+    let answer = get(&router, "/api/streams").await;
+    assert_eq!(answer.status, StatusCode::OK);
+    let answer = get(&router, "/nothing").await;
+    assert_eq!(answer.status, StatusCode::NOT_FOUND);
+    assert!(has_security_headers(&answer));
+    db.drop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nested_under_a_prefix_every_link_and_error_page_stays_inside_it() {
+    let db = TestDatabase::new().await;
+    work(&db.store, "order-1", "payment-1", false).await;
+    db.settle().await;
+    let console = Console::new(Admin::new(db.store.clone())).mounted_at("/console/");
+    let app = axum::Router::new().nest("/console", console.router());
+    let overview = get(&app, "/console").await;
+    assert_eq!(overview.status, StatusCode::OK, "{}", overview.body);
+    assert!(
+        overview.body.contains("<a href=\"/console\">Overview</a>"),
+        "{}",
+        overview.body
+    );
+    // Every link on the overview and the streams page answers.
+    let streams = get(&app, "/console/streams?category=order").await;
+    for page in [&overview.body, &streams.body] {
+        for link in page.split("href=\"").skip(1) {
+            let href = link[..link.find('"').unwrap()].replace("&amp;", "&");
+            assert!(href.starts_with("/console"), "{href}");
+            let answer = get(&app, &href).await;
+            assert_eq!(answer.status, StatusCode::OK, "{href}: {}", answer.body);
+        }
+    }
+    for uri in [
+        "/console/nothing",
+        "/console/stream?id=order-404",
+        "/console/event/not-a-uuid",
+    ] {
+        let error = get(&app, uri).await;
+        assert!(error.status.is_client_error(), "{uri}");
+        assert!(
+            error.body.contains("<a href=\"/console\">Overview</a>")
+                && error
+                    .body
+                    .contains("<a href=\"/console/streams\">Streams</a>"),
+            "{uri}: {}",
+            error.body
+        );
+        assert!(has_security_headers(&error));
+    }
+    db.drop().await;
+}

@@ -11,9 +11,9 @@
 //! bank-admin trace <correlation-id>     one piece of work across streams, as causes and effects
 //! bank-admin run                        keep every projection and saga live until Ctrl-C
 //! bank-admin seed --events N            append N deposits across accounts (for trying the above)
-//! bank-admin serve [--bind 127.0.0.1:8080] [--admin-token T]
+//! bank-admin serve [--bind 127.0.0.1:8080] [--allow-host NAME]...
 //!                                       the web console (es-console): read-only unless given
-//!                                       an admin token (or ES_CONSOLE_TOKEN); /metrics too
+//!                                       an admin token (ES_CONSOLE_TOKEN); /metrics too
 //! ```
 //!
 //! Works on `DATABASE_URL` (default: the local server), schema `bank_example`, the one the
@@ -62,8 +62,14 @@ enum Command {
         /// front of it authenticates its users.
         #[arg(long, default_value = "127.0.0.1:8080")]
         bind: SocketAddr,
+        /// Another host name (or address) the console answers for, besides localhost,
+        /// 127.0.0.1, [::1] and the bind address; requests naming any other host are refused
+        /// (a defence against DNS rebinding). Repeat for several.
+        #[arg(long = "allow-host", value_name = "NAME")]
+        allow_hosts: Vec<String>,
         /// Allows the console's repairs to whoever gives this token (at least 8 characters);
-        /// without it the console is read-only.
+        /// without it the console is read-only. Prefer the environment variable
+        /// ES_CONSOLE_TOKEN: a command line is visible to every user of the machine (`ps`).
         #[arg(long, env = "ES_CONSOLE_TOKEN", hide_env_values = true)]
         admin_token: Option<String>,
     },
@@ -94,7 +100,11 @@ async fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Command::Serve { bind, admin_token } => match serve(&store, bind, admin_token).await {
+        Command::Serve {
+            bind,
+            allow_hosts,
+            admin_token,
+        } => match serve(&store, bind, allow_hosts, admin_token).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(error) => {
                 eprintln!("error: {error}");
@@ -108,10 +118,14 @@ async fn main() -> ExitCode {
 async fn serve(
     store: &PgEventStore,
     bind: SocketAddr,
+    allow_hosts: Vec<String>,
     admin_token: Option<String>,
 ) -> Result<(), Box<dyn std::error::Error>> {
-    let mut console =
-        es_console::Console::try_new(admin(store)?)?.metrics(es_admin::prometheus_recorder()?);
+    // The bind address is a name the console is reached by (unless it is every interface).
+    let bind_host = (!bind.ip().is_unspecified()).then(|| bind.ip().to_string());
+    let mut console = es_console::Console::try_new(admin(store)?)?
+        .allowed_hosts(bind_host.into_iter().chain(allow_hosts))
+        .metrics(es_admin::prometheus_recorder()?);
     let writable = admin_token.is_some();
     if let Some(token) = admin_token {
         console = console.admin_token(token)?;
