@@ -622,7 +622,7 @@ impl PgEventStore {
                 events.into_iter().map(Ok).chain(failed.map(Err)).collect();
             Ok(Some((page, pages)))
         })
-        .map_ok(|page| futures_util::stream::iter(page))
+        .map_ok(futures_util::stream::iter)
         .try_flatten()
         .boxed()
     }
