@@ -801,3 +801,62 @@ async fn nested_under_a_prefix_every_link_and_error_page_stays_inside_it() {
     }
     db.drop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_log_never_pages_past_an_event_an_older_transaction_commits_late() {
+    let db = TestDatabase::new().await;
+    work(&db.store, "order-1", "payment-1", false).await;
+    db.settle().await;
+    let router = Console::new(Admin::new(db.store.clone())).router();
+    // An older transaction takes its id; a newer one appends and commits meanwhile.
+    let mut late = db.pool.begin().await.unwrap();
+    sqlx::query("SELECT pg_current_xact_id()")
+        .execute(&mut *late)
+        .await
+        .unwrap();
+    db.store
+        .append(
+            &StreamId::new("newer-1").unwrap(),
+            ExpectedVersion::Any,
+            vec![note("newer")],
+        )
+        .await
+        .unwrap();
+    let newest = get(&router, "/api/log").await.json();
+    let events = newest["events"].as_array().unwrap().clone();
+    assert!(
+        !events.iter().any(|e| e["stream_id"] == "newer-1"),
+        "an event above the horizon is not readable yet: {events:?}"
+    );
+    let last = &events.last().unwrap()["position"];
+    let later = format!(
+        "/api/log?after={}.{}",
+        last["transaction"].as_u64().unwrap(),
+        last["sequence"].as_u64().unwrap()
+    );
+    // The older transaction commits its event, ordered before the newer one.
+    db.store
+        .append_in(
+            &mut late,
+            &StreamId::new("late-1").unwrap(),
+            ExpectedVersion::Any,
+            vec![note("late")],
+        )
+        .await
+        .unwrap();
+    late.commit().await.unwrap();
+    db.settle().await;
+    let page = get(&router, &later).await.json();
+    let streams: Vec<&str> = page["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["stream_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        streams,
+        ["late-1", "newer-1"],
+        "\"later\" from the last page shows the late event"
+    );
+    db.drop().await;
+}

@@ -428,17 +428,25 @@ pub(crate) enum LogPage {
 }
 
 /// One page of the global log, in global order (by the primary key, `(transaction_id,
-/// position)`).
+/// position)`), up to the store's readable head (`EventStore::head`, the last event below the
+/// transaction horizon).
+///
+/// Bounded by the head, as every reader of the log is: a row above the horizon may yet be
+/// joined, below it, by an event a still-running older transaction commits later, so a page
+/// that showed it (and keyed "later" past it) would skip that event for good.
 pub(crate) async fn log(
     store: &PgEventStore,
     page: LogPage,
     limit_to: usize,
 ) -> Result<Vec<EventView>, ConsoleError> {
+    use es_core::EventStore as _;
+    let head = store.head().await?;
     let s = schema(store);
     let query = |condition: &str, order: &str, at: Position, n: usize| {
         let sql = format!(
             "SELECT {EVENT_COLUMNS} FROM {s}.events \
              WHERE (transaction_id, position) {condition} ($1, $2) \
+               AND (transaction_id, position) <= ($4, $5) \
              ORDER BY transaction_id {order}, position {order} LIMIT $3"
         );
         async move {
@@ -446,15 +454,14 @@ pub(crate) async fn log(
                 .bind(bigint(at.transaction))
                 .bind(bigint(at.sequence))
                 .bind(limit(n))
+                .bind(bigint(head.transaction))
+                .bind(bigint(head.sequence))
                 .fetch_all(store.pool())
                 .await
         }
     };
     let (mut before, after) = match page {
-        LogPage::Newest => (
-            query("<", "DESC", Position::new(u64::MAX, u64::MAX), limit_to).await?,
-            Vec::new(),
-        ),
+        LogPage::Newest => (query("<=", "DESC", head, limit_to).await?, Vec::new()),
         LogPage::Before(at) => (query("<", "DESC", at, limit_to).await?, Vec::new()),
         LogPage::After(at) => (Vec::new(), query(">", "ASC", at, limit_to).await?),
         LogPage::Around(at) => {
