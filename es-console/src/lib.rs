@@ -22,8 +22,9 @@
 //! # Security
 //! The console is read-only unless built with [`Console::admin_token`]; then replaying or
 //! skipping parked events and retrying or discarding dead letters are POSTs that carry the
-//! token (form field `token` or header `x-admin-token`) and pass a CSRF check (a per-process
-//! CSRF token in every form; `Origin` and `Sec-Fetch-Site` must name the console itself).
+//! token (form field `token` or header `x-admin-token`) and pass a CSRF check (a CSRF token
+//! in every form, derived from the admin token so that replicas behind a load balancer agree
+//! on it; `Origin` and `Sec-Fetch-Site` must name the console itself).
 //! Tokens are compared in constant time. Everything shown is escaped; every query is bound;
 //! pages hold at most [`MAX_PAGE`] rows. Bind it to `127.0.0.1` (what `bank-admin serve`
 //! does by default) or put it behind your own authentication.
@@ -131,25 +132,21 @@ impl std::fmt::Debug for Console {
 
 impl Console {
     /// A read-only console over `admin`, served at the root of its router.
-    ///
-    /// # Panics
-    /// When the operating system gives no randomness for the CSRF token (it always does on
-    /// the platforms tokio runs on); [`try_new`](Self::try_new) returns that as an error.
     pub fn new(admin: impl Into<Arc<Admin>>) -> Self {
-        #[allow(clippy::expect_used)]
-        Self::try_new(admin).expect("the operating system's randomness for a CSRF token")
-    }
-
-    /// As [`new`](Self::new), failing when no randomness is available for the CSRF token.
-    pub fn try_new(admin: impl Into<Arc<Admin>>) -> Result<Self, ConsoleError> {
-        Ok(Self {
+        Self {
             admin: admin.into(),
-            security: security::Security::new()?,
+            security: security::Security::new(),
             prefix: String::new(),
             ready: ReadyBound::default(),
             #[cfg(feature = "prometheus")]
             metrics: None,
-        })
+        }
+    }
+
+    /// As [`new`](Self::new); it never fails (it did when the CSRF token was random, per
+    /// process: it is now derived from the admin token).
+    pub fn try_new(admin: impl Into<Arc<Admin>>) -> Result<Self, ConsoleError> {
+        Ok(Self::new(admin))
     }
 
     /// Allows the console's repairs (replay or skip parked events, retry or discard dead

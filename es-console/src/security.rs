@@ -1,6 +1,6 @@
 //! Who may change anything: the console is read-only unless it was given an admin token, and
 //! every mutating request is a POST that carries that token (a form field or a header) and
-//! passes a CSRF check (the console's per-process CSRF token, echoed back in the form, and
+//! passes a CSRF check (the console's CSRF token, echoed back in the form, and
 //! the browser's `Origin` / `Sec-Fetch-Site` headers saying the request came from the
 //! console's own pages). Tokens are compared in constant time.
 //!
@@ -121,8 +121,12 @@ fn misdirected(security: &Security, host: &str) -> Response {
 /// The header an API client may carry the admin token in, instead of the form field.
 pub const TOKEN_HEADER: &str = "x-admin-token";
 
+/// What the CSRF token is derived from the admin token with: a fixed label, keyed by it.
+const CSRF_LABEL: &[u8] = b"es-console CSRF token v1";
+
 /// The console's secrets: the admin token, if mutations are allowed at all, and the CSRF
-/// token of this process.
+/// token derived from it (HMAC-SHA-256 of a fixed label keyed by the admin token), so every
+/// replica given the same admin token accepts the forms of every other one.
 #[derive(Clone)]
 pub(crate) struct Security {
     admin_token: Option<String>,
@@ -141,20 +145,13 @@ impl std::fmt::Debug for Security {
 }
 
 impl Security {
-    /// Read-only, with a fresh CSRF token.
-    pub(crate) fn new() -> Result<Self, ConsoleError> {
-        let mut bytes = [0u8; 32];
-        getrandom::fill(&mut bytes)
-            .map_err(|e| ConsoleError::Config(format!("no randomness for a CSRF token: {e}")))?;
-        let mut csrf = String::with_capacity(64);
-        for b in bytes {
-            let _ = write!(csrf, "{b:02x}");
-        }
-        Ok(Self {
+    /// Read-only: no admin token, hence no CSRF token (there are no forms).
+    pub(crate) fn new() -> Self {
+        Self {
             admin_token: None,
-            csrf,
+            csrf: String::new(),
             hosts: Vec::new(),
-        })
+        }
     }
 
     /// Also answers for `hosts` (names or addresses; a port, if given, is ignored).
@@ -184,6 +181,7 @@ impl Security {
                 "the admin token must be at least 8 characters long".to_owned(),
             ));
         }
+        self.csrf = csrf_token(&token);
         self.admin_token = Some(token);
         Ok(self)
     }
@@ -193,7 +191,7 @@ impl Security {
         self.admin_token.is_some()
     }
 
-    /// The CSRF token the console's forms carry.
+    /// The CSRF token the console's forms carry (empty when read-only).
     pub(crate) fn csrf(&self) -> &str {
         &self.csrf
     }
@@ -261,6 +259,22 @@ impl Security {
     }
 }
 
+/// The CSRF token of a console with the admin token `admin_token`: hex HMAC-SHA-256 of
+/// [`CSRF_LABEL`] keyed by it. The same on every replica given the same admin token; telling
+/// nothing about the admin token to whoever reads it in a page.
+fn csrf_token(admin_token: &str) -> String {
+    use hmac::{KeyInit, Mac};
+    let mut csrf = String::with_capacity(64);
+    // HMAC takes a key of any length: this never fails.
+    if let Ok(mut mac) = hmac::Hmac::<sha2::Sha256>::new_from_slice(admin_token.as_bytes()) {
+        mac.update(CSRF_LABEL);
+        for b in mac.finalize().into_bytes() {
+            let _ = write!(csrf, "{b:02x}");
+        }
+    }
+    csrf
+}
+
 /// Compares two secrets in time that depends on their lengths only, not on where they differ.
 pub(crate) fn constant_time_eq(a: &str, b: &str) -> bool {
     let (a, b) = (a.as_bytes(), b.as_bytes());
@@ -277,8 +291,47 @@ mod tests {
 
     fn writable() -> Security {
         Security::new()
-            .and_then(|s| s.with_admin_token("secret-token".to_owned()))
+            .with_admin_token("secret-token".to_owned())
             .expect("security")
+    }
+
+    #[test]
+    fn replicas_with_the_same_admin_token_agree_on_the_csrf_token() {
+        let (a, b) = (writable(), writable());
+        assert_eq!(a.csrf(), b.csrf());
+        assert_eq!(a.csrf().len(), 64);
+        assert!(!a.csrf().contains("secret"));
+        let other = Security::new()
+            .with_admin_token("another-token".to_owned())
+            .expect("security");
+        assert_ne!(a.csrf(), other.csrf());
+        // RFC 4231 test case 2, the HMAC-SHA-256 this derivation is.
+        use hmac::{KeyInit, Mac};
+        let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(b"Jefe").expect("key");
+        mac.update(b"what do ya want for nothing?");
+        let hex: String = mac
+            .finalize()
+            .into_bytes()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        assert_eq!(
+            hex,
+            "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
+        );
+        // A form from replica A is accepted by replica B.
+        let mut headers = HeaderMap::new();
+        headers.insert(HOST, HeaderValue::from_static("console.internal"));
+        headers.insert(ORIGIN, HeaderValue::from_static("http://console.internal"));
+        assert!(
+            b.check(&headers, Some("secret-token"), Some(a.csrf()))
+                .is_ok()
+        );
+        assert!(
+            other
+                .check(&headers, Some("another-token"), Some(a.csrf()))
+                .is_err()
+        );
     }
 
     #[test]
@@ -289,11 +342,7 @@ mod tests {
         assert_eq!(host_name("[::1]:8080"), "[::1]");
         assert_eq!(host_name("::1"), "[::1]");
         assert_eq!(host_name("[::1]"), "[::1]");
-        let security = Security::new().expect("security").with_hosts([
-            "Console.Internal:443",
-            "10.0.0.5",
-            "fe80::1",
-        ]);
+        let security = Security::new().with_hosts(["Console.Internal:443", "10.0.0.5", "fe80::1"]);
         for allowed in [
             "localhost",
             "127.0.0.1",
@@ -324,7 +373,7 @@ mod tests {
 
     #[test]
     fn read_only_refuses_everything() {
-        let security = Security::new().expect("security");
+        let security = Security::new();
         let csrf = security.csrf().to_owned();
         assert!(
             security
