@@ -2,7 +2,6 @@
 //! `prometheus`); 404 otherwise.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
-#![cfg(feature = "prometheus")]
 
 mod common;
 

@@ -860,3 +860,37 @@ async fn the_log_never_pages_past_an_event_an_older_transaction_commits_late() {
     );
     db.drop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn query_values_no_stream_id_can_hold_are_bad_requests() {
+    let db = TestDatabase::new().await;
+    work(&db.store, "order-1", "payment-1", false).await;
+    db.settle().await;
+    let router = Console::new(Admin::new(db.store.clone())).router();
+    let long = "x".repeat(513);
+    for uri in [
+        "/stream?id=%00".to_owned(),
+        "/api/stream?id=order%001".to_owned(),
+        "/stream?id=".to_owned(),
+        format!("/stream?id={long}"),
+        format!("/api/stream?id={long}"),
+        "/streams?category=%00".to_owned(),
+        "/api/streams?category=order&after=a%00".to_owned(),
+        "/streams?after=%00".to_owned(),
+    ] {
+        let answer = get(&router, &uri).await;
+        assert_eq!(
+            answer.status,
+            StatusCode::BAD_REQUEST,
+            "{uri}: {}",
+            answer.body
+        );
+    }
+    // Long values no stream holds find nothing.
+    let answer = get(&router, &format!("/api/streams?category={long}")).await;
+    assert_eq!(answer.status, StatusCode::OK, "{}", answer.body);
+    assert!(answer.json()["streams"].as_array().unwrap().is_empty());
+    let answer = get(&router, &format!("/streams?category=order&after={long}")).await;
+    assert_eq!(answer.status, StatusCode::OK, "{}", answer.body);
+    db.drop().await;
+}

@@ -218,5 +218,7 @@ async fn dead_letters_are_read_a_page_at_a_time() {
         "{}",
         page.body
     );
+    let page = get(&router, "/saga?name=echo&after=order%00").await;
+    assert_eq!(page.status, StatusCode::BAD_REQUEST, "{}", page.body);
     db.drop().await;
 }

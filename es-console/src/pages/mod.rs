@@ -39,6 +39,27 @@ pub(crate) fn parse_position(text: &str) -> Result<Position, ConsoleError> {
     ))
 }
 
+/// A text query value, checked before it reaches the store: PostgreSQL text holds no NUL
+/// byte (a query binding one fails), so no stored value has one. `what` names the parameter.
+pub(crate) fn text_param<'a>(what: &str, value: &'a str) -> Result<&'a str, ConsoleError> {
+    if value.contains('\0') {
+        return Err(ConsoleError::BadRequest(format!(
+            "the {what} {value:?} holds a NUL byte, which nothing stored holds"
+        )));
+    }
+    Ok(value)
+}
+
+/// A stream id from a query, checked as `es_core::StreamId::new` checks one (not empty, at
+/// most 512 bytes, no NUL byte).
+pub(crate) fn stream_id_param(value: &str) -> Result<&str, ConsoleError> {
+    es_core::StreamId::new(value).map_err(|e| {
+        let shown: String = value.chars().take(80).collect();
+        ConsoleError::BadRequest(format!("{shown:?} is not a stream id: {e}"))
+    })?;
+    Ok(value)
+}
+
 /// Seconds, one decimal: `-` for none.
 pub(crate) fn seconds(duration: Option<Duration>) -> String {
     duration.map_or_else(|| "-".to_owned(), |d| format!("{:.1}", d.as_secs_f64()))

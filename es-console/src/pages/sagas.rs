@@ -72,6 +72,9 @@ pub(crate) async fn load(
             ))
         })?;
     let page = queries::page_size(limit);
+    let after = after
+        .map(|a| super::text_param("instance", a))
+        .transpose()?;
     let (instances, outbox, deadlines) =
         queries::saga_tables(state.admin.store(), name, after, page).await?;
     let dead_letters = queries::dead_letters(state.admin.store(), name, dead_after, page).await?;

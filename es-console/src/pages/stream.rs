@@ -36,6 +36,7 @@ pub(crate) async fn load(
     query: &StreamQuery,
 ) -> Result<StreamPageView, ConsoleError> {
     let store = state.admin.store();
+    super::stream_id_param(&query.id)?;
     let version = queries::stream_version(store, &query.id)
         .await?
         .ok_or_else(|| ConsoleError::NotFound(format!("no stream {:?}", query.id)))?;

@@ -37,8 +37,17 @@ pub(crate) async fn load(
 ) -> Result<StreamsView, ConsoleError> {
     let limit = queries::page_size(query.limit);
     let store = state.admin.store();
-    let after = query.after.as_deref();
-    match query.category.as_deref().filter(|c| !c.is_empty()) {
+    let after = query
+        .after
+        .as_deref()
+        .map(|a| super::text_param("after", a))
+        .transpose()?;
+    let category = query
+        .category
+        .as_deref()
+        .map(|c| super::text_param("category", c))
+        .transpose()?;
+    match category.filter(|c| !c.is_empty()) {
         None => {
             let categories = queries::categories(store, after, limit).await?;
             let next_after = (categories.len() == limit)
