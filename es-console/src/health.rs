@@ -1,6 +1,10 @@
 //! Health endpoints: `/health/live` says the process answers; `/health/ready` says whether
 //! every registered projection and saga runner is active (some instance, in this process or
-//! another, holds its lock) and within the lag bound, naming the first that is not.
+//! another, holds its lock) and within the lag bound, naming those that are not. A projection
+//! being rebuilt in place counts as ready while it runs, however far behind: it is meant to
+//! be, and the rebuild is the fleet's, not this replica's. Readiness is the fleet's state (any
+//! instance may hold a runner's lock): use it for alerting, not to take one replica out of a
+//! load balancer.
 //! `/metrics` serves Prometheus text when the console was given a handle.
 
 use std::time::Duration;
@@ -44,6 +48,8 @@ struct RunnerHealth {
     active: bool,
     lag_events: u64,
     lag_seconds: f64,
+    /// A projection being rebuilt in place: ready while running, whatever its lag.
+    rebuilding: bool,
     ready: bool,
 }
 
@@ -87,39 +93,47 @@ async fn readiness(state: &crate::State) -> Result<Readiness, crate::ConsoleErro
     let bound = state.ready;
     let mut runners = Vec::new();
     let mut reasons = Vec::new();
-    let mut judge =
-        |kind: &'static str, name: &str, active: bool, lag_events: u64, lag: Option<Duration>| {
-            let lag = lag.unwrap_or_default();
-            let ready = if !active {
-                reasons.push(format!(
-                    "{kind} {name} is not running: no instance holds its lock"
-                ));
-                false
-            } else if lag_events > bound.max_lag_events || lag > bound.max_lag {
-                reasons.push(format!(
-                    "{kind} {name} lags {lag_events} events, {:.1} s (bound: {} events, {:.1} s)",
-                    lag.as_secs_f64(),
-                    bound.max_lag_events,
-                    bound.max_lag.as_secs_f64()
-                ));
-                false
-            } else {
-                true
-            };
-            runners.push(RunnerHealth {
-                kind,
-                name: name.to_owned(),
-                active,
-                lag_events,
-                lag_seconds: lag.as_secs_f64(),
-                ready,
-            });
+    let mut judge = |kind: &'static str,
+                     name: &str,
+                     active: bool,
+                     rebuilding: bool,
+                     lag_events: u64,
+                     lag: Option<Duration>| {
+        let lag = lag.unwrap_or_default();
+        let ready = if !active {
+            reasons.push(format!(
+                "{kind} {name} is not running: no instance holds its lock"
+            ));
+            false
+        } else if rebuilding {
+            true
+        } else if lag_events > bound.max_lag_events || lag > bound.max_lag {
+            reasons.push(format!(
+                "{kind} {name} lags {lag_events} events, {:.1} s (bound: {} events, {:.1} s)",
+                lag.as_secs_f64(),
+                bound.max_lag_events,
+                bound.max_lag.as_secs_f64()
+            ));
+            false
+        } else {
+            true
         };
+        runners.push(RunnerHealth {
+            kind,
+            name: name.to_owned(),
+            active,
+            lag_events,
+            lag_seconds: lag.as_secs_f64(),
+            rebuilding,
+            ready,
+        });
+    };
     for view in state.admin.projection_views().await? {
         judge(
             "projection",
             &view.status.name,
             view.holder.is_some(),
+            view.status.rebuilding,
             view.status.lag_events,
             view.status.lag,
         );
@@ -129,6 +143,7 @@ async fn readiness(state: &crate::State) -> Result<Readiness, crate::ConsoleErro
             "saga",
             &view.feed.name,
             view.holder.is_some(),
+            false,
             view.feed.lag_events,
             view.feed.lag,
         );

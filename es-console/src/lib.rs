@@ -14,7 +14,7 @@
 //! | `/log?at=tx.seq` | the global log around a position (or `after=`, `before=`) | `/api/log` |
 //! | `/projections`, `/projection?name=` | checkpoint, lag, state, parked events (replay, skip), rebuild progress | `/api/projections`, `/api/projection` |
 //! | `/sagas`, `/saga?name=` | feed, outbox, deadlines, dead letters (retry, discard) | `/api/sagas`, `/api/saga` |
-//! | `/health/live`, `/health/ready` | liveness; readiness: every runner active and within the lag bound | |
+//! | `/health/live`, `/health/ready` | liveness; readiness: every runner active and within the lag bound (a projection rebuilt in place: active); the fleet's state, for alerting | |
 //! | `/metrics` | Prometheus text, with the `prometheus` feature and [`Console::metrics`] | |
 //!
 //! Every response carries a `Server-Timing` header with the time the server spent on it.

@@ -894,3 +894,86 @@ async fn query_values_no_stream_id_can_hold_are_bad_requests() {
     assert_eq!(answer.status, StatusCode::OK, "{}", answer.body);
     db.drop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_runner_behind_the_bound_is_unready_unless_it_is_rebuilding() {
+    let db = TestDatabase::new().await;
+    let fail = Arc::new(AtomicBool::new(false));
+    work(&db.store, "order-1", "payment-1", false).await;
+    db.settle().await;
+    notes(&db, &fail).catch_up().await.unwrap();
+    let strict = Console::new(Admin::new(db.store.clone()).projection(notes(&db, &fail)))
+        .ready_within(ReadyBound {
+            max_lag_events: 0,
+            max_lag: std::time::Duration::ZERO,
+        })
+        .router();
+    let ready = async || {
+        let answer = get(&strict, "/health/ready").await;
+        (answer.status, answer.json())
+    };
+
+    // A runner that runs (holds its lock) but cannot apply: its read model is locked.
+    let behind = async |rebuilding: bool| {
+        work(&db.store, "order-2", "payment-2", false).await;
+        db.settle().await;
+        if rebuilding {
+            sqlx::query(db.schema.sql(
+                "UPDATE {schema}.projection_checkpoints SET rebuild_started_at = now() \
+                 WHERE projection = 'notes'",
+            ))
+            .execute(&db.pool)
+            .await
+            .unwrap();
+        }
+        let mut blocker = db.pool.begin().await.unwrap();
+        sqlx::query(
+            db.schema
+                .sql("LOCK TABLE {schema}.notes IN ACCESS EXCLUSIVE MODE"),
+        )
+        .execute(&mut *blocker)
+        .await
+        .unwrap();
+        let runner = notes(&db, &fail);
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let running = tokio::spawn(async move {
+            runner
+                .run(async move {
+                    let _ = stopped.await;
+                })
+                .await
+        });
+        (blocker, stop, running)
+    };
+
+    let (blocker, stop, running) = behind(false).await;
+    wait_until("the running runner is seen lagging", async || {
+        let (status, body) = ready().await;
+        status == StatusCode::SERVICE_UNAVAILABLE
+            && body["runners"][0]["active"] == true
+            && body["reason"]
+                .as_str()
+                .is_some_and(|r| r.contains("projection notes lags"))
+    })
+    .await;
+    blocker.commit().await.unwrap();
+    let _ = stop.send(());
+    running.await.unwrap().unwrap();
+
+    // Rebuilt in place, as far behind: ready, and said to be rebuilding.
+    let (blocker, stop, running) = behind(true).await;
+    wait_until("the rebuilding runner is seen running", async || {
+        let (status, body) = ready().await;
+        body["runners"][0]["active"] == true && {
+            assert_eq!(status, StatusCode::OK, "{body}");
+            assert_eq!(body["runners"][0]["rebuilding"], true, "{body}");
+            assert!(body["runners"][0]["lag_events"].as_u64().unwrap() > 0);
+            true
+        }
+    })
+    .await;
+    blocker.commit().await.unwrap();
+    let _ = stop.send(());
+    running.await.unwrap().unwrap();
+    db.drop().await;
+}
