@@ -24,7 +24,8 @@
 //! skipping parked events and retrying or discarding dead letters are POSTs that carry the
 //! token (form field `token` or header `x-admin-token`) and pass a CSRF check (a CSRF token
 //! in every form, derived from the admin token so that replicas behind a load balancer agree
-//! on it; `Origin` and `Sec-Fetch-Site` must name the console itself).
+//! on it; `Origin` must name the console itself, and `Sec-Fetch-Site` be `same-origin` or
+//! `none`, the operator's own navigation).
 //! Tokens are compared in constant time. Everything shown is escaped; every query is bound;
 //! pages hold at most [`MAX_PAGE`] rows. Bind it to `127.0.0.1` (what `bank-admin serve`
 //! does by default) or put it behind your own authentication.
