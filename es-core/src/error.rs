@@ -4,7 +4,9 @@ use std::error::Error as StdError;
 
 use uuid::Uuid;
 
-use crate::{ConflictError, EventDecodeError, InvalidStreamId, Position, StreamId};
+use crate::{
+    ConflictError, EventDecodeError, InvalidStreamId, Position, StreamId, TruncationRefusal,
+};
 
 /// A boxed error from a store's backend (a database driver, an I/O layer).
 pub type BoxError = Box<dyn StdError + Send + Sync + 'static>;
@@ -51,6 +53,40 @@ pub enum StoreError {
         field: &'static str,
         /// What was wrong with it.
         reason: String,
+    },
+    /// The stream was deleted (see [`StreamLifecycle::delete_stream`](crate::StreamLifecycle)):
+    /// reads and appends are refused until it is deliberately recreated
+    /// ([`StreamLifecycle::recreate_stream`](crate::StreamLifecycle)); nothing was written.
+    #[error("stream {stream} is deleted")]
+    StreamDeleted {
+        /// The deleted stream.
+        stream: StreamId,
+    },
+    /// The stream was archived by an operator: its events left the live log and are read on
+    /// request only (the PostgreSQL store's `read_archived_stream`); nothing was written.
+    #[error("stream {stream} is archived")]
+    StreamArchived {
+        /// The archived stream.
+        stream: StreamId,
+    },
+    /// A read asked only for events a truncation hides, or a load found the events before
+    /// `before` hidden with no usable snapshot covering them.
+    #[error("stream {stream} is truncated: its events before version {before} are hidden")]
+    StreamTruncated {
+        /// The truncated stream.
+        stream: StreamId,
+        /// The first version still readable.
+        before: u64,
+    },
+    /// [`StreamLifecycle::truncate_before`](crate::StreamLifecycle) was refused; nothing changed.
+    #[error("cannot truncate stream {stream} before version {before}: {reason}")]
+    TruncationRefused {
+        /// The stream.
+        stream: StreamId,
+        /// The version asked to become the first readable one.
+        before: u64,
+        /// Why it was refused.
+        reason: TruncationRefusal,
     },
     /// The backend failed; `transient` says whether retrying the same call may succeed (a dropped
     /// connection, a timeout, a serialization failure). After a transient failure of an append

@@ -97,6 +97,7 @@ mod command;
 mod envelope;
 mod error;
 mod event;
+mod lifecycle;
 mod memory;
 mod metadata;
 mod position;
@@ -129,6 +130,7 @@ pub use es_macros::{Aggregate, DomainEvent};
 pub use event::{
     DecodeError, DomainEvent, EventType, NewEvent, current_version, decode_tagged, encode_tagged,
 };
+pub use lifecycle::{STREAM_DELETED, StreamLifecycle, TruncationRefusal, is_tombstone, tombstone};
 pub use memory::InMemoryEventStore;
 pub use metadata::{InvalidMetadata, Metadata};
 pub use personal::{InMemoryKeyStore, KeyStore, Personal, PersonalData, SubjectKey};

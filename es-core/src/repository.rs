@@ -10,7 +10,7 @@ use serde_json::value::RawValue;
 
 use crate::{
     Aggregate, CommandError, EventStore, Snapshot, SnapshotDue, SnapshotPolicy, SnapshotStore,
-    StreamId, Upcasters,
+    StoreError, StreamId, Upcasters, is_tombstone,
 };
 
 /// An aggregate's state and the stream version it reflects.
@@ -183,6 +183,22 @@ impl<A: Aggregate> Repository<A> {
                 break;
             }
             let version = recorded.stream_version;
+            if is_tombstone(&recorded.event_type) {
+                // A recreated stream reads from its tombstone: its new life starts afresh.
+                loaded.state = A::default();
+                loaded.version = version;
+                loaded.snapshot_at = 0;
+                continue;
+            }
+            if version != loaded.version + 1 {
+                // The events before this one are hidden (a truncation) and no usable snapshot
+                // covers them: refuse rather than build a state from part of the stream.
+                return Err(StoreError::StreamTruncated {
+                    stream: stream.clone(),
+                    before: version,
+                }
+                .into());
+            }
             self.upcasters.decode_into(recorded, &mut decoded)?;
             for envelope in decoded.drain(..) {
                 loaded.state.apply(&envelope.payload);

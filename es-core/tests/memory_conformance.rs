@@ -19,3 +19,18 @@ async fn checks_may_share_one_store() {
         global_log_is_ordered_and_resumable(Arc::clone(&store)),
     );
 }
+
+mod lifecycle {
+    use std::sync::Arc;
+
+    use es_core::{InMemoryEventStore, InMemorySnapshotStore, SnapshotStore, StreamLifecycle};
+
+    es_core::stream_lifecycle_conformance_tests!(async {
+        let snapshots = Arc::new(InMemorySnapshotStore::new());
+        let store = InMemoryEventStore::new().with_snapshot_store(snapshots.clone());
+        (
+            Arc::new(store) as Arc<dyn StreamLifecycle>,
+            snapshots as Arc<dyn SnapshotStore>,
+        )
+    });
+}

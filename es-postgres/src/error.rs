@@ -67,6 +67,14 @@ pub enum PgError {
     /// A store operation failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// A maintenance function (archiving, hard deletion) refused the stream; nothing changed.
+    #[error("maintenance of stream {stream} refused: {reason}")]
+    MaintenanceRefused {
+        /// The stream.
+        stream: es_core::StreamId,
+        /// Why.
+        reason: crate::MaintenanceRefusal,
+    },
 }
 
 /// SQLSTATE of a unique violation.

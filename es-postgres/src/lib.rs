@@ -10,6 +10,9 @@
 //! - `schema.rs`: [`SchemaName`] and the migrations (`migrations/*.sql`).
 //! - `store.rs`: [`PgEventStore`]: appends, reads, the [`Horizon`] readers are held to.
 //! - `import.rs`: [`PgEventStore::import`]: whole new streams in bulk through `COPY`.
+//! - `lifecycle.rs`: soft deletion, recreation and truncation ([`es_core::StreamLifecycle`]);
+//!   archiving and hard deletion through privileged SQL functions, recorded in
+//!   `maintenance_log` ([`MaintenanceRecord`]).
 //! - `snapshot.rs`: [`PgSnapshotStore`]: the newest snapshot per stream.
 //! - `follower.rs`: [`LogFollower`]: catch up, then follow live (LISTEN/NOTIFY, polling fallback).
 //! - `projection/`: [`PgProjection`] and [`ProjectionRunner`]: read models fed the global log,
@@ -49,6 +52,7 @@ mod convert;
 mod error;
 mod follower;
 mod import;
+mod lifecycle;
 mod personal;
 mod projection;
 mod row;
@@ -70,6 +74,7 @@ pub use connect::{connect_pool, parse_url};
 pub use error::{PgError, is_transient};
 pub use follower::LogFollower;
 pub use import::ImportReport;
+pub use lifecycle::{MaintenanceOperation, MaintenanceRecord, MaintenanceRefusal};
 pub use personal::{Forgotten, PgKeyStore};
 pub use projection::{
     ErrorPolicy, LockHolder, OnFailure, ParkedEvent, PgProjection, Progress, ProjectionError,

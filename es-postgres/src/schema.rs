@@ -18,7 +18,7 @@ pub const MAX_SCHEMA_NAME_LEN: usize = 48;
 /// `sqlx::migrate!`, which would compile sqlx's macro crates (and sqlx itself a second time)
 /// into every service; checksums are the same. A test checks every file of `migrations/` is
 /// listed here.
-const MIGRATIONS: [(i64, &str, &str); 15] = [
+const MIGRATIONS: [(i64, &str, &str); 16] = [
     (
         1,
         "event store",
@@ -85,6 +85,11 @@ const MIGRATIONS: [(i64, &str, &str); 15] = [
         15,
         "personal data",
         include_str!("../migrations/0015_personal_data.sql"),
+    ),
+    (
+        16,
+        "stream lifecycle",
+        include_str!("../migrations/0016_stream_lifecycle.sql"),
     ),
 ];
 
@@ -302,7 +307,7 @@ mod tests {
     /// The checksum of every released migration. sqlx refuses to migrate a database whose
     /// applied migration's text changed since: a released migration is never edited, its
     /// changes go into a new one. Add the new one's checksum here.
-    const RELEASED: [&str; 15] = [
+    const RELEASED: [&str; 16] = [
         "4e40d51ec5368ec567a44341d900df3f32fe782227ebea8f8c8899a2b806cb9ecfe9ab7bc0ca6cff281b0b8775c24129",
         "60adec5713da08d6253034feb72eb74713d2bc8147d320aecc8a9faf227f7e70396a7a3864f4ed024f5190aa2aa826a9",
         "c0f0ce96c82c4c8af2d930b66ceebaac30fb52a0026d7046443113514a9353978fafbe79df3ee0fd2c5e29e976299d22",
@@ -318,6 +323,7 @@ mod tests {
         "78e8f7335fc354a96aacd9d08a890ae40920fdaf62e03d22df334d0885d46351627422a2c64ca25842b5c8abadc11590",
         "f118f8cebbf88c619719b0c3ecbcc69df4d147cfa56cd000a9b008a50ed9d51ce816b55ffdc36acaf34fb3201703b3ab",
         "b2027768215b54a590bd84acb72352e91d6a0c09e876460b13a77b253f8a1a3051b2ab1789f245ce4d7249bb7152188a",
+        "0049d1a430049009ca51d070534cb9235c4ff13bd887329cb1ac236685f80ae9daedfdf5677e1dc2b6e05d06218a71dd",
     ];
 
     #[test]

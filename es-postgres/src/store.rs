@@ -48,7 +48,7 @@ struct Inner {
 
 /// Every statement of the store, built once with the schema name in it. The schema name is
 /// the only non-parameter in any of them, and [`SchemaName`] admits plain identifiers only.
-struct Statements {
+pub(crate) struct Statements {
     append_exact: Arc<str>,
     append_exists: Arc<str>,
     append_new: Arc<str>,
@@ -63,9 +63,11 @@ struct Statements {
     read_all: Arc<str>,
     events_by_id: Arc<str>,
     events_by_correlation: Arc<str>,
-    stream_version: Arc<str>,
+    stream_status: Arc<str>,
     head: Arc<str>,
     horizon: Arc<str>,
+    /// Deleting, recreating, truncating and archive reads (see `lifecycle.rs`).
+    pub(crate) lifecycle: crate::lifecycle::Statements,
 }
 
 impl Statements {
@@ -109,15 +111,18 @@ impl Statements {
         };
         let horizon = "pg_snapshot_xmin(pg_current_snapshot())::text::bigint";
         let xid = "pg_current_xact_id()::text::bigint";
+        // Deleted and archived streams take no append: their rows match no update, and the
+        // refusal is then told apart from a conflict (see `resolve_refusal`).
+        let live = crate::lifecycle::LIVE;
         let exact = format!(
             "UPDATE {s}.streams SET version = version + $2, \
                  transaction_id = GREATEST(transaction_id, {xid}) \
-             WHERE stream_id = $1 AND version = $10 RETURNING version, transaction_id"
+             WHERE stream_id = $1 AND version = $10 AND {live} RETURNING version, transaction_id"
         );
         let exists = format!(
             "UPDATE {s}.streams SET version = version + $2, \
                  transaction_id = GREATEST(transaction_id, {xid}) \
-             WHERE stream_id = $1 RETURNING version, transaction_id"
+             WHERE stream_id = $1 AND {live} RETURNING version, transaction_id"
         );
         let new = format!(
             "INSERT INTO {s}.streams (stream_id, version, transaction_id) \
@@ -128,9 +133,29 @@ impl Statements {
              VALUES ($1, $2, {xid}) \
              ON CONFLICT (stream_id) DO UPDATE SET version = t.version + EXCLUDED.version, \
                  transaction_id = GREATEST(t.transaction_id, EXCLUDED.transaction_id) \
+             WHERE t.deleted_at IS NULL AND t.archived_at IS NULL \
              RETURNING version, transaction_id"
         );
+        // A deleted (or absent) stream takes a recreation; reads of it start at its tombstone,
+        // the stream's last version before the recreation.
+        let recreate = format!(
+            "INSERT INTO {s}.streams AS t (stream_id, version, transaction_id) \
+             VALUES ($1, $2, {xid}) \
+             ON CONFLICT (stream_id) DO UPDATE SET version = t.version + EXCLUDED.version, \
+                 transaction_id = GREATEST(t.transaction_id, EXCLUDED.transaction_id), \
+                 deleted_at = NULL, truncated_before = t.version \
+             WHERE t.deleted_at IS NOT NULL AND t.archived_at IS NULL \
+             RETURNING version, transaction_id"
+        );
+        // Stream reads start at the truncation point and return nothing for a deleted or
+        // archived stream (an empty read then asks `stream_status` why).
+        let first_readable = format!(
+            "COALESCE((SELECT CASE WHEN deleted_at IS NULL AND archived_at IS NULL \
+                 THEN truncated_before ELSE 9223372036854775807 END \
+             FROM {s}.streams WHERE stream_id = $1), 1)"
+        );
         Self {
+            lifecycle: crate::lifecycle::Statements::new(schema, append(&recreate), one(&recreate)),
             one_exact: one(&exact),
             one_exists: one(&exists),
             one_new: one(&new),
@@ -142,7 +167,7 @@ impl Statements {
             read_stream_range: format!(
                 "SELECT {EVENT_COLUMNS} FROM {s}.events \
                  WHERE stream_id = $1 AND stream_version BETWEEN $2 AND $3 \
-                 ORDER BY stream_version"
+                   AND stream_version >= {first_readable} ORDER BY stream_version"
             )
             .into(),
             // The horizon is taken once per statement (an init plan), not per row.
@@ -162,7 +187,11 @@ impl Statements {
                  ORDER BY transaction_id, position LIMIT $2"
             )
             .into(),
-            stream_version: format!("SELECT version FROM {s}.streams WHERE stream_id = $1").into(),
+            stream_status: format!(
+                "SELECT version, deleted_at IS NOT NULL, archived_at IS NOT NULL, \
+                     truncated_before FROM {s}.streams WHERE stream_id = $1"
+            )
+            .into(),
             head: format!(
                 "SELECT transaction_id, position FROM {s}.events \
                  WHERE transaction_id < (SELECT {horizon}) \
@@ -330,6 +359,11 @@ impl PgEventStore {
         &self.inner.schema
     }
 
+    /// The store's statements.
+    pub(crate) fn statements(&self) -> &Statements {
+        &self.inner.sql
+    }
+
     /// A follower of the global log from `after`: it catches up, then waits for new events,
     /// woken by notifications and polling as a fallback.
     pub fn follow(&self, after: Position) -> LogFollower {
@@ -478,6 +512,20 @@ impl PgEventStore {
             (ExpectedVersion::Any, false) => (&sql.append_any, None),
             (ExpectedVersion::Any, true) => (&sql.one_any, None),
         };
+        self.try_write(executor, stream, statement, exact, events)
+            .await
+    }
+
+    /// Runs `statement`, one of the append statements (parameters: stream, count, the events'
+    /// columns, and `exact` when given). `Ok(None)`: refused, nothing written.
+    pub(crate) async fn try_write<'c>(
+        &self,
+        executor: impl PgExecutor<'c>,
+        stream: &StreamId,
+        statement: &Arc<str>,
+        exact: Option<u64>,
+        events: &[NewEvent],
+    ) -> Result<Option<AppendResult>, StoreError> {
         let columns;
         let mut query = sqlx::query(AssertSqlSafe(statement.clone()))
             .bind(stream.as_str())
@@ -575,11 +623,14 @@ impl PgEventStore {
         struct Pages {
             next: u64,
             done: bool,
+            /// Whether no row was read yet: an empty first page asks the stream's row why.
+            first: bool,
             conn: Option<sqlx::pool::PoolConnection<sqlx::Postgres>>,
         }
         let start = Pages {
             next: from.max(1),
             done: false,
+            first: true,
             conn: None,
         };
         futures_util::stream::try_unfold(start, move |mut pages| async move {
@@ -600,7 +651,36 @@ impl PgEventStore {
                 .fetch_all(&mut **conn)
                 .await
                 .map_err(store_error)?;
-            let full = rows.len() as u64 == last - pages.next + 1;
+            if rows.is_empty() && pages.first {
+                // The statement reads nothing of a deleted or archived stream, nor before its
+                // truncation point: say which, or go on from the truncation point.
+                pages.first = false;
+                let status = self.status_on(&mut **conn, stream).await?;
+                let Some(status) = status else {
+                    return Ok(None);
+                };
+                status.live(stream)?;
+                let before = status.truncated_before;
+                if pages.next < before && before <= to {
+                    pages.next = before;
+                    return Ok(Some((Vec::new(), pages)));
+                }
+                if pages.next <= to && to < before {
+                    return Err(StoreError::StreamTruncated {
+                        stream: stream.clone(),
+                        before,
+                    });
+                }
+                return Ok(None);
+            }
+            pages.first = false;
+            // Versions are gap-free from the truncation point on: the page is full when it
+            // reaches its last version.
+            let full = rows.len() as u64 == last - pages.next + 1
+                || rows
+                    .last()
+                    .and_then(|row| row.try_get::<i64, _>(4).ok())
+                    .is_some_and(|version| version == to_i64(last));
             let mut events = Vec::with_capacity(rows.len());
             let mut failed = None;
             for row in &rows {
@@ -635,6 +715,26 @@ impl PgEventStore {
         expected: ExpectedVersion,
         events: &[NewEvent],
     ) -> Result<AppendResult, StoreError> {
+        if let Some(repeat) = self.repeat_of(&mut *conn, stream, events).await? {
+            return Ok(repeat);
+        }
+        let actual = self.version_on(&mut *conn, stream).await?;
+        Err(ConflictError {
+            stream: stream.clone(),
+            expected,
+            actual,
+        }
+        .into())
+    }
+
+    /// Whether a refused write of `events` repeats an earlier one: its result when it does,
+    /// `None` when none of the ids is stored, [`StoreError::EventIdReused`] for another reuse.
+    pub(crate) async fn repeat_of(
+        &self,
+        conn: &mut PgConnection,
+        stream: &StreamId,
+        events: &[NewEvent],
+    ) -> Result<Option<AppendResult>, StoreError> {
         let ids: Vec<Uuid> = events.iter().map(|e| e.event_id).collect();
         let stored = sqlx::query(AssertSqlSafe(self.inner.sql.events_by_id.clone()))
             .bind(&ids)
@@ -660,16 +760,7 @@ impl PgEventStore {
                     .unwrap_or_else(|| event.clone())
             })
             .collect();
-        if let Some(repeat) = judge_repeat(stream, &compared, &stored)? {
-            return Ok(repeat);
-        }
-        let actual = self.version_on(&mut *conn, stream).await?;
-        Err(ConflictError {
-            stream: stream.clone(),
-            expected,
-            actual,
-        }
-        .into())
+        judge_repeat(stream, &compared, &stored)
     }
 
     async fn check_only<'c>(
@@ -696,27 +787,69 @@ impl PgEventStore {
         })
     }
 
+    /// The stream's version, refusing a deleted or archived stream.
     async fn version_on<'c>(
         &self,
         executor: impl PgExecutor<'c>,
         stream: &StreamId,
     ) -> Result<Option<u64>, StoreError> {
-        let version: Option<i64> =
-            sqlx::query_scalar(AssertSqlSafe(self.inner.sql.stream_version.clone()))
+        let status = self.status_on(executor, stream).await?;
+        status.map(|s| s.live(stream)).transpose()
+    }
+
+    /// The stream's row: version and lifecycle; `None` when the stream does not exist.
+    pub(crate) async fn status_on<'c>(
+        &self,
+        executor: impl PgExecutor<'c>,
+        stream: &StreamId,
+    ) -> Result<Option<StreamStatus>, StoreError> {
+        let row: Option<(i64, bool, bool, i64)> =
+            sqlx::query_as(AssertSqlSafe(self.inner.sql.stream_status.clone()))
                 .bind(stream.as_str())
                 .fetch_optional(executor)
                 .await
                 .map_err(store_error)?;
-        version
-            .map(|v| {
-                u64::try_from(v).map_err(|_| StoreError::Malformed {
-                    event_id: None,
-                    position: None,
-                    field: "streams.version",
-                    reason: format!("stream {stream} is at negative version {v}"),
-                })
-            })
-            .transpose()
+        let Some((version, deleted, archived, truncated_before)) = row else {
+            return Ok(None);
+        };
+        let version = u64::try_from(version).map_err(|_| StoreError::Malformed {
+            event_id: None,
+            position: None,
+            field: "streams.version",
+            reason: format!("stream {stream} is at negative version {version}"),
+        })?;
+        Ok(Some(StreamStatus {
+            version,
+            deleted,
+            archived,
+            truncated_before: truncated_before.max(1) as u64,
+        }))
+    }
+}
+
+/// A stream's row in `streams`.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct StreamStatus {
+    pub(crate) version: u64,
+    pub(crate) deleted: bool,
+    pub(crate) archived: bool,
+    pub(crate) truncated_before: u64,
+}
+
+impl StreamStatus {
+    /// The version of a live stream; the typed refusal for a deleted or archived one.
+    pub(crate) fn live(&self, stream: &StreamId) -> Result<u64, StoreError> {
+        if self.archived {
+            return Err(StoreError::StreamArchived {
+                stream: stream.clone(),
+            });
+        }
+        if self.deleted {
+            return Err(StoreError::StreamDeleted {
+                stream: stream.clone(),
+            });
+        }
+        Ok(self.version)
     }
 }
 

@@ -561,3 +561,31 @@ impl es_core::EventStore for TestDatabase {
         self.store.head().await
     }
 }
+
+/// As for [`EventStore`](es_core::EventStore): the lifecycle conformance checks own their store.
+#[async_trait::async_trait]
+impl es_core::StreamLifecycle for TestDatabase {
+    async fn delete_stream(
+        &self,
+        stream: &es_core::StreamId,
+        expected: es_core::ExpectedVersion,
+    ) -> Result<es_core::AppendResult, es_core::StoreError> {
+        es_core::StreamLifecycle::delete_stream(&self.store, stream, expected).await
+    }
+
+    async fn recreate_stream(
+        &self,
+        stream: &es_core::StreamId,
+        events: Vec<es_core::NewEvent>,
+    ) -> Result<es_core::AppendResult, es_core::StoreError> {
+        es_core::StreamLifecycle::recreate_stream(&self.store, stream, events).await
+    }
+
+    async fn truncate_before(
+        &self,
+        stream: &es_core::StreamId,
+        before: u64,
+    ) -> Result<u64, es_core::StoreError> {
+        es_core::StreamLifecycle::truncate_before(&self.store, stream, before).await
+    }
+}

@@ -5,6 +5,7 @@
 
 pub mod conformance;
 pub mod evolution;
+pub mod lifecycle;
 mod scenario;
 
 pub use scenario::{AggregateTest, Outcome};
