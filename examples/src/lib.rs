@@ -48,4 +48,6 @@ pub mod docs {
     pub struct PersonalData;
     #[doc = include_str!("../../docs/tenancy.md")]
     pub struct Tenancy;
+    #[doc = include_str!("../../docs/lifecycle.md")]
+    pub struct Lifecycle;
 }
