@@ -82,7 +82,21 @@ async fn archived_streams_leave_the_live_log_and_stay_readable_on_request() {
         .delete_stream(&retired, ExpectedVersion::Exact(10))
         .await
         .unwrap();
-    let before: Vec<_> = read_all_until(store, Position::START, 31)
+    // Deleted but not archived: its events and tombstone stay in the live log.
+    let closed = StreamId::new("ledger-closed").unwrap();
+    store
+        .append(
+            &closed,
+            ExpectedVersion::NoStream,
+            vec![common::credit(3, ""), common::credit(4, "")],
+        )
+        .await
+        .unwrap();
+    store
+        .delete_stream(&closed, ExpectedVersion::Exact(2))
+        .await
+        .unwrap();
+    let before: Vec<_> = read_all_until(store, Position::START, 34)
         .await
         .into_iter()
         .filter(|e| e.stream_id == retired)
@@ -147,8 +161,8 @@ async fn archived_streams_leave_the_live_log_and_stay_readable_on_request() {
     // The live log: every live event, in order, each stream's versions gap-free; none of the
     // retired stream's.
     db.settle().await;
-    let live = read_all_until(store, Position::START, 20).await;
-    assert_eq!(live.len(), 20);
+    let live = read_all_until(store, Position::START, 23).await;
+    assert_eq!(live.len(), 23);
     assert!(live.iter().all(|e| e.stream_id != retired));
     assert!(live.windows(2).all(|w| w[0].position < w[1].position));
     for stream in &kept {
@@ -160,14 +174,26 @@ async fn archived_streams_leave_the_live_log_and_stay_readable_on_request() {
         assert_eq!(versions, (1..=10).collect::<Vec<_>>());
     }
 
-    // A projection rebuilt from scratch after the archiving applies every live event once.
+    let closed_versions: Vec<_> = live
+        .iter()
+        .filter(|e| e.stream_id == closed)
+        .map(|e| (e.stream_version, e.event_type.as_str()))
+        .collect();
+    assert_eq!(
+        closed_versions,
+        [(1, "Credited"), (2, "Credited"), (3, STREAM_DELETED)],
+        "a deleted stream's events and tombstone stay in the live log"
+    );
+
+    // A projection rebuilt from scratch after the archiving applies every live event once,
+    // passing over the tombstone, and nothing of the archived stream.
     let runner = common::runner(&db, "totals");
     runner.rebuild(ErrorPolicy::STOP, |_| {}).await.unwrap();
     let totals = common::totals(&db, "totals").await;
-    assert_eq!(totals, common::expected_totals(&db).await);
     assert_eq!(
         totals,
         vec![
+            ("ledger-closed".to_owned(), 2, 7),
             ("ledger-kept1".to_owned(), 10, 25),
             ("ledger-kept2".to_owned(), 10, 25),
         ]
@@ -574,5 +600,44 @@ async fn recreation_through_the_repository_and_the_command_handler() {
         .await
         .unwrap();
     assert_eq!((done.state.balance, done.version), (7, 4));
+    db.drop().await;
+}
+
+#[tokio::test]
+async fn append_in_refuses_a_deleted_stream_and_leaves_the_transaction_usable() {
+    let db = TestDatabase::new().await;
+    let stream = unique_stream("txdel");
+    let other = unique_stream("txother");
+    db.store
+        .append(&stream, ExpectedVersion::NoStream, vec![test_event(1)])
+        .await
+        .unwrap();
+    db.store
+        .delete_stream(&stream, ExpectedVersion::Exact(1))
+        .await
+        .unwrap();
+    let mut conn = db.pool.acquire().await.unwrap();
+    let mut tx = conn.begin().await.unwrap();
+    for expected in [ExpectedVersion::Any, ExpectedVersion::Exact(2)] {
+        match db
+            .store
+            .append_in(&mut tx, &stream, expected, vec![test_event(2)])
+            .await
+        {
+            Err(StoreError::StreamDeleted { stream: s }) => assert_eq!(s, stream),
+            other => panic!("append_in to a deleted stream ({expected}): {other:?}"),
+        }
+    }
+    db.store
+        .append_in(
+            &mut tx,
+            &other,
+            ExpectedVersion::NoStream,
+            vec![test_event(1)],
+        )
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(db.store.stream_version(&other).await.unwrap(), Some(1));
     db.drop().await;
 }
