@@ -130,7 +130,8 @@ impl Inner {
         }
     }
 
-    /// The events of `stream` from `from` (at least its truncation point) while `keep` holds.
+    /// The events of `stream` from version `from` (the caller passes at least the truncation
+    /// point) up to version `to`.
     fn events_from(&self, stream: &StreamId, from: u64, to: u64) -> Vec<RecordedEvent> {
         let skip = from.saturating_sub(1) as usize;
         self.streams
