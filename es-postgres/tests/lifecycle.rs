@@ -641,3 +641,55 @@ async fn append_in_refuses_a_deleted_stream_and_leaves_the_transaction_usable() 
     assert_eq!(db.store.stream_version(&other).await.unwrap(), Some(1));
     db.drop().await;
 }
+
+#[tokio::test]
+async fn truncated_reads_page_from_the_truncation_point() {
+    let db = TestDatabase::new().await;
+    let store = &db.store;
+    let snapshots = PgSnapshotStore::new(store);
+    let stream = unique_stream("long");
+    for chunk in 0..5u64 {
+        store
+            .append(
+                &stream,
+                ExpectedVersion::Any,
+                (0..500).map(|i| test_event(chunk * 500 + i)).collect(),
+            )
+            .await
+            .unwrap();
+    }
+    let snapshot = |version: u64| Snapshot {
+        stream_id: stream.clone(),
+        stream_version: version,
+        snapshot_version: 1,
+        state: serde_json::value::to_raw_value(&serde_json::json!({})).unwrap(),
+        taken_at: chrono::Utc::now(),
+    };
+    let versions = |events: Vec<es_core::RecordedEvent>| {
+        events.iter().map(|e| e.stream_version).collect::<Vec<_>>()
+    };
+    // Within the first page of a read, then past several pages.
+    for before in [500u64, 2100] {
+        snapshots.save(snapshot(before - 1)).await.unwrap();
+        assert_eq!(
+            store.truncate_before(&stream, before).await.unwrap(),
+            before
+        );
+        let read = store.read_stream_to_vec(&stream, 1).await.unwrap();
+        assert_eq!(versions(read), (before..=2500).collect::<Vec<_>>());
+        let from = store
+            .read_stream_to_vec(&stream, before + 10)
+            .await
+            .unwrap();
+        assert_eq!(versions(from), (before + 10..=2500).collect::<Vec<_>>());
+        let range = futures_util::TryStreamExt::try_collect::<Vec<_>>(store.read_stream_range(
+            &stream,
+            1,
+            before + 1,
+        ))
+        .await
+        .unwrap();
+        assert_eq!(versions(range), vec![before, before + 1]);
+    }
+    db.drop().await;
+}
