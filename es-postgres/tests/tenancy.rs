@@ -163,6 +163,21 @@ async fn a_tenants_role_cannot_read_or_append_another_tenants_events() {
             .await
             .unwrap();
         assert_eq!(own.read_stream_to_vec(&secret, 1).await.unwrap().len(), 1);
+        // It may soft-delete its streams, but archiving and hard deletion stay the owner's.
+        es_core::StreamLifecycle::delete_stream(&own, &secret, ExpectedVersion::Any)
+            .await
+            .unwrap();
+        for maintenance in [
+            own.archive_stream(&secret, "tenant").await,
+            own.hard_delete_stream(&secret, "tenant").await,
+        ] {
+            match maintenance {
+                Err(es_postgres::PgError::Database(e)) => {
+                    assert!(e.to_string().contains("permission denied"), "{e}");
+                }
+                other => panic!("maintenance as the tenant's role: {other:?}"),
+            }
+        }
         // The other tenant's store, named outright: refused, to read and to append.
         let other = PgEventStore::in_schema(as_acme.clone(), globex.schema().clone());
         let read = other.read_stream_to_vec(&secret, 1).await;
