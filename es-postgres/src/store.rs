@@ -147,13 +147,6 @@ impl Statements {
              WHERE t.deleted_at IS NOT NULL AND t.archived_at IS NULL \
              RETURNING version, transaction_id"
         );
-        // Stream reads start at the truncation point and return nothing for a deleted or
-        // archived stream (an empty read then asks `stream_status` why).
-        let first_readable = format!(
-            "COALESCE((SELECT CASE WHEN deleted_at IS NULL AND archived_at IS NULL \
-                 THEN truncated_before ELSE 9223372036854775807 END \
-             FROM {s}.streams WHERE stream_id = $1), 1)"
-        );
         Self {
             lifecycle: crate::lifecycle::Statements::new(schema, append(&recreate), one(&recreate)),
             one_exact: one(&exact),
@@ -164,10 +157,20 @@ impl Statements {
             append_exists: append(&exists),
             append_new: append(&new),
             append_any: append(&any),
+            // One page of a stream, from its truncation point on, nothing of a deleted or
+            // archived stream; every row (and a row of nulls when there is no event) carries
+            // the stream's row, so an empty page needs no second round trip to say why.
             read_stream_range: format!(
-                "SELECT {EVENT_COLUMNS} FROM {s}.events \
-                 WHERE stream_id = $1 AND stream_version BETWEEN $2 AND $3 \
-                   AND stream_version >= {first_readable} ORDER BY stream_version"
+                "SELECT e.*, st.version, st.deleted_at IS NOT NULL, st.archived_at IS NOT NULL, \
+                     st.truncated_before \
+                 FROM (SELECT $1::text AS sid) p \
+                 LEFT JOIN {s}.streams st ON st.stream_id = p.sid \
+                 LEFT JOIN LATERAL (SELECT {EVENT_COLUMNS} FROM {s}.events \
+                     WHERE stream_id = p.sid AND stream_version BETWEEN $2 AND $3 \
+                       AND st.deleted_at IS NULL AND st.archived_at IS NULL \
+                       AND stream_version >= COALESCE(st.truncated_before, 1) \
+                     ORDER BY stream_version) e ON true \
+                 ORDER BY e.stream_version"
             )
             .into(),
             // The horizon is taken once per statement (an init plan), not per row.
@@ -644,18 +647,30 @@ impl PgEventStore {
                     .insert(self.inner.pool.acquire().await.map_err(store_error)?),
             };
             let last = to.min(pages.next.saturating_add(PAGE - 1));
-            let rows = sqlx::query(AssertSqlSafe(self.inner.sql.read_stream_range.clone()))
+            let mut rows = sqlx::query(AssertSqlSafe(self.inner.sql.read_stream_range.clone()))
                 .bind(stream.as_str())
                 .bind(to_i64(pages.next))
                 .bind(to_i64(last))
                 .fetch_all(&mut **conn)
                 .await
                 .map_err(store_error)?;
+            // A page without events is one row of nulls beside the stream's row.
+            let status = match rows.first() {
+                Some(row) => page_status(row, stream)?,
+                None => None,
+            };
+            if rows.len() == 1
+                && rows[0]
+                    .try_get::<Option<i64>, _>(1)
+                    .map_err(store_error)?
+                    .is_none()
+            {
+                rows.clear();
+            }
             if rows.is_empty() && pages.first {
                 // The statement reads nothing of a deleted or archived stream, nor before its
                 // truncation point: say which, or go on from the truncation point.
                 pages.first = false;
-                let status = self.status_on(&mut **conn, stream).await?;
                 let Some(status) = status else {
                     return Ok(None);
                 };
@@ -825,6 +840,31 @@ impl PgEventStore {
             truncated_before: truncated_before.max(1) as u64,
         }))
     }
+}
+
+/// The stream's row as a page of `read_stream_range` carries it (after the event columns);
+/// `None` when the stream has no row.
+fn page_status(row: &PgRow, stream: &StreamId) -> Result<Option<StreamStatus>, StoreError> {
+    const AT: usize = 12;
+    let version: Option<i64> = row.try_get(AT).map_err(store_error)?;
+    let Some(version) = version else {
+        return Ok(None);
+    };
+    let deleted: bool = row.try_get(AT + 1).map_err(store_error)?;
+    let archived: bool = row.try_get(AT + 2).map_err(store_error)?;
+    let truncated_before: i64 = row.try_get(AT + 3).map_err(store_error)?;
+    let version = u64::try_from(version).map_err(|_| StoreError::Malformed {
+        event_id: None,
+        position: None,
+        field: "streams.version",
+        reason: format!("stream {stream} is at negative version {version}"),
+    })?;
+    Ok(Some(StreamStatus {
+        version,
+        deleted,
+        archived,
+        truncated_before: truncated_before.max(1) as u64,
+    }))
 }
 
 /// A stream's row in `streams`.
