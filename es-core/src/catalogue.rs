@@ -102,6 +102,10 @@ impl EventCatalogue {
     /// Why an event stored as `event_type` at `version` would not decode with this code;
     /// `None` when it would.
     pub fn unreadable(&self, event_type: &str, version: u32) -> Option<String> {
+        if crate::lifecycle::is_store_type(event_type) {
+            // The store's own (a tombstone): readers pass over it unless they take it.
+            return None;
+        }
         match self.entries.get(event_type) {
             Some(entry) if version > entry.version => Some(format!(
                 "stored at schema version {version}, newer than this code's {}: written by a \
@@ -131,7 +135,8 @@ impl EventCatalogue {
     /// Whether this code needs a stored payload to judge `(event_type, version)`: an upcaster
     /// lifts it, and only running the chain on a real payload says what it ends as.
     pub fn needs_sample(&self, event_type: &str, version: u32) -> bool {
-        self.upcasters.lifts_from(event_type, version)
+        !crate::lifecycle::is_store_type(event_type)
+            && self.upcasters.lifts_from(event_type, version)
     }
 
     /// Why a stored event of `event_type` at `version`, with `payload` (a stored sample),

@@ -130,7 +130,9 @@ pub use es_macros::{Aggregate, DomainEvent};
 pub use event::{
     DecodeError, DomainEvent, EventType, NewEvent, current_version, decode_tagged, encode_tagged,
 };
-pub use lifecycle::{STREAM_DELETED, StreamLifecycle, TruncationRefusal, is_tombstone, tombstone};
+pub use lifecycle::{
+    STREAM_DELETED, StreamLifecycle, TruncationRefusal, is_store_type, is_tombstone, tombstone,
+};
 pub use memory::InMemoryEventStore;
 pub use metadata::{InvalidMetadata, Metadata};
 pub use personal::{InMemoryKeyStore, KeyStore, Personal, PersonalData, SubjectKey};

@@ -51,6 +51,13 @@ fn empty_object() -> Box<RawValue> {
     RawValue::from_string("{}".to_owned()).unwrap_or_default()
 }
 
+/// Whether `event_type` is one of the store's own (it starts with `$`, as the tombstone's
+/// does): appends refuse such types, and the schema gate and readers' type checks pass over
+/// them.
+pub fn is_store_type(event_type: &str) -> bool {
+    event_type.starts_with('$')
+}
+
 /// Whether `event_type` is a tombstone's.
 pub fn is_tombstone(event_type: &str) -> bool {
     event_type == STREAM_DELETED

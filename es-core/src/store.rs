@@ -137,6 +137,13 @@ pub fn validate_append(stream: &StreamId, events: &[NewEvent]) -> Result<(), Sto
         if event.event_type.contains('\0') {
             return Err(invalid("event type contains a NUL character"));
         }
+        if crate::lifecycle::is_store_type(&event.event_type) {
+            // A forged tombstone would reset an aggregate mid-stream.
+            return Err(invalid(
+                "event types starting with `$` are the store's own (such as the tombstone of a \
+                 deleted stream)",
+            ));
+        }
         if event.schema_version == 0 {
             return Err(invalid("schema versions start at 1"));
         }

@@ -35,6 +35,7 @@ struct Statements {
     stream_keys: String,
     forget: String,
     drop_snapshots: String,
+    untruncate: String,
 }
 
 impl PgKeyStore {
@@ -75,6 +76,13 @@ impl PgKeyStore {
             drop_snapshots: format!(
                 "DELETE FROM {s}.snapshots WHERE stream_id IN \
                  (SELECT stream_id FROM {s}.subject_streams WHERE key_id = $1)"
+            ),
+            // Their truncation points go back to the start: with no snapshot kept of them
+            // again, a truncated stream could not be loaded any more; its hidden events read
+            // with the subject's fields redacted, so replaying them is safe.
+            untruncate: format!(
+                "UPDATE {s}.streams SET truncated_before = 1 WHERE truncated_before > 1 \
+                 AND stream_id IN (SELECT stream_id FROM {s}.subject_streams WHERE key_id = $1)"
             ),
         };
         Self {
@@ -297,6 +305,11 @@ impl PgEventStore {
                 .await
                 .map_err(store_error)?
                 .rows_affected();
+            sqlx::query(AssertSqlSafe(keys.sql.untruncate.clone()))
+                .bind(key)
+                .execute(&mut *tx)
+                .await
+                .map_err(store_error)?;
         }
         let payload = serde_json::value::to_raw_value(&serde_json::json!({ "subject": subject }))
             .map_err(|e| StoreError::Backend {

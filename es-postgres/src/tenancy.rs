@@ -153,9 +153,10 @@ impl TenantStores {
     /// Lets the database role `role` use `tenant`'s store, and nothing else of this database
     /// that it was not granted otherwise: usage of the schema (and creating read models in
     /// it), reading and writing its tables (events stay immutable: their triggers refuse
-    /// updates and deletes whoever asks), its sequences and functions, except the maintenance
-    /// functions that archive and hard-delete streams (docs/lifecycle.md), which stay the
-    /// owner's to grant. Run it as the schema's
+    /// updates and deletes whoever asks), its sequences and functions, except what is the
+    /// owner's: the maintenance functions that archive and hard-delete streams
+    /// (docs/lifecycle.md), writing the archive and the maintenance log, deleting stream rows
+    /// and un-archiving a stream. Run it as the schema's
     /// owner after [`create`](Self::create), and connect the tenant's service as `role`.
     pub async fn grant(&self, tenant: &str, role: &str) -> Result<(), PgError> {
         let schema = self.schema_of(tenant)?;
@@ -170,7 +171,12 @@ impl TenantStores {
              GRANT USAGE, SELECT, UPDATE ON ALL SEQUENCES IN SCHEMA \"{s}\" TO \"{role}\"; \
              GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA \"{s}\" TO \"{role}\"; \
              REVOKE EXECUTE ON FUNCTION \"{s}\".archive_stream(text, text), \
-                 \"{s}\".hard_delete_stream(text, text) FROM \"{role}\";"
+                 \"{s}\".hard_delete_stream(text, text) FROM \"{role}\"; \
+             REVOKE INSERT, UPDATE, DELETE ON \"{s}\".events_archive, \"{s}\".maintenance_log \
+                 FROM \"{role}\"; \
+             REVOKE UPDATE, DELETE ON \"{s}\".streams FROM \"{role}\"; \
+             GRANT UPDATE (version, transaction_id, deleted_at, truncated_before) \
+                 ON \"{s}\".streams TO \"{role}\";"
         )))
         .execute(&self.pool)
         .await?;

@@ -188,6 +188,15 @@ async fn archived_streams_leave_the_live_log_and_stay_readable_on_request() {
     // A projection rebuilt from scratch after the archiving applies every live event once,
     // passing over the tombstone, and nothing of the archived stream.
     let runner = common::runner(&db, "totals");
+    // The tombstone's type is the store's own: no start-up check or deploy gate takes it for
+    // a type renamed without an upcaster.
+    runner.check_stored_types().await.unwrap();
+    let catalogue = es_core::EventCatalogue::new(Arc::new(es_core::Upcasters::new()));
+    let gate = db.store.unreadable_types(&catalogue).await.unwrap();
+    assert!(
+        gate.iter().all(|t| t.stored.event_type != STREAM_DELETED),
+        "{gate:?}"
+    );
     runner.rebuild(ErrorPolicy::STOP, |_| {}).await.unwrap();
     let totals = common::totals(&db, "totals").await;
     assert_eq!(
@@ -600,6 +609,36 @@ async fn recreation_through_the_repository_and_the_command_handler() {
         .await
         .unwrap();
     assert_eq!((done.state.balance, done.version), (7, 4));
+    db.drop().await;
+}
+
+#[tokio::test]
+async fn appends_cannot_forge_the_stores_own_event_types() {
+    let db = TestDatabase::new().await;
+    let stream = unique_stream("ledger");
+    let payload =
+        serde_json::value::to_raw_value(&serde_json::json!({ "last_version": 0 })).unwrap();
+    let forged = es_core::NewEvent::new(STREAM_DELETED, 1, payload);
+    for result in [
+        db.store
+            .append(&stream, ExpectedVersion::Any, vec![forged.clone()])
+            .await,
+        db.store
+            .import(&[(stream.clone(), vec![forged.clone()])])
+            .await
+            .map(|_| es_core::AppendResult {
+                first_version: 1,
+                last_version: 1,
+                positions: Vec::new(),
+                deduplicated: false,
+            }),
+    ] {
+        assert!(
+            matches!(result, Err(StoreError::InvalidEvent { .. })),
+            "{result:?}"
+        );
+    }
+    assert_eq!(db.store.stream_version(&stream).await.unwrap(), None);
     db.drop().await;
 }
 

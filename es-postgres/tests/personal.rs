@@ -409,6 +409,47 @@ async fn many_loads_of_personal_streams_at_once_do_not_starve_a_small_pool() {
 }
 
 #[tokio::test]
+async fn a_truncated_stream_stays_loadable_after_its_subject_is_forgotten() {
+    use es_core::StreamLifecycle;
+    let db = TestDatabase::new().await;
+    let snapshots = PgSnapshotStore::new(&db.store);
+    let customer = StreamId::new("customer-c7").unwrap();
+    for _ in 0..3 {
+        append(&db.store, &customer, &registered()).await;
+    }
+    let state = serde_json::value::to_raw_value(&serde_json::json!({ "n": 3 })).unwrap();
+    snapshots
+        .save(Snapshot {
+            stream_id: customer.clone(),
+            stream_version: 3,
+            snapshot_version: 1,
+            state,
+            taken_at: chrono::Utc::now(),
+        })
+        .await
+        .unwrap();
+    db.store.truncate_before(&customer, 3).await.unwrap();
+    assert_eq!(
+        db.store
+            .read_stream_to_vec(&customer, 1)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    // Forgetting drops the snapshot for good (no new one is kept): the whole stream is
+    // readable again, its fields redacted, so its aggregate can still be loaded.
+    db.store.forget("customer-c7").await.unwrap();
+    let read = decoded(&db.store, &customer).await;
+    assert_eq!(read.len(), 3);
+    assert!(
+        read.iter()
+            .all(|e| matches!(e, CustomerEvent::Registered { email, .. } if email.is_redacted()))
+    );
+    db.drop().await;
+}
+
+#[tokio::test]
 async fn snapshots_are_sealed_and_dropped_with_their_subject() {
     let db = TestDatabase::new().await;
     let snapshots = PgSnapshotStore::new(&db.store);

@@ -178,6 +178,27 @@ async fn a_tenants_role_cannot_read_or_append_another_tenants_events() {
                 other => panic!("maintenance as the tenant's role: {other:?}"),
             }
         }
+        // Nor can it un-archive, un-truncate by deleting rows, or forge the maintenance log.
+        let s = acme.schema().as_str();
+        for statement in [
+            format!("UPDATE \"{s}\".streams SET archived_at = NULL"),
+            format!("DELETE FROM \"{s}\".streams"),
+            format!(
+                "INSERT INTO \"{s}\".maintenance_log (operation, stream_id, events, reason) \
+                 VALUES ('hard_delete', 'x', 0, 'forged')"
+            ),
+            format!("DELETE FROM \"{s}\".events_archive"),
+        ] {
+            let refused = sqlx::raw_sql(AssertSqlSafe(statement.clone()))
+                .execute(&as_acme)
+                .await;
+            assert!(
+                refused
+                    .as_ref()
+                    .is_err_and(|e| e.to_string().contains("permission denied")),
+                "{statement}: {refused:?}"
+            );
+        }
         // The other tenant's store, named outright: refused, to read and to append.
         let other = PgEventStore::in_schema(as_acme.clone(), globex.schema().clone());
         let read = other.read_stream_to_vec(&secret, 1).await;

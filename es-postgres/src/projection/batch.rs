@@ -618,6 +618,9 @@ impl TypeWatch {
     }
 
     fn passed_over(&self, projection: &str, category: &str, event_type: &str) {
+        if es_core::is_store_type(event_type) {
+            return;
+        }
         let mut seen = self
             .seen
             .lock()

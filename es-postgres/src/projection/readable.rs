@@ -67,9 +67,14 @@ impl<P: PgProjection> ProjectionRunner<P> {
             .stored_types()
             .await
             .map_err(|e| self.store_error(e))?;
+        // The store's own types (a deleted stream's tombstone) are passed over unless taken.
         let wanted: Vec<&StoredType> = stored
             .iter()
             .filter(|t| self.projection.wants_category(&t.category))
+            .filter(|t| {
+                !es_core::is_store_type(&t.event_type)
+                    || current_version::<P::Event>(&t.event_type).is_some()
+            })
             .collect();
         // Categories it reads: where a type of its own enum is stored (an application-wide
         // registry's upcasters lift types of every category, so they do not say which).
