@@ -824,21 +824,10 @@ impl PgEventStore {
                 .fetch_optional(executor)
                 .await
                 .map_err(store_error)?;
-        let Some((version, deleted, archived, truncated_before)) = row else {
-            return Ok(None);
-        };
-        let version = u64::try_from(version).map_err(|_| StoreError::Malformed {
-            event_id: None,
-            position: None,
-            field: "streams.version",
-            reason: format!("stream {stream} is at negative version {version}"),
-        })?;
-        Ok(Some(StreamStatus {
-            version,
-            deleted,
-            archived,
-            truncated_before: truncated_before.max(1) as u64,
-        }))
+        row.map(|(version, deleted, archived, truncated_before)| {
+            StreamStatus::from_row(stream, version, deleted, archived, truncated_before)
+        })
+        .transpose()
     }
 }
 
@@ -853,18 +842,7 @@ fn page_status(row: &PgRow, stream: &StreamId) -> Result<Option<StreamStatus>, S
     let deleted: bool = row.try_get(AT + 1).map_err(store_error)?;
     let archived: bool = row.try_get(AT + 2).map_err(store_error)?;
     let truncated_before: i64 = row.try_get(AT + 3).map_err(store_error)?;
-    let version = u64::try_from(version).map_err(|_| StoreError::Malformed {
-        event_id: None,
-        position: None,
-        field: "streams.version",
-        reason: format!("stream {stream} is at negative version {version}"),
-    })?;
-    Ok(Some(StreamStatus {
-        version,
-        deleted,
-        archived,
-        truncated_before: truncated_before.max(1) as u64,
-    }))
+    StreamStatus::from_row(stream, version, deleted, archived, truncated_before).map(Some)
 }
 
 /// A stream's row in `streams`.
@@ -877,6 +855,28 @@ pub(crate) struct StreamStatus {
 }
 
 impl StreamStatus {
+    /// From the columns of a `streams` row; a negative version is a malformed row.
+    fn from_row(
+        stream: &StreamId,
+        version: i64,
+        deleted: bool,
+        archived: bool,
+        truncated_before: i64,
+    ) -> Result<Self, StoreError> {
+        let version = u64::try_from(version).map_err(|_| StoreError::Malformed {
+            event_id: None,
+            position: None,
+            field: "streams.version",
+            reason: format!("stream {stream} is at negative version {version}"),
+        })?;
+        Ok(Self {
+            version,
+            deleted,
+            archived,
+            truncated_before: truncated_before.max(1) as u64,
+        })
+    }
+
     /// The version of a live stream; the typed refusal for a deleted or archived one.
     pub(crate) fn live(&self, stream: &StreamId) -> Result<u64, StoreError> {
         if self.archived {
