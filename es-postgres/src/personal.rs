@@ -378,24 +378,13 @@ impl PgEventStore {
         conn: &mut PgConnection,
         events: &mut [RecordedEvent],
     ) -> Result<(), StoreError> {
-        if events
-            .iter()
-            .all(|e| !e.payload.get().contains(personal::SEALED))
-        {
-            return Ok(());
-        }
         personal::reveal(&self.keys().on(conn), events).await
     }
 
     /// [`reveal_on`](Self::reveal_on) with a pooled connection, taken only when an event is
-    /// sealed; call it while holding no other connection of the pool.
+    /// sealed (`personal::reveal` returns before asking for keys otherwise); call it while
+    /// holding no other connection of the pool.
     pub(crate) async fn reveal(&self, events: &mut [RecordedEvent]) -> Result<(), StoreError> {
-        if events
-            .iter()
-            .all(|e| !e.payload.get().contains(personal::SEALED))
-        {
-            return Ok(());
-        }
         personal::reveal(self.keys(), events).await
     }
 }
