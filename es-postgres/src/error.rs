@@ -75,6 +75,49 @@ pub enum PgError {
         /// Why.
         reason: crate::MaintenanceRefusal,
     },
+    /// A tenant id that is not 1 to 63 lowercase ASCII letters, digits and `_`.
+    #[error("invalid tenant id {tenant:?}: {reason}")]
+    InvalidTenant {
+        /// The id given.
+        tenant: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+    /// The tenant was never created in this row-tenancy schema ([`crate::RowTenancy::create`]).
+    #[error("tenant {tenant:?} does not exist in the row-tenancy store in schema {schema}")]
+    NoSuchTenant {
+        /// The schema.
+        schema: String,
+        /// The tenant.
+        tenant: String,
+    },
+    /// The schema holds a store without row tenancy ([`crate::RowTenancy::install`] it).
+    #[error(
+        "the store in schema {schema} is not a row-tenancy store: install row tenancy \
+         (RowTenancy::install) when creating it"
+    )]
+    NotRowTenancy {
+        /// The schema.
+        schema: String,
+    },
+    /// The role connecting for a tenant is not held by row-level security (a superuser, or a
+    /// role with `BYPASSRLS`): its sessions would see and change every tenant's rows.
+    #[error(
+        "role {role} bypasses row-level security (superuser or BYPASSRLS): a tenant's store \
+         must connect as a role without it, so that the database keeps the tenants apart"
+    )]
+    RowSecurityBypassed {
+        /// The role.
+        role: String,
+    },
+    /// Row tenancy cannot be installed in this store; nothing changed.
+    #[error("row tenancy refused for the store in schema {schema}: {reason}")]
+    TenancyRefused {
+        /// The schema.
+        schema: String,
+        /// Why.
+        reason: String,
+    },
 }
 
 /// SQLSTATE of a unique violation.

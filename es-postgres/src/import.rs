@@ -92,7 +92,7 @@ impl PgEventStore {
             "INSERT INTO {schema}.streams (stream_id, version, transaction_id) \
              SELECT s.stream_id, s.version, pg_current_xact_id()::text::bigint \
              FROM UNNEST($1::text[], $2::bigint[]) AS s(stream_id, version) \
-             ON CONFLICT (stream_id) DO NOTHING RETURNING stream_id"
+             ON CONFLICT ON CONSTRAINT streams_pkey DO NOTHING RETURNING stream_id"
         )))
         .bind(&names)
         .bind(&versions)

@@ -87,5 +87,5 @@ pub use snapshot::PgSnapshotStore;
 /// store uses.
 pub use sqlx;
 pub use store::{Horizon, PgEventStore};
-pub use tenancy::TenantStores;
+pub use tenancy::{RowTenancy, TenantStores};
 pub use types::StoredType;

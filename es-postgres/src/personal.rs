@@ -58,12 +58,12 @@ impl PgKeyStore {
             ),
             tombstone: format!(
                 "INSERT INTO {s}.forgotten_subjects (subject_hash) VALUES ($1) \
-                 ON CONFLICT (subject_hash) DO UPDATE SET forgotten_at = now()"
+                 ON CONFLICT ON CONSTRAINT forgotten_subjects_pkey DO UPDATE SET forgotten_at = now()"
             ),
             readmit: format!("DELETE FROM {s}.forgotten_subjects WHERE subject_hash = $1"),
             create: format!(
                 "INSERT INTO {s}.subject_keys (subject, key_id, key) VALUES ($1, $2, $3) \
-                 ON CONFLICT (subject) DO NOTHING"
+                 ON CONFLICT ON CONSTRAINT subject_keys_pkey DO NOTHING"
             ),
             keys: format!("SELECT key_id, key FROM {s}.subject_keys WHERE key_id = ANY($1)"),
             // Every key a stream's data was sealed with; `key` is null for a forgotten one.

@@ -40,7 +40,7 @@ impl PgSnapshotStore {
                 "INSERT INTO {s}.snapshots AS k \
                    (stream_id, stream_version, snapshot_version, state, taken_at) \
                  VALUES ($1, $2, $3, $4::json, $5) \
-                 ON CONFLICT (stream_id) DO UPDATE SET stream_version = EXCLUDED.stream_version, \
+                 ON CONFLICT ON CONSTRAINT snapshots_pkey DO UPDATE SET stream_version = EXCLUDED.stream_version, \
                    snapshot_version = EXCLUDED.snapshot_version, state = EXCLUDED.state, \
                    taken_at = EXCLUDED.taken_at \
                  WHERE k.stream_version <= EXCLUDED.stream_version"

@@ -44,6 +44,11 @@ struct Inner {
     wakeup: Arc<Wakeup>,
     upcasters: Arc<Upcasters>,
     keys: PgKeyStore,
+    /// The tenant of a row-tenancy store ([`crate::RowTenancy`]): its pool's sessions name it.
+    tenant: Option<Arc<str>>,
+    /// What names the store apart from every other in metrics and lock keys: the schema, and
+    /// `schema/tenant` for a row tenant (neither may hold a `/`).
+    scope: Arc<str>,
 }
 
 /// Every statement of the store, built once with the schema name in it. The schema name is
@@ -131,7 +136,7 @@ impl Statements {
         let any = format!(
             "INSERT INTO {s}.streams AS t (stream_id, version, transaction_id) \
              VALUES ($1, $2, {xid}) \
-             ON CONFLICT (stream_id) DO UPDATE SET version = t.version + EXCLUDED.version, \
+             ON CONFLICT ON CONSTRAINT streams_pkey DO UPDATE SET version = t.version + EXCLUDED.version, \
                  transaction_id = GREATEST(t.transaction_id, EXCLUDED.transaction_id) \
              WHERE t.deleted_at IS NULL AND t.archived_at IS NULL \
              RETURNING version, transaction_id"
@@ -141,7 +146,7 @@ impl Statements {
         let recreate = format!(
             "INSERT INTO {s}.streams AS t (stream_id, version, transaction_id) \
              VALUES ($1, $2, {xid}) \
-             ON CONFLICT (stream_id) DO UPDATE SET version = t.version + EXCLUDED.version, \
+             ON CONFLICT ON CONSTRAINT streams_pkey DO UPDATE SET version = t.version + EXCLUDED.version, \
                  transaction_id = GREATEST(t.transaction_id, EXCLUDED.transaction_id), \
                  deleted_at = NULL, truncated_before = t.version \
              WHERE t.deleted_at IS NOT NULL AND t.archived_at IS NULL \
@@ -267,6 +272,18 @@ impl PgEventStore {
         Self::build(
             pool,
             schema,
+            None,
+            DEFAULT_WAKEUP_INTERVAL,
+            Arc::new(Upcasters::new()),
+        )
+    }
+
+    /// The store of `tenant` in a row-tenancy schema, over a pool whose sessions name it.
+    pub(crate) fn of_tenant(pool: PgPool, schema: SchemaName, tenant: &str) -> Self {
+        Self::build(
+            pool,
+            schema,
+            Some(tenant.into()),
             DEFAULT_WAKEUP_INTERVAL,
             Arc::new(Upcasters::new()),
         )
@@ -275,12 +292,17 @@ impl PgEventStore {
     fn build(
         pool: PgPool,
         schema: SchemaName,
+        tenant: Option<Arc<str>>,
         wakeup_interval: Duration,
         upcasters: Arc<Upcasters>,
     ) -> Self {
         let sql = Statements::new(&schema);
         let wakeup = Arc::new(Wakeup::new(schema.channel(), wakeup_interval));
         let keys = PgKeyStore::new(pool.clone(), &schema);
+        let scope = match &tenant {
+            Some(tenant) => format!("{schema}/{tenant}").into(),
+            None => schema.as_str().into(),
+        };
         Self {
             inner: Arc::new(Inner {
                 pool,
@@ -289,8 +311,26 @@ impl PgEventStore {
                 wakeup,
                 upcasters,
                 keys,
+                tenant,
+                scope,
             }),
         }
+    }
+
+    /// The same store (schema, tenant, upcasters) read through `pool`, a pool on another server
+    /// of the same database (a hot standby): a row tenant's sessions there name the tenant too.
+    pub(crate) fn on_pool(&self, pool: PgPool) -> Self {
+        let pool = match &self.inner.tenant {
+            Some(tenant) => crate::tenancy::tenant_pool(&pool, tenant),
+            None => pool,
+        };
+        Self::build(
+            pool,
+            self.inner.schema.clone(),
+            self.inner.tenant.clone(),
+            self.inner.wakeup.interval(),
+            Arc::clone(&self.inner.upcasters),
+        )
     }
 
     /// Wakes followers at most once per `interval` while appends happen (default 10 ms): the
@@ -300,6 +340,7 @@ impl PgEventStore {
         Self::build(
             self.inner.pool.clone(),
             self.inner.schema.clone(),
+            self.inner.tenant.clone(),
             interval,
             Arc::clone(&self.inner.upcasters),
         )
@@ -313,6 +354,7 @@ impl PgEventStore {
         Self::build(
             self.inner.pool.clone(),
             self.inner.schema.clone(),
+            self.inner.tenant.clone(),
             self.inner.wakeup.interval(),
             upcasters,
         )
@@ -362,6 +404,18 @@ impl PgEventStore {
         &self.inner.schema
     }
 
+    /// The tenant whose rows this store reads and writes, for a store opened by
+    /// [`RowTenancy::open`](crate::RowTenancy::open); `None` for a store of its own schema.
+    pub fn tenant(&self) -> Option<&str> {
+        self.inner.tenant.as_deref()
+    }
+
+    /// The schema, and `schema/tenant` for a row tenant: the `schema` label of the store's
+    /// metrics, and what keeps apart the advisory locks of two tenants' projection runners.
+    pub fn scope(&self) -> &str {
+        &self.inner.scope
+    }
+
     /// The store's statements.
     pub(crate) fn statements(&self) -> &Statements {
         &self.inner.sql
@@ -396,7 +450,7 @@ impl PgEventStore {
             .append_in_untimed(conn, stream, expected, events)
             .instrument(span)
             .await;
-        crate::telemetry::append_done(self.schema().as_str(), &result, count, started.elapsed());
+        crate::telemetry::append_done(self.scope(), &result, count, started.elapsed());
         result
     }
 
@@ -469,10 +523,7 @@ impl PgEventStore {
         use es_core::telemetry as names;
         let head = self.head().await?;
         let horizon = self.horizon().await?;
-        let labels = [metrics::Label::new(
-            "schema",
-            self.schema().as_str().to_owned(),
-        )];
+        let labels = [metrics::Label::new("schema", self.scope().to_owned())];
         gauge(names::LOG_HEAD, &labels, head.sequence as f64);
         gauge(
             names::HORIZON_HELD_BACK_EVENTS,
@@ -928,7 +979,7 @@ impl EventStore for PgEventStore {
             .append_pooled(stream, expected, events)
             .instrument(span)
             .await;
-        crate::telemetry::append_done(self.schema().as_str(), &result, count, started.elapsed());
+        crate::telemetry::append_done(self.scope(), &result, count, started.elapsed());
         result
     }
 

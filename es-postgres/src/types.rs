@@ -46,7 +46,7 @@ impl PgEventStore {
                  INSERT INTO {s}.event_types AS t (category, event_type, schema_version, events) \
                  SELECT split_part(stream_id, '-', 1), event_type, schema_version, count(*) \
                  FROM chunk GROUP BY 1, 2, 3 \
-                 ON CONFLICT (category, event_type, schema_version) \
+                 ON CONFLICT ON CONSTRAINT event_types_pkey \
                  DO UPDATE SET events = t.events + EXCLUDED.events), \
              last AS ( \
                  SELECT transaction_id, position FROM chunk \
@@ -56,6 +56,15 @@ impl PgEventStore {
              FROM last RETURNING (SELECT count(*) FROM chunk)"
         );
         let mut conn = self.pool().acquire().await.map_err(store_error)?;
+        // A store has its counting row from its first migration; a row tenant gets its own on
+        // its first count.
+        sqlx::query(AssertSqlSafe(format!(
+            "INSERT INTO {s}.event_types_counted DEFAULT VALUES \
+             ON CONFLICT ON CONSTRAINT event_types_counted_pkey DO NOTHING"
+        )))
+        .execute(&mut *conn)
+        .await
+        .map_err(store_error)?;
         loop {
             let mut tx = conn.begin().await.map_err(store_error)?;
             // The row lock makes concurrent callers take turns: each chunk is counted once.

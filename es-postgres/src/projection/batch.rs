@@ -164,7 +164,7 @@ impl<P: PgProjection> ProjectionRunner<P> {
             Err(error) => Err(lock.classify(self, error).await),
             Ok(Some(done)) => {
                 crate::telemetry::batch_done(
-                    crate::telemetry::projection(self.store.schema().as_str(), &self.key),
+                    crate::telemetry::projection(self.store.scope(), &self.key),
                     count,
                     started.elapsed(),
                 );

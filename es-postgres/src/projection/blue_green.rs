@@ -109,6 +109,13 @@ impl<P: PgProjection> ProjectionRunner<P> {
             projection: self.key.clone(),
             reason,
         };
+        if let Some(tenant) = self.store.tenant() {
+            // The swap replaces whole tables, which row tenants share.
+            return Err(refuse(format!(
+                "the store is tenant {tenant:?}'s of a row-tenancy schema, whose read-model \
+                 tables every tenant shares: rebuild the tenant's rows in place (rebuild)"
+            )));
+        }
         let live = self.projection.read_model().ok_or_else(|| {
             refuse("it does not declare its tables (PgProjection::read_model)".to_owned())
         })?;

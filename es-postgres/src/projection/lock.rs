@@ -176,7 +176,7 @@ impl<P: PgProjection> ProjectionRunner<P> {
     /// The session that holds this runner's lock now (in this process or another), if any:
     /// what `status` shows operators as the projection's holder.
     pub async fn holder(&self) -> Result<Option<LockHolder>, ProjectionError> {
-        let key = format!("es-projection {} {}", self.store.schema(), self.key);
+        let key = format!("es-projection {} {}", self.store.scope(), self.key);
         let row = sqlx::query(
             "SELECT l.pid, a.application_name, host(a.client_addr), a.backend_start \
              FROM pg_locks l LEFT JOIN pg_stat_activity a ON a.pid = l.pid \
@@ -270,7 +270,7 @@ impl<P: PgProjection> ProjectionRunner<P> {
     fn lock_keys(&self, keys: &[String]) -> Vec<String> {
         let mut keys: Vec<String> = keys
             .iter()
-            .map(|key| format!("es-projection {} {key}", self.store.schema()))
+            .map(|key| format!("es-projection {} {key}", self.store.scope()))
             .collect();
         keys.sort();
         keys.dedup();

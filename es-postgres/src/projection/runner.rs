@@ -188,9 +188,7 @@ impl<P: PgProjection> ProjectionRunner<P> {
     /// on the primary (a standby has no notifications). A read the standby cancels for a
     /// recovery conflict is retried like any transient error.
     pub fn read_from(mut self, replica: PgPool) -> Self {
-        let reader = PgEventStore::in_schema(replica, self.store.schema().clone())
-            .with_upcasters(self.store.upcasters());
-        self.reader = Some(reader);
+        self.reader = Some(self.store.on_pool(replica));
         self
     }
 
@@ -275,7 +273,7 @@ impl<P: PgProjection> ProjectionRunner<P> {
 
     /// The labels of this runner's series: the store's schema and the projection's key.
     pub(super) fn metric_labels(&self) -> Vec<metrics::Label> {
-        crate::telemetry::projection(self.store.schema().as_str(), &self.key)
+        crate::telemetry::projection(self.store.scope(), &self.key)
     }
 
     /// Sets this projection's gauges (lag in events and seconds, parked events, checkpoint,

@@ -46,7 +46,7 @@ impl Statements {
             .into(),
             init_checkpoints: format!(
                 "INSERT INTO {s}.projection_checkpoints (projection, transaction_id, position) \
-                 SELECT k, 0, 0 FROM UNNEST($1::text[]) AS k ON CONFLICT (projection) DO NOTHING"
+                 SELECT k, 0, 0 FROM UNNEST($1::text[]) AS k ON CONFLICT ON CONSTRAINT projection_checkpoints_pkey DO NOTHING"
             )
             .into(),
             save_checkpoints: format!(
@@ -68,7 +68,7 @@ impl Statements {
             park: format!(
                 "INSERT INTO {s}.parked_events (projection, event_id, transaction_id, position, \
                    stream_id, event_type, error, attempts) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
-                 ON CONFLICT (projection, event_id) DO UPDATE SET error = EXCLUDED.error, \
+                 ON CONFLICT ON CONSTRAINT parked_events_pkey DO UPDATE SET error = EXCLUDED.error, \
                    attempts = {s}.parked_events.attempts + EXCLUDED.attempts, parked_at = now()"
             )
             .into(),
@@ -108,7 +108,7 @@ impl Statements {
                 .into(),
             set_layout: format!(
                 "INSERT INTO {s}.projection_layouts (projection, parts) VALUES ($1, $2) \
-                 ON CONFLICT (projection) DO UPDATE SET parts = EXCLUDED.parts"
+                 ON CONFLICT ON CONSTRAINT projection_layouts_pkey DO UPDATE SET parts = EXCLUDED.parts"
             )
             .into(),
             // The checkpoints of a projection's runners (`name`, `name#i/n`), for stores that

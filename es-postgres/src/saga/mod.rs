@@ -263,7 +263,7 @@ impl<S: Saga, D: CommandDispatcher<S::Command>> PgSagaRunner<S, D> {
 
     /// The labels of this saga's series: the store's schema and the saga's name.
     pub(crate) fn metric_labels(&self) -> Vec<metrics::Label> {
-        crate::telemetry::saga(self.store.schema().as_str(), self.name())
+        crate::telemetry::saga(self.store.scope(), self.name())
     }
 
     /// Whether this instance feeds the saga now.

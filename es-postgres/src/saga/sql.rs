@@ -44,7 +44,7 @@ impl Statements {
             ),
             save_state: format!(
                 "INSERT INTO {s}.saga_states (saga, instance, state) VALUES ($1, $2, $3::json) \
-                 ON CONFLICT (saga, instance) DO UPDATE SET state = EXCLUDED.state, updated_at = now()"
+                 ON CONFLICT ON CONSTRAINT saga_states_pkey DO UPDATE SET state = EXCLUDED.state, updated_at = now()"
             ),
             // Ready when the instance has no live command before it. Runs in the feed's
             // transaction, which holds the instance's state row: a dispatcher finishing the
@@ -54,7 +54,7 @@ impl Statements {
                  causation_id, ready) \
                  SELECT $1, $2, $3, $4::json, $5, $6, NOT EXISTS (SELECT 1 FROM {s}.saga_outbox \
                      WHERE saga = $1 AND instance = $3 AND dead_at IS NULL) \
-                 ON CONFLICT (saga, command_id) DO NOTHING"
+                 ON CONFLICT ON CONSTRAINT saga_outbox_command_key DO NOTHING"
             ),
             // One short statement: claims up to $4 ready commands that are due and not leased
             // by a live dispatcher. SKIP LOCKED: dispatchers claiming at once take different
@@ -140,7 +140,7 @@ impl Statements {
                  SELECT $1, $2, w.name, w.due, w.fire_id, w.correlation_id, w.causation_id \
                  FROM UNNEST($3::text[], $4::timestamptz[], $5::uuid[], $6::uuid[], $7::uuid[]) \
                      AS w(name, due, fire_id, correlation_id, causation_id) \
-                 ON CONFLICT (saga, instance, name) DO UPDATE SET due = EXCLUDED.due, \
+                 ON CONFLICT ON CONSTRAINT saga_deadlines_pkey DO UPDATE SET due = EXCLUDED.due, \
                      fire_id = EXCLUDED.fire_id, correlation_id = EXCLUDED.correlation_id, \
                      causation_id = EXCLUDED.causation_id, fired_at = NULL, attempts = 0, \
                      last_error = NULL, next_attempt_at = NULL \

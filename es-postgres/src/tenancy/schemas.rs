@@ -5,9 +5,9 @@
 use std::sync::Arc;
 
 use es_core::Upcasters;
-use sqlx::{AssertSqlSafe, PgPool};
+use sqlx::PgPool;
 
-use crate::schema::{MAX_SCHEMA_NAME_LEN, MigrationState, SchemaName, check_identifier};
+use crate::schema::{MAX_SCHEMA_NAME_LEN, MigrationState, SchemaName};
 use crate::{PgError, PgEventStore};
 
 /// The stores of many tenants in one database, a schema each.
@@ -160,26 +160,6 @@ impl TenantStores {
     /// owner after [`create`](Self::create), and connect the tenant's service as `role`.
     pub async fn grant(&self, tenant: &str, role: &str) -> Result<(), PgError> {
         let schema = self.schema_of(tenant)?;
-        check_identifier(role, 63).map_err(|reason| PgError::InvalidSchemaName {
-            name: role.to_owned(),
-            reason,
-        })?;
-        let s = schema.as_str();
-        sqlx::raw_sql(AssertSqlSafe(format!(
-            "GRANT USAGE, CREATE ON SCHEMA \"{s}\" TO \"{role}\"; \
-             GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA \"{s}\" TO \"{role}\"; \
-             GRANT USAGE, SELECT, UPDATE ON ALL SEQUENCES IN SCHEMA \"{s}\" TO \"{role}\"; \
-             GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA \"{s}\" TO \"{role}\"; \
-             REVOKE EXECUTE ON FUNCTION \"{s}\".archive_stream(text, text), \
-                 \"{s}\".hard_delete_stream(text, text) FROM \"{role}\"; \
-             REVOKE INSERT, UPDATE, DELETE ON \"{s}\".events_archive, \"{s}\".maintenance_log \
-                 FROM \"{role}\"; \
-             REVOKE UPDATE, DELETE ON \"{s}\".streams FROM \"{role}\"; \
-             GRANT UPDATE (version, transaction_id, deleted_at, truncated_before) \
-                 ON \"{s}\".streams TO \"{role}\";"
-        )))
-        .execute(&self.pool)
-        .await?;
-        Ok(())
+        super::grant_store(&self.pool, &schema, role).await
     }
 }

@@ -1,0 +1,378 @@
+//! Row tenancy: tenants share one store's tables; every row carries its tenant, and row-level
+//! security shows each session its own tenant's rows only (`sql/row_tenancy.sql`).
+
+use std::sync::Arc;
+
+use es_core::{StreamId, Upcasters};
+use sqlx::{AssertSqlSafe, Connection, PgConnection, PgPool};
+
+use super::{check_tenant, grant_store, tenant_pool};
+use crate::schema::{self, MigrationState, SchemaName, check_identifier};
+use crate::{MaintenanceRecord, PgError, PgEventStore};
+
+/// The layer that turns a store into a row-tenancy store, applied once over its migrations.
+const LAYER: &str = include_str!("../../sql/row_tenancy.sql");
+/// The layer's version: what a store records in `row_tenancy` once the layer is applied.
+const LAYER_VERSION: i32 = 1;
+
+/// Tenants sharing one store's tables in one schema, kept apart by PostgreSQL's row-level
+/// security: each row holds its tenant's id, and a session sees and writes the rows of the
+/// tenant it names only. Two tenants may use the same stream ids, event ids, projection and
+/// saga names without meeting; each tenant has its own global log (a subsequence of the
+/// store's positions), its own checkpoints, snapshots, keys and saga state.
+///
+/// The operator installs it once, as the schema's owner, and creates tenants; a tenant's
+/// service [`open`](Self::open)s its store, connected as a role that row-level security holds
+/// (not a superuser, not `BYPASSRLS`: [`PgError::RowSecurityBypassed`] otherwise).
+///
+/// ```no_run
+/// # async fn example(owner: es_postgres::sqlx::PgPool, service: es_postgres::sqlx::PgPool)
+/// # -> Result<(), es_postgres::PgError> {
+/// use es_postgres::RowTenancy;
+/// // Operator, as the schema's owner: the store, its tenants, the services' role.
+/// let shop = RowTenancy::new(owner, "shop")?;
+/// shop.install().await?;
+/// shop.create("acme").await?;
+/// shop.grant("shop_app").await?;
+///
+/// // A service connected as shop_app: acme's store, which sees acme's rows only.
+/// let acme = RowTenancy::new(service, "shop")?.open("acme").await?;
+/// # let _ = acme;
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct RowTenancy {
+    pool: PgPool,
+    schema: SchemaName,
+    upcasters: Option<Arc<Upcasters>>,
+}
+
+impl std::fmt::Debug for RowTenancy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RowTenancy")
+            .field("schema", &self.schema)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RowTenancy {
+    /// The row-tenancy store in `schema`, reached through `pool`: the owner's pool to install
+    /// and administer it, a tenant service's pool to open a tenant's store.
+    pub fn new(pool: PgPool, schema: &str) -> Result<Self, PgError> {
+        Ok(Self {
+            pool,
+            schema: SchemaName::new(schema)?,
+            upcasters: None,
+        })
+    }
+
+    /// Every tenant's store reads through `upcasters` (see [`PgEventStore::with_upcasters`]).
+    pub fn with_upcasters(mut self, upcasters: Arc<Upcasters>) -> Self {
+        self.upcasters = Some(upcasters);
+        self
+    }
+
+    /// The schema the tenants share.
+    pub fn schema(&self) -> &SchemaName {
+        &self.schema
+    }
+
+    /// Creates the store (migrating it as [`PgEventStore::migrate`] does) and makes it a
+    /// row-tenancy store: a tenant column on every table of the store, each unique key led by
+    /// it, row-level security forced on every table (the owner is held too, unless a
+    /// superuser). Idempotent, and safe from several processes at once (they take the store's
+    /// migration lock). Refuses a store that holds streams already
+    /// ([`PgError::TenancyRefused`]): their rows would belong to no tenant. Run it as the
+    /// schema's owner, and at every deploy, as `migrate`.
+    pub async fn install(&self) -> Result<(), PgError> {
+        schema::migrate(&self.pool, &self.schema).await?;
+        let mut conn = PgConnection::connect_with(&self.pool.connect_options()).await?;
+        let result = self.install_on(&mut conn).await;
+        // Closing ends the session, releasing the lock even after a failure.
+        let _ = conn.close().await;
+        result
+    }
+
+    async fn install_on(&self, conn: &mut PgConnection) -> Result<(), PgError> {
+        let s = self.schema.quoted();
+        let mut tx = conn.begin().await?;
+        sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
+            .bind(format!("es-postgres migrate {}", self.schema))
+            .execute(&mut *tx)
+            .await?;
+        if let Some(version) = self.layer_version(&mut tx).await? {
+            return if version == LAYER_VERSION {
+                Ok(())
+            } else {
+                Err(PgError::TenancyRefused {
+                    schema: self.schema.to_string(),
+                    reason: format!(
+                        "its row tenancy is at version {version}, this release knows \
+                         {LAYER_VERSION}: run the newer release"
+                    ),
+                })
+            };
+        }
+        let occupied: bool = sqlx::query_scalar(AssertSqlSafe(format!(
+            "SELECT EXISTS (SELECT FROM {s}.streams) OR EXISTS (SELECT FROM {s}.events)"
+        )))
+        .fetch_one(&mut *tx)
+        .await?;
+        if occupied {
+            return Err(PgError::TenancyRefused {
+                schema: self.schema.to_string(),
+                reason: "it holds streams already, which would belong to no tenant: install \
+                         row tenancy when the store is created"
+                    .to_owned(),
+            });
+        }
+        sqlx::query("SELECT set_config('search_path', $1, true)")
+            .bind(&s)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::raw_sql(AssertSqlSafe(LAYER))
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// The layer's version in the store, `None` when it is not a row-tenancy store.
+    async fn layer_version(&self, conn: &mut PgConnection) -> Result<Option<i32>, PgError> {
+        let table = format!("{}.row_tenancy", self.schema.quoted());
+        let exists: bool = sqlx::query_scalar("SELECT to_regclass($1) IS NOT NULL")
+            .bind(&table)
+            .fetch_one(&mut *conn)
+            .await?;
+        if !exists {
+            return Ok(None);
+        }
+        let version: i32 =
+            sqlx::query_scalar(AssertSqlSafe(format!("SELECT version FROM {table}")))
+                .fetch_one(&mut *conn)
+                .await?;
+        Ok(Some(version))
+    }
+
+    /// Adds `tenant` to the store (nothing when it is there already). Run it as the owner.
+    pub async fn create(&self, tenant: &str) -> Result<(), PgError> {
+        check_tenant(tenant)?;
+        sqlx::query(AssertSqlSafe(format!(
+            "INSERT INTO {}.tenants (tenant_id) VALUES ($1) \
+             ON CONFLICT ON CONSTRAINT tenants_pkey DO NOTHING",
+            self.schema.quoted()
+        )))
+        .bind(tenant)
+        .execute(&self.pool)
+        .await
+        .map_err(|e| self.missing_layer(e))?;
+        Ok(())
+    }
+
+    /// The store's tenants, sorted: every one to the owner, a tenant's own to its service.
+    pub async fn tenants(&self) -> Result<Vec<String>, PgError> {
+        sqlx::query_scalar(AssertSqlSafe(format!(
+            "SELECT tenant_id FROM {}.tenants ORDER BY tenant_id",
+            self.schema.quoted()
+        )))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| self.missing_layer(e))
+    }
+
+    /// Lets the database role `role` open tenants' stores: what
+    /// [`TenantStores::grant`](super::TenantStores::grant) grants on a schema, and reading
+    /// the tenant list (a session sees its own tenant's entry only). Which tenant a session
+    /// acts for is what its connection names: a role granted here may act for every tenant,
+    /// so give each tenant's service its own credentials only where the service, not the
+    /// database, chooses the tenant; for isolation the database enforces per role, prefer
+    /// [`TenantStores`](super::TenantStores).
+    pub async fn grant(&self, role: &str) -> Result<(), PgError> {
+        grant_store(&self.pool, &self.schema, role).await?;
+        let s = self.schema.quoted();
+        sqlx::raw_sql(AssertSqlSafe(format!(
+            "REVOKE INSERT, UPDATE, DELETE ON {s}.tenants, {s}.row_tenancy FROM \"{role}\""
+        )))
+        .execute(&self.pool)
+        .await
+        .map_err(|e| self.missing_layer(e))?;
+        Ok(())
+    }
+
+    /// The store of `tenant`: every connection of its pool (one like this one's, connecting
+    /// the same way) names the tenant, and everything it reads or writes is the tenant's.
+    /// Projection and saga runners made over it are the tenant's (their checkpoints, locks
+    /// and metrics apart from other tenants'); rebuilding one rebuilds that tenant only.
+    ///
+    /// Refuses a role that bypasses row-level security ([`PgError::RowSecurityBypassed`]), a
+    /// schema without row tenancy ([`PgError::NotRowTenancy`]) or behind this release
+    /// ([`PgError::MigrationMismatch`]), and a tenant never created
+    /// ([`PgError::NoSuchTenant`]).
+    pub async fn open(&self, tenant: &str) -> Result<PgEventStore, PgError> {
+        check_tenant(tenant)?;
+        let pool = tenant_pool(&self.pool, tenant);
+        let store = PgEventStore::of_tenant(pool.clone(), self.schema.clone(), tenant);
+        let store = match &self.upcasters {
+            Some(upcasters) => store.with_upcasters(Arc::clone(upcasters)),
+            None => store,
+        };
+        let mut conn = pool.acquire().await?;
+        let (role, bypasses): (String, bool) = sqlx::query_as(
+            "SELECT current_user::text, rolsuper OR rolbypassrls FROM pg_roles \
+             WHERE rolname = current_user",
+        )
+        .fetch_one(&mut *conn)
+        .await?;
+        if bypasses {
+            return Err(PgError::RowSecurityBypassed { role });
+        }
+        if self.layer_version(&mut conn).await?.is_none() {
+            return Err(PgError::NotRowTenancy {
+                schema: self.schema.to_string(),
+            });
+        }
+        drop(conn);
+        match store.migration_state().await? {
+            MigrationState::Current => {}
+            MigrationState::Missing => {
+                return Err(PgError::NoSuchSchema {
+                    schema: self.schema.to_string(),
+                });
+            }
+            MigrationState::Behind { applied, required } => {
+                return Err(PgError::MigrationMismatch {
+                    schema: self.schema.to_string(),
+                    applied,
+                    known: required,
+                    advice: "install this release first (RowTenancy::install)",
+                });
+            }
+            MigrationState::Ahead { applied, known } => {
+                return Err(PgError::MigrationMismatch {
+                    schema: self.schema.to_string(),
+                    applied,
+                    known,
+                    advice: "a newer release migrated this store: run that release",
+                });
+            }
+        }
+        let known: bool = sqlx::query_scalar(AssertSqlSafe(format!(
+            "SELECT EXISTS (SELECT FROM {}.tenants WHERE tenant_id = $1)",
+            self.schema.quoted()
+        )))
+        .bind(tenant)
+        .fetch_one(store.pool())
+        .await?;
+        if !known {
+            return Err(PgError::NoSuchTenant {
+                schema: self.schema.to_string(),
+                tenant: tenant.to_owned(),
+            });
+        }
+        Ok(store)
+    }
+
+    /// Archives `tenant`'s stream `stream` (see [`PgEventStore::archive_stream`]); other
+    /// tenants' streams of the same id stay as they are. Run it as the owner (or a role
+    /// granted the maintenance functions).
+    pub async fn archive_stream(
+        &self,
+        tenant: &str,
+        stream: &StreamId,
+        reason: &str,
+    ) -> Result<MaintenanceRecord, PgError> {
+        let store = self.maintenance_store(tenant)?;
+        let record = store.archive_stream(stream, reason).await;
+        store.pool().close().await;
+        record
+    }
+
+    /// Removes `tenant`'s retired stream `stream` for good (see
+    /// [`PgEventStore::hard_delete_stream`]); other tenants' streams of the same id stay as
+    /// they are. Run it as the owner (or a role granted the maintenance functions).
+    pub async fn hard_delete_stream(
+        &self,
+        tenant: &str,
+        stream: &StreamId,
+        reason: &str,
+    ) -> Result<MaintenanceRecord, PgError> {
+        let store = self.maintenance_store(tenant)?;
+        let record = store.hard_delete_stream(stream, reason).await;
+        store.pool().close().await;
+        record
+    }
+
+    /// A one-connection store of `tenant` on this pool, whatever its role: for the
+    /// maintenance functions only, which name the session's tenant themselves.
+    fn maintenance_store(&self, tenant: &str) -> Result<PgEventStore, PgError> {
+        check_tenant(tenant)?;
+        let options = (*self.pool.connect_options())
+            .clone()
+            .options([("es.tenant", tenant)]);
+        let pool = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(1)
+            .connect_lazy_with(options);
+        Ok(PgEventStore::of_tenant(pool, self.schema.clone(), tenant))
+    }
+
+    /// Holds a read model's table to the session's tenant, as the store's tables are: call it
+    /// in [`PgProjection::setup`](crate::PgProjection::setup) after creating the table, which
+    /// must have a column `tenant_id text NOT NULL DEFAULT {schema}.current_tenant()` leading
+    /// its unique keys (so that two tenants' rows of the same key do not collide). Forces
+    /// row-level security on the table with a policy on that column; idempotent. Reset the
+    /// read model with `DELETE`, which the policy limits to the tenant's rows, never with
+    /// `TRUNCATE`, which empties the table for every tenant.
+    pub async fn isolate_table(
+        conn: &mut PgConnection,
+        schema: &SchemaName,
+        table: &str,
+    ) -> Result<(), PgError> {
+        check_identifier(table, 63).map_err(|reason| PgError::InvalidTableName {
+            name: table.to_owned(),
+            reason,
+        })?;
+        let s = schema.quoted();
+        let has_column: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT FROM pg_attribute \
+             WHERE attrelid = to_regclass($1) AND attname = 'tenant_id' AND NOT attisdropped)",
+        )
+        .bind(format!("{s}.\"{table}\""))
+        .fetch_one(&mut *conn)
+        .await?;
+        if !has_column {
+            return Err(PgError::TenancyRefused {
+                schema: schema.to_string(),
+                reason: format!(
+                    "table {table} has no tenant_id column (tenant_id text NOT NULL DEFAULT \
+                     {s}.current_tenant())"
+                ),
+            });
+        }
+        sqlx::raw_sql(AssertSqlSafe(format!(
+            "ALTER TABLE {s}.\"{table}\" ENABLE ROW LEVEL SECURITY; \
+             ALTER TABLE {s}.\"{table}\" FORCE ROW LEVEL SECURITY; \
+             DO $$ BEGIN \
+                 IF NOT EXISTS (SELECT FROM pg_policies WHERE schemaname = '{schema}' \
+                     AND tablename = '{table}' AND policyname = 'tenant_rows') THEN \
+                     CREATE POLICY tenant_rows ON {s}.\"{table}\" \
+                         USING (tenant_id = pg_catalog.current_setting('es.tenant', true)) \
+                         WITH CHECK (tenant_id = pg_catalog.current_setting('es.tenant', true)); \
+                 END IF; \
+             END $$;"
+        )))
+        .execute(&mut *conn)
+        .await?;
+        Ok(())
+    }
+
+    /// A database error, or [`PgError::NotRowTenancy`] when the cause is the layer's tables
+    /// missing.
+    fn missing_layer(&self, error: sqlx::Error) -> PgError {
+        match crate::error::db_code(&error) {
+            Some((code, _)) if code == "42P01" => PgError::NotRowTenancy {
+                schema: self.schema.to_string(),
+            },
+            _ => PgError::Database(error),
+        }
+    }
+}

@@ -1,0 +1,561 @@
+//! Row tenancy: tenants sharing one store's tables, kept apart by row-level security. A
+//! service's role (not a superuser) opens each tenant's store; whatever stream ids, event ids
+//! or SQL it uses, it reads and writes its tenant's rows only. Projection runners and
+//! rebuilds are per tenant, and maintenance of one tenant's stream leaves another's alone.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::panic::AssertUnwindSafe;
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use es_core::testing::evolution::LedgerEvent;
+use es_core::{
+    BoxError, Envelope, EventStore, ExpectedVersion, NewEvent, Position, StreamId, StreamLifecycle,
+};
+use es_postgres::sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use es_postgres::testing::database_url;
+use es_postgres::{
+    ErrorPolicy, PgError, PgEventStore, PgProjection, ProjectionError, ProjectionRunner,
+    RowTenancy, SchemaName,
+};
+use futures_util::FutureExt;
+use sqlx::{AssertSqlSafe, PgConnection, PgPool};
+use uuid::Uuid;
+
+use common::{credit, wait_until};
+
+fn event(n: u32) -> NewEvent {
+    NewEvent::new(
+        "Ticked",
+        1,
+        serde_json::value::to_raw_value(&serde_json::json!({ "n": n })).unwrap(),
+    )
+}
+
+async fn owner_pool() -> PgPool {
+    PgPoolOptions::new()
+        .max_connections(4)
+        .connect(&database_url())
+        .await
+        .unwrap()
+}
+
+/// A name no other test run uses.
+fn unique(what: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    format!("rt{}_{nanos}_{what}", std::process::id())
+}
+
+/// A store in a fresh schema with row tenancy, tenants `acme` and `globex`, and a login role
+/// (no superuser, no BYPASSRLS) granted it; `body` gets the owner's tenancy and a pool of that
+/// role. Drops the schema and the role afterwards, pass or fail.
+async fn with_tenancy<F, Fut>(name: &str, body: F)
+where
+    F: FnOnce(RowTenancy, PgPool) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let owner = owner_pool().await;
+    let schema = unique(name);
+    let role = format!("{schema}_app");
+    let result = AssertUnwindSafe(async {
+        let tenancy = RowTenancy::new(owner.clone(), &schema).unwrap();
+        tenancy.install().await.unwrap();
+        tenancy.install().await.unwrap(); // idempotent
+        tenancy.create("acme").await.unwrap();
+        tenancy.create("globex").await.unwrap();
+        sqlx::raw_sql(AssertSqlSafe(format!(
+            "CREATE ROLE \"{role}\" LOGIN NOSUPERUSER NOBYPASSRLS NOCREATEDB NOCREATEROLE"
+        )))
+        .execute(&owner)
+        .await
+        .unwrap();
+        tenancy.grant(&role).await.unwrap();
+        let options = PgConnectOptions::from_str(&database_url())
+            .unwrap()
+            .username(&role);
+        let service = PgPoolOptions::new()
+            .max_connections(4)
+            .connect_with(options)
+            .await
+            .unwrap();
+        body(tenancy, service).await;
+    })
+    .catch_unwind()
+    .await;
+    sqlx::raw_sql(AssertSqlSafe(format!(
+        "DROP SCHEMA IF EXISTS \"{schema}\" CASCADE"
+    )))
+    .execute(&owner)
+    .await
+    .unwrap();
+    let _ = sqlx::raw_sql(AssertSqlSafe(format!(
+        "DROP OWNED BY \"{role}\"; DROP ROLE IF EXISTS \"{role}\""
+    )))
+    .execute(&owner)
+    .await;
+    if let Err(panic) = result {
+        std::panic::resume_unwind(panic);
+    }
+}
+
+async fn open(tenancy: &RowTenancy, service: &PgPool, tenant: &str) -> PgEventStore {
+    RowTenancy::new(service.clone(), tenancy.schema().as_str())
+        .unwrap()
+        .open(tenant)
+        .await
+        .unwrap()
+}
+
+async fn whole_log(store: &PgEventStore) -> Vec<es_core::RecordedEvent> {
+    store.read_all(Position::START, 10_000).await.unwrap()
+}
+
+#[tokio::test]
+async fn tenants_share_tables_but_never_see_or_touch_each_others_rows() {
+    with_tenancy("rows", |tenancy, service| async move {
+        let acme = open(&tenancy, &service, "acme").await;
+        let globex = open(&tenancy, &service, "globex").await;
+        assert_eq!(acme.tenant(), Some("acme"));
+        assert_eq!(acme.scope(), format!("{}/acme", tenancy.schema()));
+
+        // The same stream id in two tenants: two streams.
+        let account = StreamId::new("account-1").unwrap();
+        for n in 0..3 {
+            acme.append(&account, ExpectedVersion::Any, vec![event(n)])
+                .await
+                .unwrap();
+        }
+        let first = globex
+            .append(&account, ExpectedVersion::NoStream, vec![event(42)])
+            .await
+            .unwrap();
+        assert_eq!(first.last_version, 1, "globex's account-1 is its own");
+        assert_eq!(acme.stream_version(&account).await.unwrap(), Some(3));
+
+        // Crafted stream ids are only ever the appending tenant's own streams.
+        for crafted in [
+            "globex/account-1",
+            "account-1' OR tenant_id = 'globex",
+            "globex:account-1",
+            "account-1\" ; SET es.tenant = 'globex'; --",
+        ] {
+            let stream = StreamId::new(crafted).unwrap();
+            acme.append(&stream, ExpectedVersion::NoStream, vec![event(7)])
+                .await
+                .unwrap();
+            assert_eq!(globex.stream_version(&stream).await.unwrap(), None);
+        }
+        let globex_events = globex.read_stream_to_vec(&account, 1).await.unwrap();
+        assert_eq!(globex_events.len(), 1);
+
+        // Each tenant's global log holds its events only, in order.
+        let acme_log = whole_log(&acme).await;
+        let globex_log = whole_log(&globex).await;
+        assert_eq!(acme_log.len(), 7);
+        assert_eq!(globex_log.len(), 1);
+        assert!(acme_log.windows(2).all(|w| w[0].position < w[1].position));
+        assert!(
+            acme_log
+                .iter()
+                .all(|e| !globex_log.iter().any(|g| g.event_id == e.event_id))
+        );
+        assert_eq!(
+            globex.head().await.unwrap(),
+            globex_log[0].position,
+            "a tenant's head is its own newest event"
+        );
+
+        // An event id or a correlation id of another tenant finds nothing.
+        let theirs = &globex_log[0];
+        assert!(acme.read_event(theirs.event_id).await.unwrap().is_none());
+        assert!(
+            acme.read_correlated(theirs.correlation_id, 10)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+
+        // Event ids are unique per tenant: the same id in another tenant is another event,
+        // and a repeat within the tenant is recognised as one.
+        let id = Uuid::now_v7();
+        let stream = StreamId::new("orders-1").unwrap();
+        for store in [&acme, &globex] {
+            let written = store
+                .append(&stream, ExpectedVersion::Any, vec![event(1).with_id(id)])
+                .await
+                .unwrap();
+            assert_eq!(written.last_version, 1);
+        }
+        let repeated = acme
+            .append(&stream, ExpectedVersion::Any, vec![event(1).with_id(id)])
+            .await
+            .unwrap();
+        assert_eq!(repeated.last_version, 1, "a repeat, not a second event");
+        assert_eq!(acme.stream_version(&stream).await.unwrap(), Some(1));
+
+        // Plain SQL on a tenant's session is filtered and checked by the database.
+        let s = tenancy.schema().as_str();
+        let mut conn = acme.pool().acquire().await.unwrap();
+        let visible: i64 = sqlx::query_scalar(AssertSqlSafe(format!(
+            "SELECT count(*) FROM \"{s}\".events"
+        )))
+        .fetch_one(&mut *conn)
+        .await
+        .unwrap();
+        assert_eq!(visible, 8);
+        let forged = sqlx::query(AssertSqlSafe(format!(
+            "INSERT INTO \"{s}\".events (tenant_id, event_id, stream_id, stream_version, \
+                 event_type, schema_version, correlation_id, payload) \
+             VALUES ('globex', gen_random_uuid(), 'account-1', 2, 'Forged', 1, \
+                 gen_random_uuid(), '{{}}')"
+        )))
+        .execute(&mut *conn)
+        .await;
+        assert!(
+            forged
+                .as_ref()
+                .is_err_and(|e| e.to_string().contains("row-level security")),
+            "{forged:?}"
+        );
+        let moved = sqlx::query(AssertSqlSafe(format!(
+            "UPDATE \"{s}\".streams SET version = version + 1 WHERE stream_id = 'account-1'"
+        )))
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+        assert_eq!(moved.rows_affected(), 1, "acme's own stream row only");
+        sqlx::query(AssertSqlSafe(format!(
+            "UPDATE \"{s}\".streams SET version = version - 1 WHERE stream_id = 'account-1'"
+        )))
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+        drop(conn);
+        assert_eq!(globex.stream_version(&account).await.unwrap(), Some(1));
+        assert_eq!(tenancy.tenants().await.unwrap(), ["acme", "globex"]);
+        let own_entry: Vec<String> = sqlx::query_scalar(AssertSqlSafe(format!(
+            "SELECT tenant_id FROM \"{s}\".tenants"
+        )))
+        .fetch_all(acme.pool())
+        .await
+        .unwrap();
+        assert_eq!(own_entry, ["acme"]);
+
+        // A session naming no tenant sees nothing and writes nothing.
+        let nobody = PgEventStore::with_schema(service.clone(), s).unwrap();
+        assert!(whole_log(&nobody).await.is_empty());
+        let refused = nobody
+            .append(&account, ExpectedVersion::Any, vec![event(0)])
+            .await;
+        assert!(
+            refused
+                .as_ref()
+                .is_err_and(|e| format!("{e:?}").contains("names no tenant")),
+            "{refused:?}"
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn opening_refuses_what_would_not_keep_tenants_apart() {
+    with_tenancy("open", |tenancy, service| async move {
+        // The owner here is a superuser, whom row-level security does not hold.
+        assert!(matches!(
+            tenancy.open("acme").await,
+            Err(PgError::RowSecurityBypassed { .. })
+        ));
+        let as_service = RowTenancy::new(service.clone(), tenancy.schema().as_str()).unwrap();
+        assert!(matches!(
+            as_service.open("initech").await,
+            Err(PgError::NoSuchTenant { tenant, .. }) if tenant == "initech"
+        ));
+        for hostile in [
+            "",
+            "Acme",
+            "a-b",
+            "acme globex",
+            "acme -c es.tenant=globex",
+            "a\\b",
+            "acme'",
+            &"a".repeat(64),
+        ] {
+            assert!(
+                matches!(
+                    as_service.open(hostile).await,
+                    Err(PgError::InvalidTenant { .. })
+                ),
+                "{hostile:?}"
+            );
+            assert!(matches!(
+                tenancy.create(hostile).await,
+                Err(PgError::InvalidTenant { .. })
+            ));
+        }
+
+        // A plain store is not a row-tenancy store, and one with streams cannot become one.
+        let owner = owner_pool().await;
+        let plain_schema = format!("{}_plain", tenancy.schema());
+        let plain = PgEventStore::with_schema(owner.clone(), &plain_schema).unwrap();
+        plain.migrate().await.unwrap();
+        let result = async {
+            let plain_tenancy = RowTenancy::new(owner.clone(), &plain_schema).unwrap();
+            assert!(matches!(
+                plain_tenancy.create("acme").await,
+                Err(PgError::NotRowTenancy { .. })
+            ));
+            plain
+                .append(
+                    &StreamId::new("account-1").unwrap(),
+                    ExpectedVersion::Any,
+                    vec![event(1)],
+                )
+                .await
+                .unwrap();
+            assert!(matches!(
+                plain_tenancy.install().await,
+                Err(PgError::TenancyRefused { .. })
+            ));
+            assert_eq!(plain.read_all(Position::START, 10).await.unwrap().len(), 1);
+        }
+        .await;
+        sqlx::raw_sql(AssertSqlSafe(format!(
+            "DROP SCHEMA \"{plain_schema}\" CASCADE"
+        )))
+        .execute(&owner)
+        .await
+        .unwrap();
+        result
+    })
+    .await;
+}
+
+/// Per stream of a tenant: events and net amount, in a table every tenant shares.
+struct TenantTotals {
+    schema: SchemaName,
+}
+
+#[async_trait]
+impl PgProjection for TenantTotals {
+    type Event = LedgerEvent;
+
+    fn name(&self) -> &str {
+        "totals"
+    }
+
+    fn wants_category(&self, category: &str) -> bool {
+        category == "ledger"
+    }
+
+    async fn setup(&self, conn: &mut PgConnection) -> Result<(), BoxError> {
+        let s = &self.schema;
+        sqlx::query(AssertSqlSafe(format!(
+            "CREATE TABLE IF NOT EXISTS \"{s}\".totals ( \
+                 tenant_id text NOT NULL DEFAULT \"{s}\".current_tenant(), \
+                 stream_id text NOT NULL, events bigint NOT NULL, net bigint NOT NULL, \
+                 PRIMARY KEY (tenant_id, stream_id))"
+        )))
+        .execute(&mut *conn)
+        .await?;
+        RowTenancy::isolate_table(conn, &self.schema, "totals").await?;
+        Ok(())
+    }
+
+    async fn reset(&self, conn: &mut PgConnection) -> Result<(), BoxError> {
+        sqlx::query(AssertSqlSafe(format!(
+            "DELETE FROM \"{}\".totals",
+            self.schema
+        )))
+        .execute(conn)
+        .await?;
+        Ok(())
+    }
+
+    async fn apply(
+        &self,
+        conn: &mut PgConnection,
+        event: &Envelope<LedgerEvent>,
+    ) -> Result<(), BoxError> {
+        let net = match &event.payload {
+            LedgerEvent::Credited { cents, .. } => *cents as i64,
+            LedgerEvent::Debited { cents } => -(*cents as i64),
+            LedgerEvent::Annotated { .. } => 0,
+        };
+        sqlx::query(AssertSqlSafe(format!(
+            "INSERT INTO \"{}\".totals AS t (stream_id, events, net) VALUES ($1, 1, $2) \
+             ON CONFLICT (tenant_id, stream_id) \
+             DO UPDATE SET events = t.events + 1, net = t.net + $2",
+            self.schema
+        )))
+        .bind(event.stream_id.as_str())
+        .bind(net)
+        .execute(conn)
+        .await?;
+        Ok(())
+    }
+}
+
+/// The rows `store`'s tenant sees; none before a runner created the table.
+async fn totals(store: &PgEventStore) -> Vec<(String, i64, i64)> {
+    let rows = sqlx::query_as(AssertSqlSafe(format!(
+        "SELECT stream_id, events, net FROM \"{}\".totals ORDER BY stream_id",
+        store.schema()
+    )))
+    .fetch_all(store.pool())
+    .await;
+    match rows {
+        Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("42P01") => Vec::new(),
+        rows => rows.unwrap(),
+    }
+}
+
+fn runner(store: &PgEventStore) -> ProjectionRunner<TenantTotals> {
+    ProjectionRunner::new(
+        store.clone(),
+        TenantTotals {
+            schema: store.schema().clone(),
+        },
+    )
+    .poll_interval(Duration::from_millis(50))
+    .lock_retry_interval(Duration::from_millis(50))
+}
+
+#[tokio::test]
+async fn each_tenant_runs_and_rebuilds_its_own_projection() {
+    with_tenancy("proj", |tenancy, service| async move {
+        let acme = open(&tenancy, &service, "acme").await;
+        let globex = open(&tenancy, &service, "globex").await;
+        let ledger = StreamId::new("ledger-1").unwrap();
+        acme.append(
+            &ledger,
+            ExpectedVersion::Any,
+            vec![credit(5, ""), credit(7, "")],
+        )
+        .await
+        .unwrap();
+        globex
+            .append(&ledger, ExpectedVersion::Any, vec![credit(100, "")])
+            .await
+            .unwrap();
+
+        // The same projection, one runner per tenant, both active at once: each its own
+        // instance, checkpoint and rows.
+        let acme_runner = runner(&acme);
+        let globex_runner = runner(&globex);
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let run = |r: ProjectionRunner<TenantTotals>| {
+            let mut stopped = stopped.clone();
+            tokio::spawn(async move {
+                r.run(async move {
+                    let _ = stopped.wait_for(|s| *s).await;
+                })
+                .await
+            })
+        };
+        let acme_task = run(runner(&acme));
+        let globex_task = run(runner(&globex));
+        wait_until(
+            "both tenants' runners have applied their events",
+            async || {
+                totals(&acme).await == [("ledger-1".to_owned(), 2, 12)]
+                    && totals(&globex).await == [("ledger-1".to_owned(), 1, 100)]
+            },
+        )
+        .await;
+        stop.send(true).unwrap();
+        acme_task.await.unwrap().unwrap();
+        globex_task.await.unwrap().unwrap();
+        assert_eq!(acme_runner.status().await.unwrap().lag_events, 0);
+
+        // Rebuilding acme's read model rebuilds acme's rows; globex's stay as they were.
+        acme.append(&ledger, ExpectedVersion::Any, vec![credit(1, "")])
+            .await
+            .unwrap();
+        let rebuilt = acme_runner
+            .rebuild_from_scratch(ErrorPolicy::default(), |_| {})
+            .await
+            .unwrap();
+        assert_eq!(rebuilt, 3);
+        assert_eq!(totals(&acme).await, [("ledger-1".to_owned(), 3, 13)]);
+        assert_eq!(totals(&globex).await, [("ledger-1".to_owned(), 1, 100)]);
+        assert_eq!(globex_runner.catch_up().await.unwrap(), 0);
+
+        // A blue/green rebuild would swap tables every tenant shares: refused.
+        let blue_green = acme_runner
+            .rebuild_blue_green(
+                TenantTotals {
+                    schema: acme.schema().clone(),
+                },
+                ErrorPolicy::default(),
+                |_| {},
+            )
+            .await;
+        assert!(
+            matches!(blue_green, Err(ProjectionError::BlueGreen { .. })),
+            "{blue_green:?}"
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn maintenance_of_one_tenants_stream_leaves_the_others_alone() {
+    with_tenancy("maint", |tenancy, service| async move {
+        let acme = open(&tenancy, &service, "acme").await;
+        let globex = open(&tenancy, &service, "globex").await;
+        let account = StreamId::new("account-1").unwrap();
+        for store in [&acme, &globex] {
+            store
+                .append(&account, ExpectedVersion::Any, vec![event(1), event(2)])
+                .await
+                .unwrap();
+        }
+        acme.delete_stream(&account, ExpectedVersion::Any)
+            .await
+            .unwrap();
+        assert_eq!(
+            globex.read_stream_to_vec(&account, 1).await.unwrap().len(),
+            2
+        );
+
+        let archived = tenancy
+            .archive_stream("acme", &account, "retired")
+            .await
+            .unwrap();
+        assert_eq!(archived.events, 3, "two events and the tombstone");
+        assert_eq!(acme.read_archived_stream(&account).await.unwrap().len(), 3);
+        assert!(
+            globex
+                .read_archived_stream(&account)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        let removed = tenancy
+            .hard_delete_stream("acme", &account, "erasure")
+            .await
+            .unwrap();
+        assert_eq!(removed.events, 3);
+        assert_eq!(acme.stream_version(&account).await.unwrap(), None);
+        assert_eq!(acme.maintenance_log(&account).await.unwrap().len(), 2);
+        assert!(globex.maintenance_log(&account).await.unwrap().is_empty());
+        assert_eq!(
+            globex.read_stream_to_vec(&account, 1).await.unwrap().len(),
+            2
+        );
+        assert_eq!(globex.stream_version(&account).await.unwrap(), Some(2));
+        // Maintenance refuses what the tenant does not have, whatever another tenant has.
+        assert!(matches!(
+            tenancy.archive_stream("initech", &account, "x").await,
+            Err(PgError::MaintenanceRefused { .. })
+        ));
+    })
+    .await;
+}
