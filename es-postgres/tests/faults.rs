@@ -252,6 +252,11 @@ impl Rig {
         .await
         .unwrap();
         let deadline = Instant::now() + Duration::from_secs(120);
+        // Each saga instance's count of mirrored credits, and since when it stands still. An
+        // instance runs its commands one after another, ~70 a second here: one that is behind
+        // and makes no progress for 20 s is stalled (a command left to its 60 s lease after a
+        // fault while recording its outcome held up every later command of its instance).
+        let mut progress: HashMap<String, (i64, Instant)> = HashMap::new();
         loop {
             let totals: Vec<(String, i64, i64)> =
                 sqlx::query_as("SELECT stream_id, events, net FROM es.totals ORDER BY stream_id")
@@ -268,6 +273,21 @@ impl Rig {
             .unwrap();
             if totals == expected && mirrored == expected {
                 break;
+            }
+            let done: HashMap<&str, i64> =
+                mirrored.iter().map(|(s, n, _)| (s.as_str(), *n)).collect();
+            for (stream, events, _) in &expected {
+                let count = done.get(stream.as_str()).copied().unwrap_or(0);
+                let seen = progress
+                    .entry(stream.clone())
+                    .or_insert((count, Instant::now()));
+                if seen.0 != count {
+                    *seen = (count, Instant::now());
+                }
+                assert!(
+                    count >= *events || seen.1.elapsed() < Duration::from_secs(20),
+                    "the saga's instance {stream} stalled at {count} of {events} commands for 20 s"
+                );
             }
             assert!(
                 Instant::now() < deadline,

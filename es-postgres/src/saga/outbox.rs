@@ -251,12 +251,43 @@ impl<S: Saga, D: CommandDispatcher<S::Command>> PgSagaRunner<S, D> {
         };
         let took = started.elapsed();
         let error = match outcome {
-            Ok(Ok(())) => return self.finish(&claimed, None, cap, Some(took)).await,
+            Ok(Ok(())) => return self.record(&claimed, None, cap, took).await,
             Ok(Err(error)) => error.to_string(),
             Err(panic) => format!("the dispatcher panicked: {}", panic_message(&*panic)),
         };
         tracing::warn!(saga = self.name(), command_id = %claimed.command_id, %error, attempts = claimed.attempts, "the command failed");
-        self.finish(&claimed, Some(&error), cap, Some(took)).await
+        self.record(&claimed, Some(&error), cap, took).await
+    }
+
+    /// [`finish`](Self::finish) after the command ran, tried again after a transient fault (a
+    /// terminated connection, a restart) while the lease surely holds: the outcome is known,
+    /// and leaving it to the lease would hold up the instance's next commands for the whole
+    /// lease and run this one again. Both statements are guarded by the lease's holder, so a
+    /// retry after a commit whose reply was lost changes nothing.
+    async fn record(
+        &self,
+        claimed: &Claimed,
+        error: Option<&str>,
+        cap: u32,
+        took: Duration,
+    ) -> Result<(), ProjectionError> {
+        // Renewed every third of the lease while the command ran: a third is left even when the
+        // last renewal failed.
+        let until = Instant::now() + self.dispatch.lease / 3;
+        let mut backoff = Backoff::new();
+        loop {
+            match self.finish(claimed, error, cap, Some(took)).await {
+                Err(fault) if fault.is_transient() => {
+                    let wait = backoff.next();
+                    if Instant::now() + wait >= until {
+                        return Err(fault);
+                    }
+                    tracing::warn!(saga = self.name(), command_id = %claimed.command_id, error = %fault, retry_in = ?wait, "recording a command's outcome failed; retrying");
+                    tokio::time::sleep(wait).await;
+                }
+                done => return done,
+            }
+        }
     }
 
     /// Makes the command's span a child of the span that wrote the event causing it, when
