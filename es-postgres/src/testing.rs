@@ -7,7 +7,7 @@
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use sqlx::postgres::PgPoolOptions;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{AssertSqlSafe, PgPool};
 
 use crate::{PgEventStore, SchemaName};
@@ -152,28 +152,10 @@ impl Drop for TestDatabase {
             );
             return;
         }
-        // A panicking test is unwinding inside its runtime, whose connections may be gone:
-        // drop the schema from a thread and runtime of its own, on a connection of its own.
-        let statement = drop_schema(&self.schema);
-        let options = self.pool.connect_options().as_ref().clone();
-        let cleanup = std::thread::spawn(move || {
-            let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            else {
-                return;
-            };
-            runtime.block_on(async move {
-                use sqlx::Connection;
-                if let Ok(mut conn) = sqlx::PgConnection::connect_with(&options).await {
-                    let _ = sqlx::query(AssertSqlSafe(statement))
-                        .execute(&mut conn)
-                        .await;
-                    let _ = conn.close().await;
-                }
-            });
-        });
-        let _ = cleanup.join();
+        run_detached(
+            self.pool.connect_options().as_ref().clone(),
+            drop_schema(&self.schema),
+        );
     }
 }
 
@@ -222,6 +204,120 @@ async fn drop_stale_schemas(pool: &PgPool, now: u64) {
             .await;
         }
     }
+}
+
+/// A fresh row-tenancy store ([`crate::RowTenancy`]) for one test: its own schema with row
+/// tenancy installed and tenants created, and a login role of the test's own (no superuser, no
+/// `BYPASSRLS`) granted it, as which [`open`](Self::open) connects, as a tenant's service
+/// would. Drops the schema and the role when dropped, pass or fail.
+pub struct TestTenancy {
+    /// The test's schema; its `store` has no tenant (the owner's view: every tenant's rows,
+    /// as a superuser).
+    pub db: TestDatabase,
+    /// The owner's handle on the tenancy.
+    pub tenancy: crate::RowTenancy,
+    /// The service role's name.
+    pub role: String,
+    /// A pool connected as that role, naming no tenant.
+    pub service: PgPool,
+}
+
+impl TestTenancy {
+    /// A row-tenancy store with `tenants` created, and the service role.
+    ///
+    /// # Panics
+    /// When no server answers, or setting up fails.
+    pub async fn new(tenants: &[&str]) -> Self {
+        let db = TestDatabase::new().await;
+        let role = format!("{}_app", db.schema);
+        let tenancy = crate::RowTenancy::new(db.pool.clone(), db.schema.as_str())
+            .expect("test schema names are valid");
+        tenancy.install().await.expect("installing row tenancy");
+        for tenant in tenants {
+            tenancy.create(tenant).await.expect("creating a tenant");
+        }
+        sqlx::raw_sql(AssertSqlSafe(format!(
+            "CREATE ROLE \"{role}\" LOGIN NOSUPERUSER NOBYPASSRLS NOCREATEDB NOCREATEROLE"
+        )))
+        .execute(&db.pool)
+        .await
+        .expect("creating the service role");
+        // From here on, dropping the fixture (a failed step panics) removes the role too.
+        let mut fixture = Self {
+            db,
+            tenancy,
+            role,
+            service: PgPoolOptions::new().connect_lazy_with(PgConnectOptions::new()),
+        };
+        fixture
+            .tenancy
+            .grant(&fixture.role)
+            .await
+            .expect("granting");
+        let options = fixture
+            .db
+            .pool
+            .connect_options()
+            .as_ref()
+            .clone()
+            .username(&fixture.role);
+        fixture.service = PgPoolOptions::new()
+            .max_connections(8)
+            .acquire_timeout(Duration::from_secs(30))
+            .connect_with(options)
+            .await
+            .expect("connecting as the service role");
+        fixture
+    }
+
+    /// `tenant`'s store, connected as the service role.
+    ///
+    /// # Panics
+    /// When it cannot be opened.
+    pub async fn open(&self, tenant: &str) -> PgEventStore {
+        crate::RowTenancy::new(self.service.clone(), self.db.schema.as_str())
+            .expect("test schema names are valid")
+            .open(tenant)
+            .await
+            .expect("opening a tenant's store")
+    }
+}
+
+impl Drop for TestTenancy {
+    fn drop(&mut self) {
+        // The role owns what the tests' runners created in the schema: the schema goes first
+        // (the TestDatabase, dropped after this), then what else the role owns, then the role.
+        let statement = format!(
+            "{}; DROP OWNED BY \"{role}\"; DROP ROLE IF EXISTS \"{role}\"",
+            drop_schema(&self.db.schema),
+            role = self.role
+        );
+        let options = self.db.pool.connect_options().as_ref().clone();
+        run_detached(options, statement);
+    }
+}
+
+/// Runs `statement` on a connection, thread and runtime of its own: a panicking test is
+/// unwinding inside its runtime, whose connections may be gone.
+fn run_detached(options: PgConnectOptions, statement: String) {
+    let cleanup = std::thread::spawn(move || {
+        let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        else {
+            return;
+        };
+        runtime.block_on(async move {
+            use sqlx::Connection;
+            if let Ok(mut conn) = sqlx::PgConnection::connect_with(&options).await {
+                let _ = sqlx::raw_sql(AssertSqlSafe(statement))
+                    .execute(&mut conn)
+                    .await;
+                let _ = conn.close().await;
+            }
+        });
+    });
+    let _ = cleanup.join();
 }
 
 /// A PostgreSQL cluster of a test's own, on a free port, for tests that restart, break or

@@ -7,8 +7,6 @@
 
 mod common;
 
-use std::panic::AssertUnwindSafe;
-use std::str::FromStr;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -16,14 +14,12 @@ use es_core::testing::evolution::LedgerEvent;
 use es_core::{
     BoxError, Envelope, EventStore, ExpectedVersion, NewEvent, Position, StreamId, StreamLifecycle,
 };
-use es_postgres::sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use es_postgres::testing::database_url;
+use es_postgres::testing::{TestDatabase, TestTenancy};
 use es_postgres::{
     ErrorPolicy, PgError, PgEventStore, PgProjection, ProjectionError, ProjectionRunner,
     RowTenancy, SchemaName,
 };
-use futures_util::FutureExt;
-use sqlx::{AssertSqlSafe, PgConnection, PgPool};
+use sqlx::{AssertSqlSafe, PgConnection};
 use uuid::Uuid;
 
 use common::{credit, wait_until};
@@ -36,92 +32,17 @@ fn event(n: u32) -> NewEvent {
     )
 }
 
-async fn owner_pool() -> PgPool {
-    PgPoolOptions::new()
-        .max_connections(4)
-        .connect(&database_url())
-        .await
-        .unwrap()
-}
-
-/// A name no other test run uses.
-fn unique(what: &str) -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .subsec_nanos();
-    format!("rt{}_{nanos}_{what}", std::process::id())
-}
-
-/// A store in a fresh schema with row tenancy, tenants `acme` and `globex`, and a login role
-/// (no superuser, no BYPASSRLS) granted it; `body` gets the owner's tenancy and a pool of that
-/// role. Drops the schema and the role afterwards, pass or fail.
-async fn with_tenancy<F, Fut>(name: &str, body: F)
-where
-    F: FnOnce(RowTenancy, PgPool) -> Fut,
-    Fut: std::future::Future<Output = ()>,
-{
-    let owner = owner_pool().await;
-    let schema = unique(name);
-    let role = format!("{schema}_app");
-    let result = AssertUnwindSafe(async {
-        let tenancy = RowTenancy::new(owner.clone(), &schema).unwrap();
-        tenancy.install().await.unwrap();
-        tenancy.install().await.unwrap(); // idempotent
-        tenancy.create("acme").await.unwrap();
-        tenancy.create("globex").await.unwrap();
-        sqlx::raw_sql(AssertSqlSafe(format!(
-            "CREATE ROLE \"{role}\" LOGIN NOSUPERUSER NOBYPASSRLS NOCREATEDB NOCREATEROLE"
-        )))
-        .execute(&owner)
-        .await
-        .unwrap();
-        tenancy.grant(&role).await.unwrap();
-        let options = PgConnectOptions::from_str(&database_url())
-            .unwrap()
-            .username(&role);
-        let service = PgPoolOptions::new()
-            .max_connections(4)
-            .connect_with(options)
-            .await
-            .unwrap();
-        body(tenancy, service).await;
-    })
-    .catch_unwind()
-    .await;
-    sqlx::raw_sql(AssertSqlSafe(format!(
-        "DROP SCHEMA IF EXISTS \"{schema}\" CASCADE"
-    )))
-    .execute(&owner)
-    .await
-    .unwrap();
-    let _ = sqlx::raw_sql(AssertSqlSafe(format!(
-        "DROP OWNED BY \"{role}\"; DROP ROLE IF EXISTS \"{role}\""
-    )))
-    .execute(&owner)
-    .await;
-    if let Err(panic) = result {
-        std::panic::resume_unwind(panic);
-    }
-}
-
-async fn open(tenancy: &RowTenancy, service: &PgPool, tenant: &str) -> PgEventStore {
-    RowTenancy::new(service.clone(), tenancy.schema().as_str())
-        .unwrap()
-        .open(tenant)
-        .await
-        .unwrap()
-}
-
 async fn whole_log(store: &PgEventStore) -> Vec<es_core::RecordedEvent> {
     store.read_all(Position::START, 10_000).await.unwrap()
 }
 
 #[tokio::test]
 async fn tenants_share_tables_but_never_see_or_touch_each_others_rows() {
-    with_tenancy("rows", |tenancy, service| async move {
-        let acme = open(&tenancy, &service, "acme").await;
-        let globex = open(&tenancy, &service, "globex").await;
+    let fixture = TestTenancy::new(&["acme", "globex"]).await;
+    let (tenancy, service) = (&fixture.tenancy, &fixture.service);
+    {
+        let acme = fixture.open("acme").await;
+        let globex = fixture.open("globex").await;
         assert_eq!(acme.tenant(), Some("acme"));
         assert_eq!(acme.scope(), format!("{}/acme", tenancy.schema()));
 
@@ -260,13 +181,14 @@ async fn tenants_share_tables_but_never_see_or_touch_each_others_rows() {
                 .is_err_and(|e| format!("{e:?}").contains("names no tenant")),
             "{refused:?}"
         );
-    })
-    .await;
+    }
 }
 
 #[tokio::test]
 async fn opening_refuses_what_would_not_keep_tenants_apart() {
-    with_tenancy("open", |tenancy, service| async move {
+    let fixture = TestTenancy::new(&["acme", "globex"]).await;
+    let (tenancy, service) = (&fixture.tenancy, &fixture.service);
+    {
         // The owner here is a superuser, whom row-level security does not hold.
         assert!(matches!(
             tenancy.open("acme").await,
@@ -301,40 +223,36 @@ async fn opening_refuses_what_would_not_keep_tenants_apart() {
         }
 
         // A plain store is not a row-tenancy store, and one with streams cannot become one.
-        let owner = owner_pool().await;
-        let plain_schema = format!("{}_plain", tenancy.schema());
-        let plain = PgEventStore::with_schema(owner.clone(), &plain_schema).unwrap();
-        plain.migrate().await.unwrap();
-        let result = async {
-            let plain_tenancy = RowTenancy::new(owner.clone(), &plain_schema).unwrap();
-            assert!(matches!(
-                plain_tenancy.create("acme").await,
-                Err(PgError::NotRowTenancy { .. })
-            ));
+        let plain = TestDatabase::new().await;
+        let plain_tenancy = RowTenancy::new(plain.pool.clone(), plain.schema.as_str()).unwrap();
+        assert!(matches!(
+            plain_tenancy.create("acme").await,
+            Err(PgError::NotRowTenancy { .. })
+        ));
+        plain
+            .store
+            .append(
+                &StreamId::new("account-1").unwrap(),
+                ExpectedVersion::Any,
+                vec![event(1)],
+            )
+            .await
+            .unwrap();
+        assert!(matches!(
+            plain_tenancy.install().await,
+            Err(PgError::TenancyRefused { .. })
+        ));
+        assert_eq!(
             plain
-                .append(
-                    &StreamId::new("account-1").unwrap(),
-                    ExpectedVersion::Any,
-                    vec![event(1)],
-                )
+                .store
+                .read_all(Position::START, 10)
                 .await
-                .unwrap();
-            assert!(matches!(
-                plain_tenancy.install().await,
-                Err(PgError::TenancyRefused { .. })
-            ));
-            assert_eq!(plain.read_all(Position::START, 10).await.unwrap().len(), 1);
-        }
-        .await;
-        sqlx::raw_sql(AssertSqlSafe(format!(
-            "DROP SCHEMA \"{plain_schema}\" CASCADE"
-        )))
-        .execute(&owner)
-        .await
-        .unwrap();
-        result
-    })
-    .await;
+                .unwrap()
+                .len(),
+            1
+        );
+        plain.drop().await;
+    }
 }
 
 /// Per stream of a tenant: events and net amount, in a table every tenant shares.
@@ -429,9 +347,10 @@ fn runner(store: &PgEventStore) -> ProjectionRunner<TenantTotals> {
 
 #[tokio::test]
 async fn each_tenant_runs_and_rebuilds_its_own_projection() {
-    with_tenancy("proj", |tenancy, service| async move {
-        let acme = open(&tenancy, &service, "acme").await;
-        let globex = open(&tenancy, &service, "globex").await;
+    let fixture = TestTenancy::new(&["acme", "globex"]).await;
+    {
+        let acme = fixture.open("acme").await;
+        let globex = fixture.open("globex").await;
         let ledger = StreamId::new("ledger-1").unwrap();
         acme.append(
             &ledger,
@@ -501,15 +420,16 @@ async fn each_tenant_runs_and_rebuilds_its_own_projection() {
             matches!(blue_green, Err(ProjectionError::BlueGreen { .. })),
             "{blue_green:?}"
         );
-    })
-    .await;
+    }
 }
 
 #[tokio::test]
 async fn maintenance_of_one_tenants_stream_leaves_the_others_alone() {
-    with_tenancy("maint", |tenancy, service| async move {
-        let acme = open(&tenancy, &service, "acme").await;
-        let globex = open(&tenancy, &service, "globex").await;
+    let fixture = TestTenancy::new(&["acme", "globex"]).await;
+    let tenancy = &fixture.tenancy;
+    {
+        let acme = fixture.open("acme").await;
+        let globex = fixture.open("globex").await;
         let account = StreamId::new("account-1").unwrap();
         for store in [&acme, &globex] {
             store
@@ -556,6 +476,144 @@ async fn maintenance_of_one_tenants_stream_leaves_the_others_alone() {
             tenancy.archive_stream("initech", &account, "x").await,
             Err(PgError::MaintenanceRefused { .. })
         ));
-    })
-    .await;
+    }
+}
+
+/// Every table of a row-tenancy store, including those a later migration adds, must carry
+/// the tenant, force row-level security and lead its unique keys with the tenant: a table
+/// the layer misses would be shared by every tenant.
+#[tokio::test]
+async fn every_table_of_the_store_is_held_to_its_tenant() {
+    let fixture = TestTenancy::new(&[]).await;
+    let s = fixture.db.schema.as_str();
+    let tables: Vec<(String, bool, bool, bool)> = sqlx::query_as(
+        "SELECT c.relname::text, c.relrowsecurity, c.relforcerowsecurity, \
+             EXISTS (SELECT FROM pg_attribute a WHERE a.attrelid = c.oid \
+                 AND a.attname = 'tenant_id' AND NOT a.attisdropped) \
+         FROM pg_class c WHERE c.relnamespace = $1::regnamespace AND c.relkind = 'r' \
+           AND c.relname NOT IN ('_sqlx_migrations', 'row_tenancy', 'tenants') \
+         ORDER BY 1",
+    )
+    .bind(s)
+    .fetch_all(&fixture.db.pool)
+    .await
+    .unwrap();
+    assert!(tables.len() >= 16, "{tables:?}");
+    for &(ref table, enabled, forced, column) in &tables {
+        assert!(
+            enabled && forced && column,
+            "{table}: rls {enabled}, forced {forced}, tenant_id {column}"
+        );
+    }
+    // Unique keys: every one leads with tenant_id, but for keys drawn from an identity.
+    let keys: Vec<(String, String)> = sqlx::query_as(
+        "SELECT i.indexrelid::regclass::text, pg_get_indexdef(i.indexrelid) \
+         FROM pg_index i JOIN pg_class c ON c.oid = i.indrelid \
+         WHERE c.relnamespace = $1::regnamespace AND i.indisunique \
+           AND c.relname NOT IN ('_sqlx_migrations', 'row_tenancy', 'tenants')",
+    )
+    .bind(s)
+    .fetch_all(&fixture.db.pool)
+    .await
+    .unwrap();
+    for (index, definition) in keys {
+        let identity = [
+            "events_pkey",
+            "saga_outbox_pkey",
+            "maintenance_log_pkey",
+            "subject_keys_key_id_key",
+        ]
+        .iter()
+        .any(|name| index.ends_with(name));
+        assert!(
+            identity || definition.contains("(tenant_id,"),
+            "{index}: {definition}"
+        );
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, es_core::DomainEvent, serde::Serialize, serde::Deserialize)]
+enum CustomerEvent {
+    /// The subject is the stream.
+    Registered {
+        #[event(personal)]
+        email: es_core::Personal<String>,
+    },
+}
+
+fn emails(events: &[es_core::RecordedEvent]) -> Vec<es_core::Personal<String>> {
+    use es_core::DomainEvent as _;
+    events
+        .iter()
+        .map(
+            |e| match CustomerEvent::decode(&e.event_type, e.payload.get()).unwrap() {
+                CustomerEvent::Registered { email } => email,
+            },
+        )
+        .collect()
+}
+
+#[tokio::test]
+async fn forgetting_and_snapshots_are_per_tenant() {
+    use es_core::{Personal, Snapshot, SnapshotStore};
+    let fixture = TestTenancy::new(&["acme", "globex"]).await;
+    let acme = fixture.open("acme").await;
+    let globex = fixture.open("globex").await;
+    let customer = StreamId::new("customer-1").unwrap();
+    for (store, email) in [(&acme, "a@acme.example"), (&globex, "g@globex.example")] {
+        let registered = CustomerEvent::Registered {
+            email: email.to_owned().into(),
+        };
+        store
+            .append(
+                &customer,
+                ExpectedVersion::Any,
+                vec![NewEvent::from_event(&registered).unwrap()],
+            )
+            .await
+            .unwrap();
+        let state =
+            serde_json::value::to_raw_value(&serde_json::json!({ "tenant": email })).unwrap();
+        es_postgres::PgSnapshotStore::new(store)
+            .save(Snapshot {
+                stream_id: customer.clone(),
+                stream_version: 1,
+                snapshot_version: 1,
+                state,
+                taken_at: chrono::Utc::now(),
+            })
+            .await
+            .unwrap();
+    }
+    let snapshot_of = async |store: &PgEventStore| {
+        es_postgres::PgSnapshotStore::new(store)
+            .load(&customer)
+            .await
+            .unwrap()
+            .map(|s| s.state.get().to_owned())
+    };
+    assert_eq!(
+        snapshot_of(&globex).await.as_deref(),
+        Some(r#"{"tenant":"g@globex.example"}"#)
+    );
+
+    // acme forgets its customer-1; globex's customer-1, the same subject name, is another
+    // person with another key.
+    acme.forget("customer-1").await.unwrap();
+    let acme_events = acme.read_stream_to_vec(&customer, 1).await.unwrap();
+    assert_eq!(emails(&acme_events[..1]), [Personal::Redacted]);
+    assert_eq!(
+        snapshot_of(&acme).await,
+        None,
+        "the forgotten subject's snapshot is dropped"
+    );
+    let globex_events = globex.read_stream_to_vec(&customer, 1).await.unwrap();
+    assert_eq!(
+        emails(&globex_events),
+        [Personal::from("g@globex.example".to_owned())]
+    );
+    assert_eq!(
+        snapshot_of(&globex).await.as_deref(),
+        Some(r#"{"tenant":"g@globex.example"}"#)
+    );
 }
