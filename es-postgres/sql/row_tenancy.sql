@@ -41,12 +41,28 @@ DO $$
 DECLARE
     v_table text;
     v_schema text := current_schema();
-BEGIN
-    FOREACH v_table IN ARRAY ARRAY['streams', 'events', 'snapshots', 'projection_checkpoints',
+    v_tables text[] := ARRAY['streams', 'events', 'snapshots', 'projection_checkpoints',
         'parked_events', 'saga_states', 'saga_outbox', 'saga_deadlines', 'projection_layouts',
         'event_types', 'event_types_counted', 'subject_keys', 'subject_streams',
-        'forgotten_subjects', 'events_archive', 'maintenance_log']
-    LOOP
+        'forgotten_subjects', 'events_archive', 'maintenance_log'];
+    v_occupied boolean;
+BEGIN
+    -- Nothing may be written while the store turns: rows written before would belong to no
+    -- tenant, so the store must hold none (but the counting row of event_types_counted, which
+    -- is the store's; each tenant gets its own when it first asks).
+    FOREACH v_table IN ARRAY v_tables LOOP
+        EXECUTE pg_catalog.format('LOCK TABLE %I IN ACCESS EXCLUSIVE MODE', v_table);
+        IF v_table OPERATOR(pg_catalog.<>) 'event_types_counted' THEN
+            EXECUTE pg_catalog.format('SELECT EXISTS (SELECT FROM %I)', v_table) INTO v_occupied;
+            IF v_occupied THEN
+                RAISE EXCEPTION 'it holds rows in %, which would belong to no tenant: install row tenancy when the store is created', v_table
+                    USING ERRCODE = 'ES021';
+            END IF;
+        END IF;
+    END LOOP;
+    DELETE FROM event_types_counted;
+
+    FOREACH v_table IN ARRAY v_tables LOOP
         -- A constant default first (no rewrite), then the session's tenant for new rows.
         EXECUTE pg_catalog.format(
             'ALTER TABLE %I ADD COLUMN tenant_id text NOT NULL DEFAULT %L', v_table, '');
@@ -54,7 +70,7 @@ BEGIN
             'ALTER TABLE %I ALTER COLUMN tenant_id SET DEFAULT %I.current_tenant()',
             v_table, v_schema);
         EXECUTE pg_catalog.format(
-            'ALTER TABLE %I ADD CONSTRAINT %I CHECK (tenant_id <> %L) NOT VALID',
+            'ALTER TABLE %I ADD CONSTRAINT %I CHECK (tenant_id <> %L)',
             v_table, v_table || '_tenant_named', '');
         -- FORCE: the owner (when not a superuser) is filtered too.
         EXECUTE pg_catalog.format('ALTER TABLE %I ENABLE ROW LEVEL SECURITY', v_table);
@@ -70,7 +86,17 @@ $$;
 
 -- Every unique key leads with the tenant: two tenants may hold the same stream id, event id,
 -- projection or saga instance, and no write of one tenant can collide with (or detect) a row
--- of another. Names stay as they were.
+-- of another, not even keys drawn from an identity, which a session may override. Names stay
+-- as they were. The events' primary key, led by the tenant, is also each tenant's global log
+-- in order.
+ALTER TABLE events DROP CONSTRAINT events_pkey,
+    ADD CONSTRAINT events_pkey PRIMARY KEY (tenant_id, transaction_id, position);
+ALTER TABLE saga_outbox DROP CONSTRAINT saga_outbox_pkey,
+    ADD CONSTRAINT saga_outbox_pkey PRIMARY KEY (tenant_id, seq);
+ALTER TABLE maintenance_log DROP CONSTRAINT maintenance_log_pkey,
+    ADD CONSTRAINT maintenance_log_pkey PRIMARY KEY (tenant_id, id);
+ALTER TABLE subject_keys DROP CONSTRAINT subject_keys_key_id_key,
+    ADD CONSTRAINT subject_keys_key_id_key UNIQUE (tenant_id, key_id);
 ALTER TABLE streams DROP CONSTRAINT streams_pkey,
     ADD CONSTRAINT streams_pkey PRIMARY KEY (tenant_id, stream_id);
 ALTER TABLE events DROP CONSTRAINT events_event_id_key,
@@ -95,8 +121,6 @@ ALTER TABLE event_types DROP CONSTRAINT event_types_pkey,
     ADD CONSTRAINT event_types_pkey PRIMARY KEY (tenant_id, category, event_type, schema_version);
 ALTER TABLE event_types_counted DROP CONSTRAINT event_types_counted_pkey,
     ADD CONSTRAINT event_types_counted_pkey PRIMARY KEY (tenant_id, id);
--- The one counting row was the store's; each tenant gets its own when it first asks.
-DELETE FROM event_types_counted;
 ALTER TABLE subject_keys DROP CONSTRAINT subject_keys_pkey,
     ADD CONSTRAINT subject_keys_pkey PRIMARY KEY (tenant_id, subject);
 ALTER TABLE subject_streams DROP CONSTRAINT subject_streams_pkey,
@@ -106,8 +130,6 @@ ALTER TABLE forgotten_subjects DROP CONSTRAINT forgotten_subjects_pkey,
 ALTER TABLE events_archive DROP CONSTRAINT events_archive_pkey,
     ADD CONSTRAINT events_archive_pkey PRIMARY KEY (tenant_id, stream_id, stream_version);
 
--- A tenant's global log in order, without walking the other tenants' events.
-CREATE INDEX events_tenant_log ON events (tenant_id, transaction_id, position);
 DROP INDEX events_correlation_id;
 CREATE INDEX events_correlation_id ON events (tenant_id, correlation_id);
 DROP INDEX saga_deadlines_due;

@@ -126,11 +126,26 @@ impl PgEventStore {
             .into());
         }
 
+        const COLUMNS: &str = "event_id, stream_id, stream_version, event_type, \
+             schema_version, correlation_id, causation_id, metadata, payload";
+        // PostgreSQL refuses COPY into a table under row-level security: a row tenant's import
+        // is copied into a table of the transaction's own, then inserted in the order sent.
+        let target = if self.tenant().is_some() {
+            sqlx::query(
+                "CREATE TEMP TABLE es_import (ord bigint GENERATED ALWAYS AS IDENTITY, \
+                     event_id uuid, stream_id text, stream_version bigint, event_type text, \
+                     schema_version integer, correlation_id uuid, causation_id uuid, \
+                     metadata json, payload json) ON COMMIT DROP",
+            )
+            .execute(&mut *tx)
+            .await
+            .map_err(store_error)?;
+            "pg_temp.es_import".to_owned()
+        } else {
+            format!("{schema}.events")
+        };
         let mut copy = tx
-            .copy_in_raw(&format!(
-                "COPY {schema}.events (event_id, stream_id, stream_version, event_type, \
-                 schema_version, correlation_id, causation_id, metadata, payload) FROM STDIN"
-            ))
+            .copy_in_raw(&format!("COPY {target} ({COLUMNS}) FROM STDIN"))
             .await
             .map_err(store_error)?;
         let mut buffer = String::with_capacity(SEND_CHUNK + 4096);
@@ -151,13 +166,22 @@ impl PgEventStore {
         if sent.is_ok() && !buffer.is_empty() {
             sent = copy.send(buffer.as_bytes()).await.map(|_| ());
         }
-        let copied = match sent {
-            Ok(()) => copy.finish().await,
+        let mut copied = match sent {
+            Ok(()) => copy.finish().await.map(|_| ()),
             Err(e) => {
                 let _ = copy.abort("the import failed while sending rows").await;
                 Err(e)
             }
         };
+        if copied.is_ok() && self.tenant().is_some() {
+            copied = sqlx::query(AssertSqlSafe(format!(
+                "INSERT INTO {schema}.events ({COLUMNS}) \
+                 SELECT {COLUMNS} FROM pg_temp.es_import ORDER BY ord"
+            )))
+            .execute(&mut *tx)
+            .await
+            .map(|_| ());
+        }
         match copied {
             Ok(_) => {}
             Err(err) if is_event_id_conflict(&err) => {

@@ -18,7 +18,7 @@ pub const MAX_SCHEMA_NAME_LEN: usize = 48;
 /// `sqlx::migrate!`, which would compile sqlx's macro crates (and sqlx itself a second time)
 /// into every service; checksums are the same. A test checks every file of `migrations/` is
 /// listed here.
-const MIGRATIONS: [(i64, &str, &str); 16] = [
+pub(crate) const MIGRATIONS: [(i64, &str, &str); 16] = [
     (
         1,
         "event store",

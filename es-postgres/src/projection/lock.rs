@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use sqlx::{Connection, PgConnection, Postgres, Row, Transaction};
+use sqlx::{AssertSqlSafe, Connection, PgConnection, Postgres, Row, Transaction};
 
 use super::runner::{ProjectionRunner, RunnerState};
 use super::{PgProjection, ProjectionError};
@@ -172,19 +172,31 @@ pub struct LockHolder {
     pub backend_start: Option<chrono::DateTime<chrono::Utc>>,
 }
 
+/// The advisory lock id of the key `key` (an SQL expression) for this session: a session that
+/// names a tenant of a row-tenancy store (`es.tenant`, see `RowTenancy`) takes that tenant's
+/// lock, whichever way its store was made, so that two tenants' runners of one projection are
+/// each the active instance of its tenant, and a tool connected for a tenant meets that
+/// tenant's runners.
+fn lock_key(key: &str) -> String {
+    format!(
+        "hashtextextended({key} || coalesce(' @' || nullif(current_setting('es.tenant', true), ''), ''), 0)"
+    )
+}
+
 impl<P: PgProjection> ProjectionRunner<P> {
     /// The session that holds this runner's lock now (in this process or another), if any:
     /// what `status` shows operators as the projection's holder.
     pub async fn holder(&self) -> Result<Option<LockHolder>, ProjectionError> {
-        let key = format!("es-projection {} {}", self.store.scope(), self.key);
-        let row = sqlx::query(
+        let key = format!("es-projection {} {}", self.store.schema(), self.key);
+        let row = sqlx::query(AssertSqlSafe(format!(
             "SELECT l.pid, a.application_name, host(a.client_addr), a.backend_start \
              FROM pg_locks l LEFT JOIN pg_stat_activity a ON a.pid = l.pid \
              WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1 \
                AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()) \
-               AND ((l.classid::int8 << 32) | l.objid::int8) = hashtextextended($1, 0) \
+               AND ((l.classid::int8 << 32) | l.objid::int8) = {LOCK_KEY} \
              LIMIT 1",
-        )
+            LOCK_KEY = lock_key("$1")
+        )))
         .bind(key)
         .fetch_optional(self.store.pool())
         .await
@@ -270,7 +282,7 @@ impl<P: PgProjection> ProjectionRunner<P> {
     fn lock_keys(&self, keys: &[String]) -> Vec<String> {
         let mut keys: Vec<String> = keys
             .iter()
-            .map(|key| format!("es-projection {} {key}", self.store.scope()))
+            .map(|key| format!("es-projection {} {key}", self.store.schema()))
             .collect();
         keys.sort();
         keys.dedup();
@@ -283,9 +295,10 @@ impl<P: PgProjection> ProjectionRunner<P> {
         conn: &mut PgConnection,
         keys: &[String],
     ) -> Result<bool, ProjectionError> {
-        let taken: Vec<bool> = sqlx::query_scalar(
-            "SELECT pg_try_advisory_lock(hashtextextended(k, 0)) FROM UNNEST($1::text[]) AS k",
-        )
+        let taken: Vec<bool> = sqlx::query_scalar(AssertSqlSafe(format!(
+            "SELECT pg_try_advisory_lock({}) FROM UNNEST($1::text[]) AS k",
+            lock_key("k")
+        )))
         .bind(keys)
         .fetch_all(&mut *conn)
         .await
@@ -299,9 +312,10 @@ impl<P: PgProjection> ProjectionRunner<P> {
             .filter_map(|(key, taken)| taken.then_some(key))
             .collect();
         if !held.is_empty() {
-            sqlx::query(
-                "SELECT pg_advisory_unlock(hashtextextended(k, 0)) FROM UNNEST($1::text[]) AS k",
-            )
+            sqlx::query(AssertSqlSafe(format!(
+                "SELECT pg_advisory_unlock({}) FROM UNNEST($1::text[]) AS k",
+                lock_key("k")
+            )))
             .bind(held)
             .execute(&mut *conn)
             .await

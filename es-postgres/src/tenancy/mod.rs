@@ -56,7 +56,8 @@ pub(crate) fn tenant_pool(pool: &PgPool, tenant: &str) -> PgPool {
 /// it), reading and writing its tables (events stay immutable: their triggers refuse updates
 /// and deletes whoever asks), its sequences and functions, except what is the owner's: the
 /// maintenance functions that archive and hard-delete streams, writing the archive and the
-/// maintenance log, deleting stream rows and un-archiving a stream.
+/// maintenance log, deleting stream rows and un-archiving a stream, and writing the record of
+/// applied migrations.
 pub(crate) async fn grant_store(
     pool: &PgPool,
     schema: &SchemaName,
@@ -77,6 +78,7 @@ pub(crate) async fn grant_store(
          REVOKE INSERT, UPDATE, DELETE ON \"{s}\".events_archive, \"{s}\".maintenance_log \
              FROM \"{role}\"; \
          REVOKE UPDATE, DELETE ON \"{s}\".streams FROM \"{role}\"; \
+         REVOKE INSERT, UPDATE, DELETE, TRUNCATE ON \"{s}\"._sqlx_migrations FROM \"{role}\"; \
          GRANT UPDATE (version, transaction_id, deleted_at, truncated_before) \
              ON \"{s}\".streams TO \"{role}\";"
     )))

@@ -102,7 +102,7 @@ impl RowTenancy {
             .await?;
         if let Some(version) = self.layer_version(&mut tx).await? {
             return if version == LAYER_VERSION {
-                Ok(())
+                self.verify_layer(&mut tx).await
             } else {
                 Err(PgError::TenancyRefused {
                     schema: self.schema.to_string(),
@@ -113,28 +113,63 @@ impl RowTenancy {
                 })
             };
         }
-        let occupied: bool = sqlx::query_scalar(AssertSqlSafe(format!(
-            "SELECT EXISTS (SELECT FROM {s}.streams) OR EXISTS (SELECT FROM {s}.events)"
-        )))
-        .fetch_one(&mut *tx)
-        .await?;
-        if occupied {
-            return Err(PgError::TenancyRefused {
-                schema: self.schema.to_string(),
-                reason: "it holds streams already, which would belong to no tenant: install \
-                         row tenancy when the store is created"
-                    .to_owned(),
-            });
-        }
         sqlx::query("SELECT set_config('search_path', $1, true)")
             .bind(&s)
             .execute(&mut *tx)
             .await?;
-        sqlx::raw_sql(AssertSqlSafe(LAYER))
-            .execute(&mut *tx)
-            .await?;
+        if let Err(error) = sqlx::raw_sql(AssertSqlSafe(LAYER)).execute(&mut *tx).await {
+            return Err(match crate::error::db_code(&error) {
+                Some((code, _)) if code == "ES021" => PgError::TenancyRefused {
+                    schema: self.schema.to_string(),
+                    reason: database_message(&error),
+                },
+                _ => PgError::Database(error),
+            });
+        }
         tx.commit().await?;
         Ok(())
+    }
+
+    /// Refuses a store whose tables the layer does not hold to their tenant: one a later
+    /// migration added, or a unique key not led by the tenant, or a maintenance function
+    /// replaced by one that does not name the tenant. A store so found would share rows
+    /// between tenants.
+    async fn verify_layer(&self, conn: &mut PgConnection) -> Result<(), PgError> {
+        let uncovered: Option<String> = sqlx::query_scalar(
+            "SELECT what FROM ( \
+               SELECT 1 AS o, format('table %s is not held to its tenant', c.relname) AS what \
+               FROM pg_class c WHERE c.relnamespace = to_regnamespace($1) AND c.relkind = 'r' \
+                 AND c.relname NOT IN ('_sqlx_migrations', 'row_tenancy', 'tenants') \
+                 AND NOT (c.relrowsecurity AND c.relforcerowsecurity AND EXISTS ( \
+                     SELECT FROM pg_attribute a WHERE a.attrelid = c.oid \
+                       AND a.attname = 'tenant_id' AND NOT a.attisdropped)) \
+               UNION ALL \
+               SELECT 2, format('unique key %s does not lead with tenant_id', i.indexrelid::regclass) \
+               FROM pg_index i JOIN pg_class c ON c.oid = i.indrelid \
+               JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum = i.indkey[0] \
+               WHERE c.relnamespace = to_regnamespace($1) AND i.indisunique \
+                 AND c.relname NOT IN ('_sqlx_migrations', 'row_tenancy', 'tenants') \
+                 AND a.attname <> 'tenant_id' \
+               UNION ALL \
+               SELECT 3, format('function %s does not name the tenant', p.proname) \
+               FROM pg_proc p WHERE p.pronamespace = to_regnamespace($1) \
+                 AND p.proname IN ('archive_stream', 'hard_delete_stream') \
+                 AND p.prosrc NOT LIKE '%current_tenant()%') w \
+             ORDER BY o LIMIT 1",
+        )
+        .bind(self.schema.as_str())
+        .fetch_optional(&mut *conn)
+        .await?;
+        match uncovered {
+            None => Ok(()),
+            Some(what) => Err(PgError::TenancyRefused {
+                schema: self.schema.to_string(),
+                reason: format!(
+                    "{what}: this release's row tenancy layer does not cover its migrations \
+                     (extend es-postgres/sql/row_tenancy.sql)"
+                ),
+            }),
+        }
     }
 
     /// The layer's version in the store, `None` when it is not a row-tenancy store.
@@ -147,11 +182,12 @@ impl RowTenancy {
         if !exists {
             return Ok(None);
         }
-        let version: i32 =
+        let version: Option<i32> =
             sqlx::query_scalar(AssertSqlSafe(format!("SELECT version FROM {table}")))
-                .fetch_one(&mut *conn)
+                .fetch_optional(&mut *conn)
                 .await?;
-        Ok(Some(version))
+        // An emptied version table is a broken layer, never a missing one.
+        Ok(Some(version.unwrap_or(0)))
     }
 
     /// Adds `tenant` to the store (nothing when it is there already). Run it as the owner.
@@ -181,8 +217,11 @@ impl RowTenancy {
     }
 
     /// Lets the database role `role` open tenants' stores: what
-    /// [`TenantStores::grant`](super::TenantStores::grant) grants on a schema, and reading
-    /// the tenant list (a session sees its own tenant's entry only). Which tenant a session
+    /// [`TenantStores::grant`](super::TenantStores::grant) grants on a schema but the
+    /// sequences, which every tenant's rows draw from (identity columns need no grant; a
+    /// session that could set a sequence could stall every tenant's writes), and reading the
+    /// tenant list (a session sees its own tenant's entry only). Run it again after a release
+    /// that added tables. Which tenant a session
     /// acts for is what its connection names: a role granted here may act for every tenant,
     /// so give each tenant's service its own credentials only where the service, not the
     /// database, chooses the tenant; for isolation the database enforces per role, prefer
@@ -191,7 +230,9 @@ impl RowTenancy {
         grant_store(&self.pool, &self.schema, role).await?;
         let s = self.schema.quoted();
         sqlx::raw_sql(AssertSqlSafe(format!(
-            "REVOKE INSERT, UPDATE, DELETE ON {s}.tenants, {s}.row_tenancy FROM \"{role}\""
+            "REVOKE INSERT, UPDATE, DELETE, TRUNCATE ON {s}.tenants, {s}.row_tenancy \
+                 FROM \"{role}\"; \
+             REVOKE ALL ON ALL SEQUENCES IN SCHEMA {s} FROM \"{role}\""
         )))
         .execute(&self.pool)
         .await
@@ -231,6 +272,7 @@ impl RowTenancy {
                 schema: self.schema.to_string(),
             });
         }
+        self.verify_layer(&mut conn).await?;
         drop(conn);
         match store.migration_state().await? {
             MigrationState::Current => {}
@@ -332,36 +374,55 @@ impl RowTenancy {
             reason,
         })?;
         let s = schema.quoted();
-        let has_column: bool = sqlx::query_scalar(
-            "SELECT EXISTS (SELECT FROM pg_attribute \
-             WHERE attrelid = to_regclass($1) AND attname = 'tenant_id' AND NOT attisdropped)",
+        let state: Option<(bool, bool, bool, bool)> = sqlx::query_as(
+            "SELECT c.relrowsecurity, c.relforcerowsecurity, \
+                 EXISTS (SELECT FROM pg_attribute a WHERE a.attrelid = c.oid \
+                     AND a.attname = 'tenant_id' AND NOT a.attisdropped), \
+                 EXISTS (SELECT FROM pg_policy p WHERE p.polrelid = c.oid \
+                     AND p.polname = 'tenant_rows') \
+             FROM pg_class c WHERE c.oid = to_regclass($1)",
         )
         .bind(format!("{s}.\"{table}\""))
-        .fetch_one(&mut *conn)
+        .fetch_optional(&mut *conn)
         .await?;
+        let refuse = |reason: String| PgError::TenancyRefused {
+            schema: schema.to_string(),
+            reason,
+        };
+        let Some((enabled, forced, has_column, has_policy)) = state else {
+            return Err(refuse(format!("table {table} does not exist")));
+        };
         if !has_column {
-            return Err(PgError::TenancyRefused {
-                schema: schema.to_string(),
-                reason: format!(
-                    "table {table} has no tenant_id column (tenant_id text NOT NULL DEFAULT \
-                     {s}.current_tenant())"
-                ),
-            });
+            return Err(refuse(format!(
+                "table {table} has no tenant_id column (tenant_id text NOT NULL DEFAULT \
+                 {s}.current_tenant())"
+            )));
         }
-        sqlx::raw_sql(AssertSqlSafe(format!(
-            "ALTER TABLE {s}.\"{table}\" ENABLE ROW LEVEL SECURITY; \
-             ALTER TABLE {s}.\"{table}\" FORCE ROW LEVEL SECURITY; \
-             DO $$ BEGIN \
-                 IF NOT EXISTS (SELECT FROM pg_policies WHERE schemaname = '{schema}' \
-                     AND tablename = '{table}' AND policyname = 'tenant_rows') THEN \
-                     CREATE POLICY tenant_rows ON {s}.\"{table}\" \
-                         USING (tenant_id = pg_catalog.current_setting('es.tenant', true)) \
-                         WITH CHECK (tenant_id = pg_catalog.current_setting('es.tenant', true)); \
-                 END IF; \
-             END $$;"
-        )))
-        .execute(&mut *conn)
-        .await?;
+        // Each change takes the table's exclusive lock: once held to its tenant, a table is
+        // left alone, so that runners starting (and rebuilds) do not queue behind its readers.
+        let mut changes = Vec::new();
+        if !has_policy {
+            changes.push(format!(
+                "CREATE POLICY tenant_rows ON {s}.\"{table}\" \
+                 USING (tenant_id = pg_catalog.current_setting('es.tenant', true)) \
+                 WITH CHECK (tenant_id = pg_catalog.current_setting('es.tenant', true))"
+            ));
+        }
+        if !enabled {
+            changes.push(format!(
+                "ALTER TABLE {s}.\"{table}\" ENABLE ROW LEVEL SECURITY"
+            ));
+        }
+        if !forced {
+            changes.push(format!(
+                "ALTER TABLE {s}.\"{table}\" FORCE ROW LEVEL SECURITY"
+            ));
+        }
+        if !changes.is_empty() {
+            sqlx::raw_sql(AssertSqlSafe(changes.join("; ")))
+                .execute(&mut *conn)
+                .await?;
+        }
         Ok(())
     }
 
@@ -374,5 +435,29 @@ impl RowTenancy {
             },
             _ => PgError::Database(error),
         }
+    }
+}
+
+/// The message of a database error, without the driver's wrapping.
+fn database_message(error: &sqlx::Error) -> String {
+    match error {
+        sqlx::Error::Database(db) => db.message().to_owned(),
+        other => other.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_layer_covers_every_migration_of_this_release() {
+        // sql/row_tenancy.sql was written against migrations 1 to 16: a migration that adds a
+        // table, a unique key, a seeded row or replaces a maintenance function must extend the
+        // layer (and bump its version, with an upgrade for installed stores) before this
+        // number moves. `every_table_of_the_store_is_held_to_its_tenant` checks the result.
+        assert_eq!(
+            crate::schema::MIGRATIONS.len(),
+            16,
+            "a new migration: extend sql/row_tenancy.sql for it, then update this number"
+        );
     }
 }
