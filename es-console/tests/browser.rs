@@ -58,15 +58,36 @@ fn free_port() -> u16 {
         .port()
 }
 
-/// The page's visible text.
+/// The page's visible text. A page still loading after a click or a submit replaces its body
+/// under the reader (a stale element): read the new one.
 async fn text(client: &Client) -> String {
-    client
-        .find(Locator::Css("body"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let read = match client.find(Locator::Css("body")).await {
+            Ok(body) => body.text().await,
+            Err(error) => Err(error),
+        };
+        match read {
+            Ok(text) => return text,
+            Err(_) if std::time::Instant::now() < deadline => {
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+            Err(error) => panic!("reading the page: {error}"),
+        }
+    }
+}
+
+/// The page's visible text once it holds `needle`: a submitted form's answer, not the page
+/// the form was on.
+async fn text_with(client: &Client, needle: &str) -> String {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let text = text(client).await;
+        if text.contains(needle) || std::time::Instant::now() >= deadline {
+            return text;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
 }
 
 async fn click_link(client: &Client, text: &str) {
@@ -225,7 +246,7 @@ async fn an_operator_follows_a_piece_of_work_and_replays_a_parked_event_in_a_bro
         .unwrap();
     form.set_by_name("token", TOKEN).await.unwrap();
     form.submit().await.unwrap();
-    let replayed = text(&client).await;
+    let replayed = text_with(&client, "Replayed").await;
     assert!(
         replayed.contains("Replayed 1 parked event") && replayed.contains("No parked event"),
         "{replayed}"

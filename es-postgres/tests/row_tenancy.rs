@@ -83,6 +83,23 @@ async fn tenants_share_tables_but_never_see_or_touch_each_others_rows() {
         let globex_log = whole_log(&globex).await;
         assert_eq!(acme_log.len(), 7);
         assert_eq!(globex_log.len(), 1);
+        // The schema gate counts each tenant's own types.
+        let counted: Vec<(String, u64)> = globex
+            .stored_types()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|t| (t.category, t.events))
+            .collect();
+        assert_eq!(counted, [("account".to_owned(), 1)]);
+        let acme_events: u64 = acme
+            .stored_types()
+            .await
+            .unwrap()
+            .iter()
+            .map(|t| t.events)
+            .sum();
+        assert_eq!(acme_events, 7);
         assert!(acme_log.windows(2).all(|w| w[0].position < w[1].position));
         assert!(
             acme_log
