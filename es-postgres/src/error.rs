@@ -100,6 +100,17 @@ pub enum PgError {
         /// The schema.
         schema: String,
     },
+    /// The session names no tenant, on a schema whose tenants share its tables: what it read
+    /// would mix them, and it could write nothing.
+    #[error(
+        "the store in schema {schema} is shared by tenants (row tenancy) and this session names \
+         none: open the tenant's store (RowTenancy::open), or name the tenant in the \
+         connection's options (options=-c es.tenant=<tenant>)"
+    )]
+    NoTenant {
+        /// The schema.
+        schema: String,
+    },
     /// The role connecting for a tenant is not held by row-level security (a superuser, or a
     /// role with `BYPASSRLS`): its sessions would see and change every tenant's rows.
     #[error(

@@ -81,6 +81,9 @@ impl PgEventStore {
 
         let schema = self.schema().quoted();
         let mut conn = self.pool().acquire().await.map_err(store_error)?;
+        self.check_tenancy(&mut conn)
+            .await
+            .map_err(crate::types::refused)?;
         let mut tx = conn.begin().await.map_err(store_error)?;
 
         let (names, versions): (Vec<&str>, Vec<i64>) = streams
@@ -128,9 +131,19 @@ impl PgEventStore {
 
         const COLUMNS: &str = "event_id, stream_id, stream_version, event_type, \
              schema_version, correlation_id, causation_id, metadata, payload";
-        // PostgreSQL refuses COPY into a table under row-level security: a row tenant's import
-        // is copied into a table of the transaction's own, then inserted in the order sent.
-        let target = if self.tenant().is_some() {
+        // PostgreSQL refuses COPY into a table row-level security holds this session to (a
+        // row tenant's): such an import is copied into a table of the transaction's own, then
+        // inserted in the order sent.
+        let held: bool = sqlx::query_scalar("SELECT row_security_active($1::text::regclass)")
+            .bind(format!("{schema}.events"))
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(store_error)?;
+        let target = if held {
+            sqlx::query("DROP TABLE IF EXISTS pg_temp.es_import")
+                .execute(&mut *tx)
+                .await
+                .map_err(store_error)?;
             sqlx::query(
                 "CREATE TEMP TABLE es_import (ord bigint GENERATED ALWAYS AS IDENTITY, \
                      event_id uuid, stream_id text, stream_version bigint, event_type text, \
@@ -173,7 +186,7 @@ impl PgEventStore {
                 Err(e)
             }
         };
-        if copied.is_ok() && self.tenant().is_some() {
+        if copied.is_ok() && held {
             copied = sqlx::query(AssertSqlSafe(format!(
                 "INSERT INTO {schema}.events ({COLUMNS}) \
                  SELECT {COLUMNS} FROM pg_temp.es_import ORDER BY ord"

@@ -46,9 +46,12 @@ struct Inner {
     keys: PgKeyStore,
     /// The tenant of a row-tenancy store ([`crate::RowTenancy`]): its pool's sessions name it.
     tenant: Option<Arc<str>>,
-    /// What names the store apart from every other in metrics and lock keys: the schema, and
+    /// What names the store apart from every other in metrics: the schema, and
     /// `schema/tenant` for a row tenant (neither may hold a `/`).
     scope: Arc<str>,
+    /// Whether its sessions were found fit for the schema's tenancy (see
+    /// `tenancy::check_session`).
+    tenancy_checked: std::sync::atomic::AtomicBool,
 }
 
 /// Every statement of the store, built once with the schema name in it. The schema name is
@@ -313,6 +316,7 @@ impl PgEventStore {
                 keys,
                 tenant,
                 scope,
+                tenancy_checked: std::sync::atomic::AtomicBool::new(false),
             }),
         }
     }
@@ -411,9 +415,15 @@ impl PgEventStore {
     }
 
     /// The schema, and `schema/tenant` for a row tenant: the `schema` label of the store's
-    /// metrics, and what keeps apart the advisory locks of two tenants' projection runners.
+    /// metrics, which keeps two tenants' series apart.
     pub fn scope(&self) -> &str {
         &self.inner.scope
+    }
+
+    /// Refuses a session that would mix the tenants of a row-tenancy schema (see
+    /// `tenancy::check_session`); checked once per store.
+    pub(crate) async fn check_tenancy(&self, conn: &mut sqlx::PgConnection) -> Result<(), PgError> {
+        crate::tenancy::check_session(self, conn, &self.inner.tenancy_checked).await
     }
 
     /// The store's statements.

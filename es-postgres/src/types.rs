@@ -56,6 +56,7 @@ impl PgEventStore {
              FROM last RETURNING (SELECT count(*) FROM chunk)"
         );
         let mut conn = self.pool().acquire().await.map_err(store_error)?;
+        self.check_tenancy(&mut conn).await.map_err(refused)?;
         // A store has its counting row from its first migration; a row tenant gets its own on
         // its first count.
         sqlx::query(AssertSqlSafe(format!(
@@ -150,5 +151,17 @@ impl PgEventStore {
             }
         }
         Ok(unreadable)
+    }
+}
+
+/// A session refused for a row-tenancy schema, as the store contract's error.
+pub(crate) fn refused(error: crate::PgError) -> StoreError {
+    match error {
+        crate::PgError::Database(error) => store_error(error),
+        crate::PgError::Store(error) => error,
+        other => StoreError::Backend {
+            source: Box::new(other),
+            transient: false,
+        },
     }
 }

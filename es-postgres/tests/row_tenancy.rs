@@ -786,3 +786,99 @@ async fn a_tool_connected_for_a_tenant_meets_that_tenants_runner() {
     stop.send(()).unwrap();
     task.await.unwrap().unwrap();
 }
+
+/// A store made for the schema as any other (an operator's tool) on a row-tenancy schema: it
+/// works for the tenant its connection names, as a role row-level security holds, and refuses
+/// to run, rebuild, count or swap anything otherwise.
+#[tokio::test]
+async fn a_store_made_for_the_schema_must_name_a_tenant_and_be_held_by_row_security() {
+    let fixture = TestTenancy::new(&["acme", "globex"]).await;
+    let acme = fixture.open("acme").await;
+    let ledger = StreamId::new("ledger-1").unwrap();
+    acme.append(&ledger, ExpectedVersion::Any, vec![credit(5, "")])
+        .await
+        .unwrap();
+    fixture.db.settle().await;
+    let pool_as = |options: es_postgres::sqlx::postgres::PgConnectOptions| async move {
+        es_postgres::sqlx::postgres::PgPoolOptions::new()
+            .max_connections(2)
+            .connect_with(options)
+            .await
+            .unwrap()
+    };
+    let service = fixture.service.connect_options().as_ref().clone();
+    let owner = fixture.db.pool.connect_options().as_ref().clone();
+    let schema = fixture.db.schema.clone();
+
+    // No tenant named: refused, saying what to do.
+    let nobody = PgEventStore::in_schema(pool_as(service.clone()).await, schema.clone());
+    let refused = runner(&nobody).catch_up().await;
+    assert!(format!("{refused:?}").contains("NoTenant"), "{refused:?}");
+    assert!(nobody.stored_types().await.is_err());
+    // A superuser naming a tenant would see every tenant's rows: refused.
+    let superuser = PgEventStore::in_schema(
+        pool_as(owner.options([("es.tenant", "acme")])).await,
+        schema.clone(),
+    );
+    let refused = runner(&superuser)
+        .rebuild_from_scratch(ErrorPolicy::default(), |_| {})
+        .await;
+    assert!(
+        format!("{refused:?}").contains("RowSecurityBypassed"),
+        "{refused:?}"
+    );
+    assert!(superuser.stored_types().await.is_err());
+    assert!(
+        superuser
+            .import(&[(StreamId::new("ledger-9").unwrap(), vec![credit(1, "")])])
+            .await
+            .is_err()
+    );
+    // The service's role naming acme: acme's, as if opened (imports included).
+    let tool = PgEventStore::in_schema(
+        pool_as(service.options([("es.tenant", "acme")])).await,
+        schema.clone(),
+    );
+    assert_eq!(runner(&tool).catch_up().await.unwrap(), 1);
+    tool.import(&[(StreamId::new("ledger-2").unwrap(), vec![credit(2, "")])])
+        .await
+        .unwrap();
+    assert_eq!(
+        acme.stream_version(&StreamId::new("ledger-2").unwrap())
+            .await
+            .unwrap(),
+        Some(1)
+    );
+    // Blue/green swaps tables every tenant shares: refused however the store was made.
+    let swapped = runner(&tool)
+        .rebuild_blue_green(
+            TenantTotals {
+                schema: schema.clone(),
+            },
+            ErrorPolicy::default(),
+            |_| {},
+        )
+        .await;
+    assert!(
+        matches!(swapped, Err(ProjectionError::BlueGreen { .. })),
+        "{swapped:?}"
+    );
+
+    // A read model whose key does not lead with the tenant is refused by isolate_table, and
+    // a table of the application's own in the schema does not stop tenants from opening.
+    let mut conn = acme.pool().acquire().await.unwrap();
+    sqlx::raw_sql(AssertSqlSafe(format!(
+        "CREATE TABLE \"{schema}\".loose (tenant_id text NOT NULL DEFAULT \"{schema}\".current_tenant(), \
+             account text PRIMARY KEY)"
+    )))
+    .execute(&mut *conn)
+    .await
+    .unwrap();
+    let loose = RowTenancy::isolate_table(&mut conn, &schema, "loose").await;
+    assert!(
+        matches!(&loose, Err(PgError::TenancyRefused { reason, .. }) if reason.contains("does not lead with tenant_id")),
+        "{loose:?}"
+    );
+    drop(conn);
+    fixture.open("globex").await;
+}

@@ -61,6 +61,26 @@ impl<P: PgProjection> ProjectionRunner<P> {
         wait: bool,
     ) -> Result<Option<u64>, ProjectionError> {
         let (live_model, next_model) = self.blue_green_models(&next)?;
+        // The swap replaces whole tables, which the tenants of a row-tenancy schema share,
+        // however this store was made.
+        let mut conn = self
+            .store
+            .pool()
+            .acquire()
+            .await
+            .map_err(|e| self.store_error(e))?;
+        let shared = crate::tenancy::is_row_tenancy(&mut conn, self.store.schema())
+            .await
+            .map_err(|e| self.store_error(e))?;
+        drop(conn);
+        if shared {
+            return Err(ProjectionError::BlueGreen {
+                projection: self.key.clone(),
+                reason: "its store is a row-tenancy schema, whose read-model tables every \
+                         tenant shares: rebuild the tenant's rows in place (rebuild)"
+                    .to_owned(),
+            });
+        }
         let builder = self.builder(next);
         let mut lock = if wait {
             builder.acquire_lock().await?
@@ -109,13 +129,6 @@ impl<P: PgProjection> ProjectionRunner<P> {
             projection: self.key.clone(),
             reason,
         };
-        if let Some(tenant) = self.store.tenant() {
-            // The swap replaces whole tables, which row tenants share.
-            return Err(refuse(format!(
-                "the store is tenant {tenant:?}'s of a row-tenancy schema, whose read-model \
-                 tables every tenant shares: rebuild the tenant's rows in place (rebuild)"
-            )));
-        }
         let live = self.projection.read_model().ok_or_else(|| {
             refuse("it does not declare its tables (PgProjection::read_model)".to_owned())
         })?;

@@ -569,6 +569,14 @@ impl<P: PgProjection> ProjectionRunner<P> {
 
     /// Creates the read model's tables and the checkpoint rows, if missing, within `conn`.
     pub(super) async fn setup_in(&self, conn: &mut PgConnection) -> Result<(), ProjectionError> {
+        self.store
+            .check_tenancy(conn)
+            .await
+            .map_err(|error| ProjectionError::Store {
+                projection: self.key.clone(),
+                transient: matches!(&error, crate::PgError::Database(e) if crate::is_transient(e)),
+                source: error.into(),
+            })?;
         self.setup_lock(conn).await?;
         self.projection
             .setup(&mut *conn)

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use es_core::{StreamId, Upcasters};
 use sqlx::{AssertSqlSafe, Connection, PgConnection, PgPool};
 
-use super::{check_tenant, grant_store, tenant_pool};
+use super::{check_tenant, grant_sql, tenant_pool};
 use crate::schema::{self, MigrationState, SchemaName, check_identifier};
 use crate::{MaintenanceRecord, PgError, PgEventStore};
 
@@ -14,6 +14,25 @@ use crate::{MaintenanceRecord, PgError, PgEventStore};
 const LAYER: &str = include_str!("../../sql/row_tenancy.sql");
 /// The layer's version: what a store records in `row_tenancy` once the layer is applied.
 const LAYER_VERSION: i32 = 1;
+/// The store's tables the layer holds to their tenant (the list in `sql/row_tenancy.sql`).
+const STORE_TABLES: [&str; 16] = [
+    "streams",
+    "events",
+    "snapshots",
+    "projection_checkpoints",
+    "parked_events",
+    "saga_states",
+    "saga_outbox",
+    "saga_deadlines",
+    "projection_layouts",
+    "event_types",
+    "event_types_counted",
+    "subject_keys",
+    "subject_streams",
+    "forgotten_subjects",
+    "events_archive",
+    "maintenance_log",
+];
 
 /// Tenants sharing one store's tables in one schema, kept apart by PostgreSQL's row-level
 /// security: each row holds its tenant's id, and a session sees and writes the rows of the
@@ -106,10 +125,16 @@ impl RowTenancy {
             } else {
                 Err(PgError::TenancyRefused {
                     schema: self.schema.to_string(),
-                    reason: format!(
-                        "its row tenancy is at version {version}, this release knows \
-                         {LAYER_VERSION}: run the newer release"
-                    ),
+                    reason: if version == 0 {
+                        "its row tenancy record (table row_tenancy) is empty: restore its row \
+                         (the version of the layer applied)"
+                            .to_owned()
+                    } else {
+                        format!(
+                            "its row tenancy is at version {version}, this release knows \
+                             {LAYER_VERSION}: run the newer release"
+                        )
+                    },
                 })
             };
         }
@@ -130,34 +155,47 @@ impl RowTenancy {
         Ok(())
     }
 
-    /// Refuses a store whose tables the layer does not hold to their tenant: one a later
-    /// migration added, or a unique key not led by the tenant, or a maintenance function
-    /// replaced by one that does not name the tenant. A store so found would share rows
-    /// between tenants.
+    /// Refuses a store whose tables the layer does not hold to their tenant: a table a later
+    /// migration added, a unique key not led by the tenant, a policy other than the layer's,
+    /// or a maintenance function replaced by one that does not name the tenant. A store so
+    /// found would share rows between tenants. Tables the store does not own (read models,
+    /// an application's) are not judged here; [`isolate_table`](Self::isolate_table) judges a
+    /// read model's.
     async fn verify_layer(&self, conn: &mut PgConnection) -> Result<(), PgError> {
-        let uncovered: Option<String> = sqlx::query_scalar(
-            "SELECT what FROM ( \
-               SELECT 1 AS o, format('table %s is not held to its tenant', c.relname) AS what \
-               FROM pg_class c WHERE c.relnamespace = to_regnamespace($1) AND c.relkind = 'r' \
-                 AND c.relname NOT IN ('_sqlx_migrations', 'row_tenancy', 'tenants') \
-                 AND NOT (c.relrowsecurity AND c.relforcerowsecurity AND EXISTS ( \
-                     SELECT FROM pg_attribute a WHERE a.attrelid = c.oid \
-                       AND a.attname = 'tenant_id' AND NOT a.attisdropped)) \
+        let uncovered: Option<String> = sqlx::query_scalar(AssertSqlSafe(format!(
+            "WITH t AS (SELECT c.oid, c.relname, c.relrowsecurity, c.relforcerowsecurity \
+                 FROM pg_class c WHERE c.relnamespace = to_regnamespace($1) \
+                   AND c.relname = ANY($2::text[])) \
+             SELECT what FROM ( \
+               SELECT 0 AS o, format('table %s is missing', n) AS what \
+               FROM unnest($2::text[]) n WHERE n NOT IN (SELECT relname FROM t) \
+               UNION ALL \
+               SELECT 1, format('table %s is not held to its tenant', t.relname) FROM t \
+               WHERE NOT (t.relrowsecurity AND t.relforcerowsecurity) \
+                  OR NOT EXISTS (SELECT FROM pg_attribute a WHERE a.attrelid = t.oid \
+                       AND a.attname = 'tenant_id' AND NOT a.attisdropped) \
+                  OR (SELECT count(*) FROM pg_policy p WHERE p.polrelid = t.oid) <> 1 \
+                  OR NOT EXISTS (SELECT FROM pg_policy p WHERE p.polrelid = t.oid \
+                       AND p.polname = 'tenant_rows' AND p.polcmd = '*' AND p.polpermissive \
+                       AND p.polroles = '{{0}}' \
+                       AND pg_get_expr(p.polqual, t.oid) = {POLICY} \
+                       AND pg_get_expr(p.polwithcheck, t.oid) = {POLICY}) \
                UNION ALL \
                SELECT 2, format('unique key %s does not lead with tenant_id', i.indexrelid::regclass) \
-               FROM pg_index i JOIN pg_class c ON c.oid = i.indrelid \
-               JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum = i.indkey[0] \
-               WHERE c.relnamespace = to_regnamespace($1) AND i.indisunique \
-                 AND c.relname NOT IN ('_sqlx_migrations', 'row_tenancy', 'tenants') \
-                 AND a.attname <> 'tenant_id' \
+               FROM pg_index i JOIN t ON t.oid = i.indrelid \
+               WHERE (i.indisunique OR i.indisexclusion) AND i.indkey[0] IS DISTINCT FROM ( \
+                   SELECT a.attnum FROM pg_attribute a \
+                   WHERE a.attrelid = t.oid AND a.attname = 'tenant_id') \
                UNION ALL \
                SELECT 3, format('function %s does not name the tenant', p.proname) \
                FROM pg_proc p WHERE p.pronamespace = to_regnamespace($1) \
                  AND p.proname IN ('archive_stream', 'hard_delete_stream') \
                  AND p.prosrc NOT LIKE '%current_tenant()%') w \
              ORDER BY o LIMIT 1",
-        )
+            POLICY = "'(tenant_id = current_setting(''es.tenant''::text, true))'"
+        )))
         .bind(self.schema.as_str())
+        .bind(&STORE_TABLES[..])
         .fetch_optional(&mut *conn)
         .await?;
         match uncovered {
@@ -165,8 +203,9 @@ impl RowTenancy {
             Some(what) => Err(PgError::TenancyRefused {
                 schema: self.schema.to_string(),
                 reason: format!(
-                    "{what}: this release's row tenancy layer does not cover its migrations \
-                     (extend es-postgres/sql/row_tenancy.sql)"
+                    "{what}: this store's row tenancy does not cover it (a release whose \
+                     migrations the layer, es-postgres/sql/row_tenancy.sql, misses, or a change \
+                     by hand)"
                 ),
             }),
         }
@@ -217,8 +256,8 @@ impl RowTenancy {
     }
 
     /// Lets the database role `role` open tenants' stores: what
-    /// [`TenantStores::grant`](super::TenantStores::grant) grants on a schema but the
-    /// sequences, which every tenant's rows draw from (identity columns need no grant; a
+    /// [`TenantStores::grant`](super::TenantStores::grant) grants on a schema but changing
+    /// the sequences, which every tenant's rows draw from (identity columns need no grant; a
     /// session that could set a sequence could stall every tenant's writes), and reading the
     /// tenant list (a session sees its own tenant's entry only). Run it again after a release
     /// that added tables. Which tenant a session
@@ -227,16 +266,20 @@ impl RowTenancy {
     /// database, chooses the tenant; for isolation the database enforces per role, prefer
     /// [`TenantStores`](super::TenantStores).
     pub async fn grant(&self, role: &str) -> Result<(), PgError> {
-        grant_store(&self.pool, &self.schema, role).await?;
         let s = self.schema.quoted();
-        sqlx::raw_sql(AssertSqlSafe(format!(
-            "REVOKE INSERT, UPDATE, DELETE, TRUNCATE ON {s}.tenants, {s}.row_tenancy \
+        // One query string: the grants and the revokes that narrow them take effect together.
+        let statements = format!(
+            "{} \
+             REVOKE INSERT, UPDATE, DELETE, TRUNCATE ON {s}.tenants, {s}.row_tenancy \
                  FROM \"{role}\"; \
-             REVOKE ALL ON ALL SEQUENCES IN SCHEMA {s} FROM \"{role}\""
-        )))
-        .execute(&self.pool)
-        .await
-        .map_err(|e| self.missing_layer(e))?;
+             REVOKE ALL ON ALL SEQUENCES IN SCHEMA {s} FROM \"{role}\"; \
+             GRANT SELECT ON ALL SEQUENCES IN SCHEMA {s} TO \"{role}\";",
+            grant_sql(&self.schema, role)?
+        );
+        sqlx::raw_sql(AssertSqlSafe(statements))
+            .execute(&self.pool)
+            .await
+            .map_err(|e| self.missing_layer(e))?;
         Ok(())
     }
 
@@ -360,7 +403,8 @@ impl RowTenancy {
     /// Holds a read model's table to the session's tenant, as the store's tables are: call it
     /// in [`PgProjection::setup`](crate::PgProjection::setup) after creating the table, which
     /// must have a column `tenant_id text NOT NULL DEFAULT {schema}.current_tenant()` leading
-    /// its unique keys (so that two tenants' rows of the same key do not collide). Forces
+    /// its unique keys (so that two tenants' rows of the same key do not collide; a key that
+    /// does not is refused, as is a plain table that is partitioned or not a table). Forces
     /// row-level security on the table with a policy on that column; idempotent. Reset the
     /// read model with `DELETE`, which the policy limits to the tenant's rows, never with
     /// `TRUNCATE`, which empties the table for every tenant.
@@ -374,23 +418,33 @@ impl RowTenancy {
             reason,
         })?;
         let s = schema.quoted();
-        let state: Option<(bool, bool, bool, bool)> = sqlx::query_as(
-            "SELECT c.relrowsecurity, c.relforcerowsecurity, \
-                 EXISTS (SELECT FROM pg_attribute a WHERE a.attrelid = c.oid \
-                     AND a.attname = 'tenant_id' AND NOT a.attisdropped), \
-                 EXISTS (SELECT FROM pg_policy p WHERE p.polrelid = c.oid \
-                     AND p.polname = 'tenant_rows') \
-             FROM pg_class c WHERE c.oid = to_regclass($1)",
-        )
-        .bind(format!("{s}.\"{table}\""))
-        .fetch_optional(&mut *conn)
-        .await?;
+        let state: Option<(bool, bool, bool, Option<bool>, Option<String>)> =
+            sqlx::query_as(AssertSqlSafe(format!(
+                "SELECT c.relrowsecurity, c.relforcerowsecurity, \
+                     EXISTS (SELECT FROM pg_attribute a WHERE a.attrelid = c.oid \
+                         AND a.attname = 'tenant_id' AND NOT a.attisdropped), \
+                     (SELECT pg_get_expr(p.polqual, c.oid) = {POLICY} \
+                             AND pg_get_expr(p.polwithcheck, c.oid) = {POLICY} \
+                             AND p.polcmd = '*' AND p.polpermissive \
+                      FROM pg_policy p WHERE p.polrelid = c.oid AND p.polname = 'tenant_rows'), \
+                     (SELECT string_agg(i.indexrelid::regclass::text, ', ') FROM pg_index i \
+                      WHERE i.indrelid = c.oid AND (i.indisunique OR i.indisexclusion) \
+                        AND i.indkey[0] IS DISTINCT FROM (SELECT a.attnum FROM pg_attribute a \
+                            WHERE a.attrelid = c.oid AND a.attname = 'tenant_id')) \
+                 FROM pg_class c WHERE c.oid = to_regclass($1) AND c.relkind = 'r'",
+                POLICY = "'(tenant_id = current_setting(''es.tenant''::text, true))'"
+            )))
+            .bind(format!("{s}.\"{table}\""))
+            .fetch_optional(&mut *conn)
+            .await?;
         let refuse = |reason: String| PgError::TenancyRefused {
             schema: schema.to_string(),
             reason,
         };
-        let Some((enabled, forced, has_column, has_policy)) = state else {
-            return Err(refuse(format!("table {table} does not exist")));
+        let Some((enabled, forced, has_column, policy, loose_keys)) = state else {
+            return Err(refuse(format!(
+                "table {table} does not exist (or is not a plain table)"
+            )));
         };
         if !has_column {
             return Err(refuse(format!(
@@ -398,6 +452,18 @@ impl RowTenancy {
                  {s}.current_tenant())"
             )));
         }
+        if let Some(keys) = loose_keys {
+            return Err(refuse(format!(
+                "unique key {keys} of table {table} does not lead with tenant_id: two tenants' \
+                 rows of one key would collide"
+            )));
+        }
+        if policy == Some(false) {
+            return Err(refuse(format!(
+                "table {table} has a policy tenant_rows other than the tenant's"
+            )));
+        }
+        let has_policy = policy.is_some();
         // Each change takes the table's exclusive lock: once held to its tenant, a table is
         // left alone, so that runners starting (and rebuilds) do not queue behind its readers.
         let mut changes = Vec::new();
@@ -459,5 +525,19 @@ mod tests {
             16,
             "a new migration: extend sql/row_tenancy.sql for it, then update this number"
         );
+    }
+
+    #[test]
+    fn the_layer_and_its_check_name_the_same_tables() {
+        let array = super::LAYER
+            .split("v_tables text[] := ARRAY[")
+            .nth(1)
+            .and_then(|rest| rest.split("];").next())
+            .unwrap_or_default();
+        let named: Vec<&str> = array
+            .split(',')
+            .map(|name| name.trim().trim_matches('\''))
+            .collect();
+        assert_eq!(named, super::STORE_TABLES);
     }
 }

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use es_core::Upcasters;
-use sqlx::PgPool;
+use sqlx::{AssertSqlSafe, PgPool};
 
 use crate::schema::{MAX_SCHEMA_NAME_LEN, MigrationState, SchemaName};
 use crate::{PgError, PgEventStore};
@@ -160,6 +160,9 @@ impl TenantStores {
     /// owner after [`create`](Self::create), and connect the tenant's service as `role`.
     pub async fn grant(&self, tenant: &str, role: &str) -> Result<(), PgError> {
         let schema = self.schema_of(tenant)?;
-        super::grant_store(&self.pool, &schema, role).await
+        sqlx::raw_sql(AssertSqlSafe(super::grant_sql(&schema, role)?))
+            .execute(&self.pool)
+            .await?;
+        Ok(())
     }
 }
