@@ -418,9 +418,8 @@ impl RowTenancy {
             reason,
         })?;
         let s = schema.quoted();
-        let state: Option<(bool, bool, bool, Option<bool>, Option<String>)> =
-            sqlx::query_as(AssertSqlSafe(format!(
-                "SELECT c.relrowsecurity, c.relforcerowsecurity, \
+        let state: Option<TableState> = sqlx::query_as(AssertSqlSafe(format!(
+            "SELECT c.relrowsecurity, c.relforcerowsecurity, \
                      EXISTS (SELECT FROM pg_attribute a WHERE a.attrelid = c.oid \
                          AND a.attname = 'tenant_id' AND NOT a.attisdropped), \
                      (SELECT pg_get_expr(p.polqual, c.oid) = {POLICY} \
@@ -432,11 +431,11 @@ impl RowTenancy {
                         AND i.indkey[0] IS DISTINCT FROM (SELECT a.attnum FROM pg_attribute a \
                             WHERE a.attrelid = c.oid AND a.attname = 'tenant_id')) \
                  FROM pg_class c WHERE c.oid = to_regclass($1) AND c.relkind = 'r'",
-                POLICY = "'(tenant_id = current_setting(''es.tenant''::text, true))'"
-            )))
-            .bind(format!("{s}.\"{table}\""))
-            .fetch_optional(&mut *conn)
-            .await?;
+            POLICY = "'(tenant_id = current_setting(''es.tenant''::text, true))'"
+        )))
+        .bind(format!("{s}.\"{table}\""))
+        .fetch_optional(&mut *conn)
+        .await?;
         let refuse = |reason: String| PgError::TenancyRefused {
             schema: schema.to_string(),
             reason,
@@ -503,6 +502,11 @@ impl RowTenancy {
         }
     }
 }
+
+/// A read model's table as `isolate_table` finds it: row security enabled, forced, a
+/// `tenant_id` column, its `tenant_rows` policy (whether it is the tenant's, when there is
+/// one), and its unique keys not led by the tenant.
+type TableState = (bool, bool, bool, Option<bool>, Option<String>);
 
 /// The message of a database error, without the driver's wrapping.
 fn database_message(error: &sqlx::Error) -> String {
