@@ -284,10 +284,41 @@ impl Rig {
                 if seen.0 != count {
                     *seen = (count, Instant::now());
                 }
-                assert!(
-                    count >= *events || seen.1.elapsed() < Duration::from_secs(20),
-                    "the saga's instance {stream} stalled at {count} of {events} commands for 20 s"
-                );
+                if count < *events && seen.1.elapsed() >= Duration::from_secs(20) {
+                    // What holds it up: its outbox's head, and where the saga's feed is.
+                    let head: Option<(
+                        i64,
+                        i32,
+                        bool,
+                        Option<String>,
+                        Option<f64>,
+                        Option<f64>,
+                        Option<String>,
+                    )> = sqlx::query_as(
+                        "SELECT seq, attempts, ready, claimed_by, \
+                                 extract(epoch FROM claimed_until - clock_timestamp())::float8, \
+                                 extract(epoch FROM next_attempt_at - clock_timestamp())::float8, \
+                                 last_error \
+                             FROM es.saga_outbox WHERE instance = $1 AND dead_at IS NULL \
+                             ORDER BY seq LIMIT 1",
+                    )
+                    .bind(stream)
+                    .fetch_optional(pool)
+                    .await
+                    .unwrap_or(None);
+                    let checkpoints: Vec<(String, i64, i64)> = sqlx::query_as(
+                        "SELECT projection, transaction_id, position FROM es.projection_checkpoints",
+                    )
+                    .fetch_all(pool)
+                    .await
+                    .unwrap_or_default();
+                    panic!(
+                        "the saga's instance {stream} stalled at {count} of {events} commands for \
+                         20 s; its outbox head (seq, attempts, ready, claimed_by, lease left s, \
+                         next attempt in s, last error): {head:?}; checkpoints {checkpoints:?}; \
+                         saga {mirrored:?}"
+                    );
+                }
             }
             assert!(
                 Instant::now() < deadline,

@@ -44,6 +44,8 @@ pub struct PgSagaRunner<S: Saga, D> {
     store: PgEventStore,
     sql: Arc<Statements>,
     dispatch: DispatchSettings,
+    /// The commands this dispatcher is running, by outbox seq (see `outbox::InFlight`).
+    in_flight: Arc<outbox::InFlight>,
 }
 
 /// How the dispatcher runs commands.
@@ -80,6 +82,7 @@ impl<S: Saga, D: CommandDispatcher<S::Command>> PgSagaRunner<S, D> {
                 concurrency: 8,
                 id: Uuid::now_v7(),
             },
+            in_flight: Arc::default(),
         }
     }
 

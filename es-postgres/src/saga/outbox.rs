@@ -2,6 +2,7 @@
 //! any transaction, removed (or their failure recorded) in another; retried with backoff, then
 //! dead-lettered.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
@@ -53,8 +54,58 @@ pub struct OutboxStatus {
     pub oldest_pending: Option<Duration>,
 }
 
+/// The commands a dispatcher is running, by outbox seq. Its claims take back its own leases
+/// of commands it is not running (a claim whose reply was lost), never one it runs; claims
+/// take turns, so a command is in the set before the next claim reads it.
+#[derive(Default)]
+pub(super) struct InFlight {
+    seqs: std::sync::Mutex<std::collections::HashSet<i64>>,
+    claiming: tokio::sync::Mutex<()>,
+}
+
+impl InFlight {
+    fn snapshot(&self) -> Vec<i64> {
+        self.seqs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .copied()
+            .collect()
+    }
+
+    fn insert(self: &Arc<Self>, seq: i64) -> Running {
+        self.seqs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(seq);
+        Running {
+            set: Arc::clone(self),
+            seq,
+        }
+    }
+}
+
+/// A command in the dispatcher's set while this lives: until its run ends, however it ends
+/// (finished, failed, cancelled).
+struct Running {
+    set: Arc<InFlight>,
+    seq: i64,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.set
+            .seqs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&self.seq);
+    }
+}
+
 /// One claimed command.
 struct Claimed {
+    /// Keeps the command in the dispatcher's set while it is claimed here.
+    _running: Running,
     seq: i64,
     command_id: Uuid,
     command: String,
@@ -148,12 +199,14 @@ impl<S: Saga, D: CommandDispatcher<S::Command>> PgSagaRunner<S, D> {
                 Some(finished) = running.next(), if !running.is_empty() => {
                     if let Err(error) = finished {
                         // The command's own failure is recorded; this is the database's, when
-                        // recording the outcome: the lease expires and the command runs again.
+                        // recording the outcome: its lease is still this dispatcher's, and the
+                        // next claim takes the command back (it runs again; commands are
+                        // idempotent by their id).
                         if !error.is_transient() {
                             tracing::error!(saga = self.name(), %error, "dispatching stopped");
                             return Err(error);
                         }
-                        tracing::warn!(saga = self.name(), %error, "recording a command's outcome failed; it runs again after its lease");
+                        tracing::warn!(saga = self.name(), %error, "recording a command's outcome failed; the next claim takes it back and runs it again");
                     }
                     // A slot is free: claim again now.
                     next_round = tokio::time::Instant::now();
@@ -173,18 +226,22 @@ impl<S: Saga, D: CommandDispatcher<S::Command>> PgSagaRunner<S, D> {
 
     /// Claims up to `limit` ready, due commands; the claim counts an attempt.
     async fn claim(&self, limit: usize) -> Result<Vec<Claimed>, ProjectionError> {
+        let _turn = self.in_flight.claiming.lock().await;
         let rows = sqlx::query(AssertSqlSafe(self.sql.claim.clone()))
             .bind(self.name())
             .bind(self.dispatch.id.to_string())
             .bind(millis(self.dispatch.lease))
             .bind(limit as i64)
+            .bind(self.in_flight.snapshot())
             .fetch_all(self.store.pool())
             .await
             .map_err(|e| self.error(e))?;
         rows.iter()
             .map(|row| -> Result<Claimed, sqlx::Error> {
+                let seq: i64 = row.try_get(0)?;
                 Ok(Claimed {
-                    seq: row.try_get(0)?,
+                    _running: self.in_flight.insert(seq),
+                    seq,
                     command_id: row.try_get(1)?,
                     command: row.try_get(2)?,
                     correlation: row.try_get(3)?,
