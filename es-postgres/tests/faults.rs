@@ -286,21 +286,15 @@ impl Rig {
                 }
                 if count < *events && seen.1.elapsed() >= Duration::from_secs(20) {
                     // What holds it up: its outbox's head, and where the saga's feed is.
-                    let head: Option<(
-                        i64,
-                        i32,
-                        bool,
-                        Option<String>,
-                        Option<f64>,
-                        Option<f64>,
-                        Option<String>,
-                    )> = sqlx::query_as(
-                        "SELECT seq, attempts, ready, claimed_by, \
-                                 extract(epoch FROM claimed_until - clock_timestamp())::float8, \
-                                 extract(epoch FROM next_attempt_at - clock_timestamp())::float8, \
-                                 last_error \
-                             FROM es.saga_outbox WHERE instance = $1 AND dead_at IS NULL \
-                             ORDER BY seq LIMIT 1",
+                    let head: Option<String> = sqlx::query_scalar(
+                        "SELECT format('seq %s, attempts %s, ready %s, claimed by %s, lease left \
+                             %s s, next attempt in %s s, last error %s', seq, attempts, ready, \
+                             claimed_by, \
+                             extract(epoch FROM claimed_until - clock_timestamp())::int, \
+                             extract(epoch FROM next_attempt_at - clock_timestamp())::int, \
+                             last_error) \
+                         FROM es.saga_outbox WHERE instance = $1 AND dead_at IS NULL \
+                         ORDER BY seq LIMIT 1",
                     )
                     .bind(stream)
                     .fetch_optional(pool)
@@ -314,8 +308,7 @@ impl Rig {
                     .unwrap_or_default();
                     panic!(
                         "the saga's instance {stream} stalled at {count} of {events} commands for \
-                         20 s; its outbox head (seq, attempts, ready, claimed_by, lease left s, \
-                         next attempt in s, last error): {head:?}; checkpoints {checkpoints:?}; \
+                         20 s; its outbox head: {head:?}; checkpoints {checkpoints:?}; \
                          saga {mirrored:?}"
                     );
                 }

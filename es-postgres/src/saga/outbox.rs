@@ -266,14 +266,14 @@ impl<S: Saga, D: CommandDispatcher<S::Command>> PgSagaRunner<S, D> {
                 claimed.attempts - 1
             );
             tracing::error!(saga = self.name(), command_id = %claimed.command_id, %reason, "dead-lettering the command");
-            return self.finish(&claimed, Some(&reason), 0, None).await;
+            return self.record(&claimed, Some(&reason), 0, None).await;
         }
         let command: S::Command = match serde_json::from_str(&claimed.command) {
             Ok(command) => command,
             Err(error) => {
                 let reason = format!("the command does not deserialize: {error}");
                 tracing::error!(saga = self.name(), command_id = %claimed.command_id, %reason, "dead-lettering the command");
-                return self.finish(&claimed, Some(&reason), 0, None).await;
+                return self.record(&claimed, Some(&reason), 0, None).await;
             }
         };
         let context = CommandContext::new()
@@ -308,32 +308,36 @@ impl<S: Saga, D: CommandDispatcher<S::Command>> PgSagaRunner<S, D> {
         };
         let took = started.elapsed();
         let error = match outcome {
-            Ok(Ok(())) => return self.record(&claimed, None, cap, took).await,
+            Ok(Ok(())) => return self.record(&claimed, None, cap, Some(took)).await,
             Ok(Err(error)) => error.to_string(),
             Err(panic) => format!("the dispatcher panicked: {}", panic_message(&*panic)),
         };
         tracing::warn!(saga = self.name(), command_id = %claimed.command_id, %error, attempts = claimed.attempts, "the command failed");
-        self.record(&claimed, Some(&error), cap, took).await
+        self.record(&claimed, Some(&error), cap, Some(took)).await
     }
 
-    /// [`finish`](Self::finish) after the command ran, tried again after a transient fault (a
-    /// terminated connection, a restart) while the lease surely holds: the outcome is known,
-    /// and leaving it to the lease would hold up the instance's next commands for the whole
-    /// lease and run this one again. Both statements are guarded by the lease's holder, so a
-    /// retry after a commit whose reply was lost changes nothing.
+    /// [`finish`](Self::finish) once the outcome is known (the command ran, or is
+    /// dead-lettered unrun), tried again after a transient fault (a terminated connection, a
+    /// restart) for a third of the lease: leaving it would run the command again, and a
+    /// finish that fails at once would otherwise be claimed back and fail again at claim rate.
+    /// Both statements are guarded by the lease's holder, so a retry after a commit whose
+    /// reply was lost changes nothing. When a run is cancelled instead (the runner stopped on
+    /// a permanent error, a caller's timeout), the next claim takes the command back at once:
+    /// work the cancelled run started elsewhere may still land, which commands' idempotency by
+    /// id absorbs.
     async fn record(
         &self,
         claimed: &Claimed,
         error: Option<&str>,
         cap: u32,
-        took: Duration,
+        took: Option<Duration>,
     ) -> Result<(), ProjectionError> {
         // Renewed every third of the lease while the command ran: a third is left even when the
         // last renewal failed.
         let until = Instant::now() + self.dispatch.lease / 3;
         let mut backoff = Backoff::new();
         loop {
-            match self.finish(claimed, error, cap, Some(took)).await {
+            match self.finish(claimed, error, cap, took).await {
                 Err(fault) if fault.is_transient() => {
                     let wait = backoff.next();
                     if Instant::now() + wait >= until {

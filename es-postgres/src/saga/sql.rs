@@ -56,11 +56,11 @@ impl Statements {
                      WHERE saga = $1 AND instance = $3 AND dead_at IS NULL) \
                  ON CONFLICT ON CONSTRAINT saga_outbox_command_key DO NOTHING"
             ),
-            // One short statement: claims up to $4 ready commands that are due and not leased
-            // by a live dispatcher, or leased by this one ($2) but not among those it runs
-            // ($5): a claim whose commit's reply was lost (the connection cut) would otherwise
-            // hold up its instance for the whole lease. SKIP LOCKED: dispatchers claiming at
-            // once take different rows.
+            // One short statement: claims up to $4 ready commands that are due, never one this
+            // dispatcher ($2) runs ($5), and not leased by a live dispatcher but this one: a
+            // claim whose commit's reply was lost (the connection cut) would otherwise hold up
+            // its instance for the whole lease. SKIP LOCKED: dispatchers claiming at once take
+            // different rows.
             claim: format!(
                 "UPDATE {s}.saga_outbox o \
                  SET claimed_by = $2, claimed_until = clock_timestamp() + $3 * interval '1 millisecond', \
@@ -69,8 +69,9 @@ impl Statements {
                      SELECT c.seq FROM {s}.saga_outbox c \
                      WHERE c.saga = $1 AND c.ready AND c.dead_at IS NULL \
                        AND c.next_attempt_at <= clock_timestamp() \
+                       AND c.seq <> ALL($5::bigint[]) \
                        AND (c.claimed_until IS NULL OR c.claimed_until < clock_timestamp() \
-                            OR (c.claimed_by = $2 AND c.seq <> ALL($5::bigint[]))) \
+                            OR c.claimed_by = $2) \
                      ORDER BY c.seq LIMIT $4 FOR UPDATE SKIP LOCKED) \
                  RETURNING o.seq, o.command_id, o.command::text, o.correlation_id, \
                      o.causation_id, o.attempts, o.instance"
