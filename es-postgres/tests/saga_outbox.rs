@@ -309,3 +309,36 @@ async fn a_failing_deadline_is_recorded_and_the_others_fire() {
     );
     db.drop().await;
 }
+
+/// A dispatcher whose run of a command was cut short (here cancelled; in production a claim
+/// whose reply a cut connection lost) takes the command back at its next claim instead of
+/// waiting out its own 60 s lease; another dispatcher leaves it to the lease.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dispatcher_takes_back_its_own_lease_of_a_command_it_no_longer_runs() {
+    let db = TestDatabase::new().await;
+    let worker = Worker::default();
+    let other = runner(&db, Worker::default());
+    let runner = runner(&db, worker.clone());
+    queue(&db.store, &[("c", "sleep")]).await;
+    feed(&runner, 1).await;
+    let cut = tokio::time::timeout(Duration::from_millis(300), runner.dispatch_pending()).await;
+    assert!(
+        cut.is_err(),
+        "the run was cut short while the command slept"
+    );
+    assert!(worker.ran.lock().unwrap().is_empty());
+    assert_eq!(
+        other.dispatch_pending().await.unwrap(),
+        0,
+        "another dispatcher respects the lease"
+    );
+    let started = Instant::now();
+    assert_eq!(runner.dispatch_pending().await.unwrap(), 1);
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "taken back at once, not after the lease"
+    );
+    assert_eq!(*worker.ran.lock().unwrap(), ["c:sleep"]);
+    assert_eq!(runner.pending().await.unwrap(), 0);
+    db.drop().await;
+}
