@@ -48,10 +48,16 @@ pub(crate) fn check_tenant(tenant: &str) -> Result<(), PgError> {
 /// setting `es.tenant`, given when each connection starts, which row-level security filters
 /// on. Connections are made when first needed.
 pub(crate) fn tenant_pool(pool: &PgPool, tenant: &str) -> PgPool {
-    let options = (*pool.connect_options())
+    pool.options()
         .clone()
-        .options([("es.tenant", tenant)]);
-    pool.options().clone().connect_lazy_with(options)
+        .connect_lazy_with(tenant_options(pool, tenant))
+}
+
+/// How `pool` connects, with sessions that name `tenant`.
+pub(crate) fn tenant_options(pool: &PgPool, tenant: &str) -> sqlx::postgres::PgConnectOptions {
+    (*pool.connect_options())
+        .clone()
+        .options([("es.tenant", tenant)])
 }
 
 /// The statements that let `role` use the store in `schema`: usage of the schema (and creating

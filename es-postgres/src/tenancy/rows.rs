@@ -6,7 +6,7 @@ use std::sync::Arc;
 use es_core::{StreamId, Upcasters};
 use sqlx::{AssertSqlSafe, Connection, PgConnection, PgPool};
 
-use super::{check_tenant, grant_sql, tenant_pool};
+use super::{check_tenant, grant_sql, tenant_options, tenant_pool};
 use crate::schema::{self, MigrationState, SchemaName, check_identifier};
 use crate::{MaintenanceRecord, PgError, PgEventStore};
 
@@ -14,6 +14,9 @@ use crate::{MaintenanceRecord, PgError, PgEventStore};
 const LAYER: &str = include_str!("../../sql/row_tenancy.sql");
 /// The layer's version: what a store records in `row_tenancy` once the layer is applied.
 const LAYER_VERSION: i32 = 1;
+/// The layer's policy expression as PostgreSQL prints it back (`pg_get_expr`), quoted as an SQL
+/// literal: what the checks compare a table's policy with.
+const POLICY_SQL: &str = "'(tenant_id = current_setting(''es.tenant''::text, true))'";
 /// The store's tables the layer holds to their tenant (the list in `sql/row_tenancy.sql`).
 const STORE_TABLES: [&str; 16] = [
     "streams",
@@ -192,7 +195,7 @@ impl RowTenancy {
                  AND p.proname IN ('archive_stream', 'hard_delete_stream') \
                  AND p.prosrc NOT LIKE '%current_tenant()%') w \
              ORDER BY o LIMIT 1",
-            POLICY = "'(tenant_id = current_setting(''es.tenant''::text, true))'"
+            POLICY = POLICY_SQL
         )))
         .bind(self.schema.as_str())
         .bind(&STORE_TABLES[..])
@@ -213,18 +216,15 @@ impl RowTenancy {
 
     /// The layer's version in the store, `None` when it is not a row-tenancy store.
     async fn layer_version(&self, conn: &mut PgConnection) -> Result<Option<i32>, PgError> {
-        let table = format!("{}.row_tenancy", self.schema.quoted());
-        let exists: bool = sqlx::query_scalar("SELECT to_regclass($1) IS NOT NULL")
-            .bind(&table)
-            .fetch_one(&mut *conn)
-            .await?;
-        if !exists {
+        if !super::is_row_tenancy(conn, &self.schema).await? {
             return Ok(None);
         }
-        let version: Option<i32> =
-            sqlx::query_scalar(AssertSqlSafe(format!("SELECT version FROM {table}")))
-                .fetch_optional(&mut *conn)
-                .await?;
+        let version: Option<i32> = sqlx::query_scalar(AssertSqlSafe(format!(
+            "SELECT version FROM {}.row_tenancy",
+            self.schema.quoted()
+        )))
+        .fetch_optional(&mut *conn)
+        .await?;
         // An emptied version table is a broken layer, never a missing one.
         Ok(Some(version.unwrap_or(0)))
     }
@@ -391,12 +391,9 @@ impl RowTenancy {
     /// maintenance functions only, which name the session's tenant themselves.
     fn maintenance_store(&self, tenant: &str) -> Result<PgEventStore, PgError> {
         check_tenant(tenant)?;
-        let options = (*self.pool.connect_options())
-            .clone()
-            .options([("es.tenant", tenant)]);
         let pool = sqlx::postgres::PgPoolOptions::new()
             .max_connections(1)
-            .connect_lazy_with(options);
+            .connect_lazy_with(tenant_options(&self.pool, tenant));
         Ok(PgEventStore::of_tenant(pool, self.schema.clone(), tenant))
     }
 
@@ -431,7 +428,7 @@ impl RowTenancy {
                         AND i.indkey[0] IS DISTINCT FROM (SELECT a.attnum FROM pg_attribute a \
                             WHERE a.attrelid = c.oid AND a.attname = 'tenant_id')) \
                  FROM pg_class c WHERE c.oid = to_regclass($1) AND c.relkind = 'r'",
-            POLICY = "'(tenant_id = current_setting(''es.tenant''::text, true))'"
+            POLICY = POLICY_SQL
         )))
         .bind(format!("{s}.\"{table}\""))
         .fetch_optional(&mut *conn)
